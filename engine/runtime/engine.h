@@ -1,0 +1,73 @@
+// The engine: owns a loaded model and one engine thread that holds all mutable state (requests,
+// KV blocks, the batch). Callers submit requests and receive chunks through callbacks.
+//
+// Thread safety: Submit/Cancel/GetStats may be called from any thread. Callbacks run on the
+// engine thread and must not block.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/runtime/model.h"
+#include "engine/runtime/request.h"
+
+namespace spqr {
+
+struct EngineOptions {
+  int32_t kv_block_size = 16;
+  int64_t kv_cache_bytes = 256ll << 20;  // KV pool budget
+  int32_t max_running_requests = 64;     // sequences in one step
+  int32_t max_batched_tokens = 2048;     // tokens per step (prefill chunks + decodes)
+  int32_t max_queued_requests = 256;     // waiting queue bound -> RESOURCE_EXHAUSTED beyond
+  int64_t max_queued_prompt_tokens = 1 << 20;
+  bool enable_prefix_caching = true;
+};
+
+// Point-in-time counters for metrics and GetModelInfo. Cumulative counters only grow.
+struct EngineStats {
+  int32_t waiting_requests = 0;
+  int32_t running_requests = 0;
+  int32_t kv_blocks_total = 0;
+  int32_t kv_blocks_free = 0;
+  int32_t kv_block_size = 0;
+  int64_t prompt_tokens_total = 0;
+  int64_t generation_tokens_total = 0;
+  int64_t steps_total = 0;
+  int64_t preemptions_total = 0;
+  int64_t prefix_cache_queries_total = 0;  // prompt blocks looked up
+  int64_t prefix_cache_hits_total = 0;     // of which found
+  double last_step_seconds = 0.0;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<LoadedModel> model,
+                                                        const EngineOptions& options);
+  // Stops the engine thread; unfinished requests get a final chunk with kCancelled.
+  ~Engine();
+
+  // Queues a request. Fails fast: INVALID_ARGUMENT (empty prompt, prompt + max_new_tokens over
+  // the context, token id out of range, duplicate live request_id), RESOURCE_EXHAUSTED (queue
+  // full), UNAVAILABLE (shutting down). On OK, `callback` receives every chunk, the last with
+  // finished = true; on error it is never called.
+  absl::Status Submit(GenerateRequest request, OutputCallback callback);
+  // Finishes the request with kCancelled at the next step and frees its KV blocks. Unknown or
+  // already finished ids are ignored.
+  void Cancel(const std::string& request_id);
+  // Refuses new requests with UNAVAILABLE from now on (drain).
+  void StopAccepting();
+  EngineStats GetStats() const;
+
+  const LoadedModel& model() const;
+  const EngineOptions& options() const;
+
+ private:
+  class Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spqr

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages the project needs to build, test and run (idempotent,
+# non-interactive). Used by the README's commands, .ci/run and the Dockerfile's builder stage.
+set -euo pipefail
+
+PACKAGES=(
+  cmake ninja-build g++ pkg-config git ca-certificates
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev libeigen3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev
+  python3 python3-numpy python3-grpcio python3-protobuf python3-sentencepiece python3-yaml
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [[ $(id -u) != 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

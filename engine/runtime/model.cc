@@ -1,0 +1,74 @@
+#include "engine/runtime/model.h"
+
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/model/safetensors.h"
+#include "engine/util/status_macros.h"
+
+namespace spqr {
+namespace {
+
+// Lower-case safetensors dtype name of the embedding, the dtype every dense weight shares.
+std::string DenseWeightDtype(const LlamaWeights& weights) {
+  return absl::AsciiStrToLower(std::string(DTypeName(weights.embed_tokens.dtype)));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
+                                                       std::shared_ptr<const LlamaWeights> weights,
+                                                       const ModelLoadOptions& options) {
+  if (name == "cpu" || name == "auto") {
+    // "auto" picks CUDA once the CUDA backend exists and a device is present; until then the
+    // CPU backend is the only one this build can run.
+    CpuBackendOptions cpu_options;
+    cpu_options.num_threads = options.num_threads;
+    return CreateCpuBackend(std::move(weights), cpu_options);
+  }
+  if (name == "cuda") {
+#ifdef SPQR_WITH_CUDA
+    return absl::UnimplementedError(
+        "backend \"cuda\": the CUDA backend is compiled in but not wired to the model loader yet");
+#else
+    return absl::FailedPreconditionError(
+        "backend \"cuda\": this build has no CUDA backend (configure with -DSPQR_CUDA=ON)");
+#endif
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("backend \"", name, "\" is unknown; expected \"cpu\", \"cuda\" or \"auto\""));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
+                                                       const ModelLoadOptions& options) {
+  auto model = std::make_unique<LoadedModel>();
+  model->dir = dir;
+  ASSIGN_OR_RETURN(model->config, LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  ASSIGN_OR_RETURN(
+      model->weights,
+      BindLlamaWeights(std::shared_ptr<const Checkpoint>(std::move(checkpoint)), model->config));
+
+  const std::string tokenizer_path = (std::filesystem::path(dir) / "tokenizer.model").string();
+  if (!std::filesystem::exists(tokenizer_path)) {
+    return absl::NotFoundError(
+        absl::StrCat(tokenizer_path, ": not found (a SentencePiece tokenizer.model is required)"));
+  }
+  ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Open(tokenizer_path, model->config.bos_token_id,
+                                                     model->config.eos_token_ids));
+  if (model->tokenizer->vocab_size() > model->config.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(tokenizer_path, ": the tokenizer has ", model->tokenizer->vocab_size(),
+                     " pieces but config.json vocab_size is ", model->config.vocab_size));
+  }
+
+  model->quantization.method = "none";
+  model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
+  ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options));
+  return model;
+}
+
+}  // namespace spqr

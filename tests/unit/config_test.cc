@@ -1,0 +1,213 @@
+// Tests of config/server_config: the key table, the reference YAML file, YAML and flag loading.
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "config/server_config.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "yaml-cpp/yaml.h"
+
+namespace spqr {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kReferenceFile = std::string(SPQR_SOURCE_DIR) + "/config/spqr-server.yaml";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void CollectLeafPaths(const YAML::Node& node, const std::string& prefix,
+                      std::set<std::string>* out) {
+  for (const auto& entry : node) {
+    std::string path = prefix.empty() ? entry.first.as<std::string>()
+                                      : prefix + "." + entry.first.as<std::string>();
+    if (entry.second.IsMap()) {
+      CollectLeafPaths(entry.second, path, out);
+    } else {
+      out->insert(path);
+    }
+  }
+}
+
+TEST(ConfigTableTest, KeyNamesAreUniqueAndDescribed) {
+  std::set<std::string> names;
+  for (const ConfigKey& key : ServerConfigKeys()) {
+    EXPECT_TRUE(names.insert(std::string(key.name)).second) << "duplicate key " << key.name;
+    EXPECT_FALSE(key.description.empty()) << key.name;
+    EXPECT_NE(key.name.find('.'), absl::string_view::npos) << key.name << " is not in a section";
+  }
+}
+
+TEST(ConfigTableTest, DefaultsAreWithinTheirOwnRanges) {
+  const ServerConfig defaults;
+  for (const ConfigKey& key : ServerConfigKeys()) {
+    ServerConfig scratch;
+    std::string text = FormatConfigValue(defaults, key);
+    if (ConfigKeyTypeName(key) == "string") text = text.substr(1, text.size() - 2);  // unquote
+    EXPECT_TRUE(SetConfigValue(key, text, &scratch).ok()) << key.name << " = " << text;
+  }
+  EXPECT_TRUE(ValidateServerConfig(defaults).ok());
+}
+
+TEST(ReferenceFileTest, ListsExactlyTheKeysOfTheTable) {
+  YAML::Node root = YAML::LoadFile(kReferenceFile);
+  std::set<std::string> in_file;
+  CollectLeafPaths(root, "", &in_file);
+  std::set<std::string> in_table;
+  for (const ConfigKey& key : ServerConfigKeys()) in_table.insert(std::string(key.name));
+  EXPECT_EQ(in_file, in_table);
+}
+
+TEST(ReferenceFileTest, ValuesAreTheDefaults) {
+  ServerConfig loaded;
+  // Start from non-default values so that a key the loader silently skipped would show.
+  loaded.engine.kv_block_size = 7;
+  loaded.server.listen = "changed:1";
+  ASSERT_TRUE(ApplyConfigFile(kReferenceFile, &loaded).ok());
+  const ServerConfig defaults;
+  for (const ConfigKey& key : ServerConfigKeys()) {
+    EXPECT_EQ(FormatConfigValue(loaded, key), FormatConfigValue(defaults, key)) << key.name;
+  }
+}
+
+TEST(ReferenceFileTest, EveryKeyHasACommentAbove) {
+  std::istringstream lines(ReadFile(kReferenceFile));
+  std::string line, previous;
+  int keys = 0;
+  while (std::getline(lines, line)) {
+    // A key line of a section: two spaces of indent, then "name:".
+    if (line.size() > 2 && line.substr(0, 2) == "  " && line[2] != ' ' && line[2] != '#') {
+      ++keys;
+      EXPECT_NE(previous.find('#'), std::string::npos) << "no comment above: " << line;
+    }
+    previous = line;
+  }
+  EXPECT_EQ(keys, static_cast<int>(ServerConfigKeys().size()));
+}
+
+TEST(ConfigYamlTest, OverridesOnlyTheKeysPresent) {
+  ServerConfig config;
+  ASSERT_TRUE(
+      ApplyConfigYaml("engine:\n  kv_block_size: 32\nmodel:\n  dir: /m\n", "t.yaml", &config).ok());
+  EXPECT_EQ(config.engine.kv_block_size, 32);
+  EXPECT_EQ(config.model.dir, "/m");
+  EXPECT_EQ(config.engine.max_running_requests, ServerConfig().engine.max_running_requests);
+}
+
+TEST(ConfigYamlTest, UnknownKeyIsNamedWithItsPathAndASuggestion) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigYaml("engine:\n  kv_cache_byte: 5\n", "t.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("t.yaml"));
+  EXPECT_THAT(status.message(), HasSubstr("unknown key 'engine.kv_cache_byte'"));
+  EXPECT_THAT(status.message(), HasSubstr("did you mean 'engine.kv_cache_bytes'"));
+}
+
+TEST(ConfigYamlTest, UnknownSectionIsRejected) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigYaml("turbo:\n  on: true\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("unknown key 'turbo'"));
+}
+
+TEST(ConfigYamlTest, WrongTypeNamesKeyAndExpectedType) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigYaml("engine:\n  kv_block_size: sixteen\n", "t.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("'engine.kv_block_size'"));
+  EXPECT_THAT(status.message(), HasSubstr("an integer (int32)"));
+  EXPECT_THAT(status.message(), HasSubstr("sixteen"));
+
+  status = ApplyConfigYaml("engine:\n  prefix_caching: maybe\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("'engine.prefix_caching' expects a boolean"));
+
+  status = ApplyConfigYaml("model:\n  dir: [a, b]\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("'model.dir' expects a string value, got a list"));
+
+  status = ApplyConfigYaml("engine: 5\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("'engine' is a section"));
+}
+
+TEST(ConfigYamlTest, OutOfRangeAndDisallowedValuesAreRejected) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigYaml("engine:\n  kv_block_size: 0\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("'engine.kv_block_size' must be in [1, 1024]"));
+  status = ApplyConfigYaml("model:\n  backend: tpu\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("'model.backend' must be one of {auto, cpu, cuda}"));
+  status = ApplyConfigYaml("engine:\n  max_running_requests: 99999999999\n", "t.yaml", &config);
+  EXPECT_THAT(status.message(), HasSubstr("engine.max_running_requests"));
+}
+
+TEST(ConfigYamlTest, MalformedYamlReportsTheLine) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigYaml("engine:\n  kv_block_size: [1,\n", "bad.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("bad.yaml: invalid YAML at line"));
+}
+
+TEST(ConfigYamlTest, MissingFileIsNotFound) {
+  ServerConfig config;
+  absl::Status status = ApplyConfigFile("/nonexistent/spqr.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(status.message(), HasSubstr("/nonexistent/spqr.yaml"));
+}
+
+TEST(CommandLineTest, FlagsOverrideTheFileWhateverTheOrder) {
+  const std::string path = ::testing::TempDir() + "/override.yaml";
+  std::ofstream(path) << "model:\n  dir: /from/file\n  threads: 3\n";
+  absl::StatusOr<ServerCommandLine> parsed =
+      ParseServerCommandLine({"--model=/from/flag", "--config", path, "--metrics_port", "0",
+                              "--engine.kv-block-size=8", "--engine.prefix_caching=false"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config_file, path);
+  EXPECT_EQ(parsed->config.model.dir, "/from/flag");
+  EXPECT_EQ(parsed->config.model.threads, 3);
+  EXPECT_EQ(parsed->config.metrics.port, 0);
+  EXPECT_EQ(parsed->config.engine.kv_block_size, 8);
+  EXPECT_FALSE(parsed->config.engine.prefix_caching);
+}
+
+TEST(CommandLineTest, BoolFlagAloneMeansTrue) {
+  absl::StatusOr<ServerCommandLine> parsed = ParseServerCommandLine(
+      {"--engine.prefix_caching=false", "--metrics.enabled", "--listen=127.0.0.1:0"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->config.metrics.enabled);
+  EXPECT_EQ(parsed->config.server.listen, "127.0.0.1:0");
+}
+
+TEST(CommandLineTest, ErrorsNameTheFlag) {
+  absl::StatusOr<ServerCommandLine> parsed = ParseServerCommandLine({"--modle=/x"});
+  EXPECT_THAT(parsed.status().message(), HasSubstr("unknown flag --modle"));
+  parsed = ParseServerCommandLine({"--threads=many"});
+  EXPECT_THAT(parsed.status().message(), HasSubstr("model.threads"));
+  parsed = ParseServerCommandLine({"positional"});
+  EXPECT_THAT(parsed.status().message(), HasSubstr("unexpected argument 'positional'"));
+  parsed = ParseServerCommandLine({"--config"});
+  EXPECT_THAT(parsed.status().message(), HasSubstr("--config needs a value"));
+}
+
+TEST(CommandLineTest, CrossKeyValidation) {
+  absl::StatusOr<ServerCommandLine> parsed =
+      ParseServerCommandLine({"--limits.max_new_tokens=10", "--limits.default_max_new_tokens=20"});
+  EXPECT_THAT(parsed.status().message(), HasSubstr("limits.default_max_new_tokens"));
+}
+
+TEST(CommandLineTest, HelpListsEveryKey) {
+  absl::StatusOr<ServerCommandLine> parsed = ParseServerCommandLine({"--help"});
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_TRUE(parsed->help);
+  const std::string usage = ServerConfigUsage("spqr-server");
+  for (const ConfigKey& key : ServerConfigKeys()) {
+    EXPECT_THAT(usage, HasSubstr("--" + std::string(key.name))) << key.name;
+  }
+}
+
+}  // namespace
+}  // namespace spqr

@@ -10,6 +10,9 @@ perplexity protocol's raw windows). Validation loss: mean cross-entropy over the
 --val-windows non-overlapping raw windows of the validation split (the perplexity protocol of
 docs/spqr-method.md section 8, no BOS).
 
+Stopping: at --max-steps, or after --max-hours of training wall time when given (the cosine then
+follows whichever comes first, see lr_at).
+
 Precision: bf16 autocast on CUDA, fp32 on CPU. AdamW (betas 0.9/0.95, weight decay 0.1 on matrices
 and embeddings, not on norms), linear warmup then cosine decay to 10% of --lr at --max-steps,
 gradient clipping at 1.0.
@@ -80,10 +83,16 @@ def load_tokens(text_path, tokenizer_path, cache_dir):
     return tokens
 
 
-def lr_at(step, args):
+def lr_at(step, wall_s, args):
+    """Warmup, then cosine over the progress made: the larger of the step fraction and, with
+    --max-hours, the wall-time fraction (so a run on a shared CPU still anneals before its time
+    budget ends, however fast its steps turn out to be)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.max_steps - args.warmup))
+    progress = (step - args.warmup) / max(1, args.max_steps - args.warmup)
+    if args.max_hours:
+        progress = max(progress, wall_s / (args.max_hours * 3600))
+    progress = min(1.0, progress)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -154,6 +163,8 @@ def parse_args(argv):
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=4000)
+    p.add_argument("--max-hours", type=float, default=0.0,
+                   help="also stop (and finish the cosine) after this much training wall time")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -229,9 +240,12 @@ def main(argv=None):
                   {"step": step, "tokens": tokens_seen, "wall_s": round(wall(), 1),
                    "val_loss": val_loss, "seq_len": args.seq_len})
 
+    def done():
+        return step >= args.max_steps or (args.max_hours and wall() >= args.max_hours * 3600)
+
     model.train()
-    while step < args.max_steps:
-        lr = lr_at(step, args)
+    while not done():
+        lr = lr_at(step, wall(), args)
         for group in opt.param_groups:
             group["lr"] = lr
         batch = sample_batch(train_tokens, rng, args, cfg.bos_token_id, device)
@@ -247,7 +261,7 @@ def main(argv=None):
         interval_loss += loss.item()
         interval_steps += 1
 
-        evaluated = step % args.eval_every == 0 or step == args.max_steps
+        evaluated = step % args.eval_every == 0 or done()
         if evaluated:
             val_loss = validation_loss(model, val_tokens, args, device)
         if step % args.log_every == 0 or evaluated:
@@ -263,15 +277,16 @@ def main(argv=None):
             log.flush()
             print(json.dumps(rec), flush=True)
             interval_loss, interval_steps, interval_start = 0.0, 0, time.time()
-        if time.time() - last_ckpt > args.ckpt_minutes * 60 or step == args.max_steps:
+        if time.time() - last_ckpt > args.ckpt_minutes * 60 or done():
             save_checkpoint(ckpt_path, model, opt, step, tokens_seen, rng, wall())
             last_ckpt = time.time()
-        if time.time() - last_export > args.export_minutes * 60 or step == args.max_steps:
+        if time.time() - last_export > args.export_minutes * 60 or done():
             export()
             last_export = time.time()
     if not os.path.exists(args.export_dir):
         export()
     log.close()
+    print(f"finished at step {step}, {tokens_seen} tokens, {wall():.0f} s", flush=True)
     return 0
 
 

@@ -1,0 +1,145 @@
+#include "engine/model/llama_weights.h"
+
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "engine/util/status_macros.h"
+
+namespace spqr {
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+bool IsFloatType(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
+}
+
+// Looks up one tensor and checks it is floating point with exactly `shape`.
+class Binder {
+ public:
+  explicit Binder(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+
+  absl::StatusOr<TensorView> Tensor(const std::string& name, std::vector<int64_t> shape) const {
+    ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Require(name));
+    RETURN_IF_ERROR(Check(*view, shape));
+    return *view;
+  }
+
+  absl::Status Check(const TensorView& view, const std::vector<int64_t>& shape) const {
+    if (!IsFloatType(view.dtype)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", view.name, "' in ", checkpoint_.dir(), ": dtype ",
+                       std::string(DTypeName(view.dtype)),
+                       " is not supported for dense weights (expected F32, F16 or BF16)"));
+    }
+    if (view.shape != shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", view.name, "' in ", checkpoint_.dir(), ": expected shape ",
+                       ShapeString(shape), ", found ", ShapeString(view.shape)));
+    }
+    return absl::OkStatus();
+  }
+
+  // `prefix`.weight of [out, in], plus `prefix`.bias of [out] when `with_bias`. A bias the
+  // config does not expect is an error: ignoring it would silently compute a different model.
+  absl::StatusOr<LinearTensors> Linear(const std::string& prefix, int64_t out, int64_t in,
+                                       bool with_bias) const {
+    LinearTensors linear;
+    linear.out_features = out;
+    linear.in_features = in;
+    ASSIGN_OR_RETURN(linear.weight, Tensor(prefix + ".weight", {out, in}));
+    const std::string bias_name = prefix + ".bias";
+    if (with_bias) {
+      ASSIGN_OR_RETURN(linear.bias, Tensor(bias_name, {out}));
+    } else if (checkpoint_.Find(bias_name) != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", bias_name, "' in ", checkpoint_.dir(),
+                       " is present but the config has no bias for this layer (attention_bias is "
+                       "false for model_type llama/mistral unless set)"));
+    }
+    return linear;
+  }
+
+ private:
+  const Checkpoint& checkpoint_;
+};
+
+// A tensor of layer >= num_hidden_layers means config.json and the weights disagree (a config
+// of a smaller model next to bigger weights); running would silently drop layers.
+absl::Status CheckNoExtraLayers(const Checkpoint& checkpoint, const ModelConfig& config) {
+  for (const std::string& name : checkpoint.Names()) {
+    absl::string_view rest = name;
+    if (!absl::ConsumePrefix(&rest, "model.layers.")) continue;
+    const size_t dot = rest.find('.');
+    int64_t layer = 0;
+    if (dot == absl::string_view::npos || !absl::SimpleAtoi(rest.substr(0, dot), &layer)) continue;
+    if (layer >= config.num_hidden_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' in ", checkpoint.dir(), " belongs to layer ", layer,
+                       " but the config has num_hidden_layers=", config.num_hidden_layers));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
+    std::shared_ptr<const Checkpoint> checkpoint, const ModelConfig& config) {
+  if (checkpoint == nullptr) return absl::InvalidArgumentError("BindLlamaWeights: no checkpoint");
+  const Binder bind(*checkpoint);
+  const int64_t hidden = config.hidden_size;
+  const int64_t q_dim = config.num_attention_heads * config.head_dim;
+  const int64_t kv_dim = config.num_key_value_heads * config.head_dim;
+  const int64_t inter = config.intermediate_size;
+  const bool bias = config.attention_bias;
+
+  auto weights = std::make_shared<LlamaWeights>();
+  weights->config = config;
+  ASSIGN_OR_RETURN(weights->embed_tokens,
+                   bind.Tensor("model.embed_tokens.weight", {config.vocab_size, hidden}));
+  weights->layers.resize(config.num_hidden_layers);
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    DecoderLayerWeights& layer = weights->layers[i];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    ASSIGN_OR_RETURN(layer.input_layernorm, bind.Tensor(p + "input_layernorm.weight", {hidden}));
+    ASSIGN_OR_RETURN(layer.q_proj, bind.Linear(p + "self_attn.q_proj", q_dim, hidden, bias));
+    ASSIGN_OR_RETURN(layer.k_proj, bind.Linear(p + "self_attn.k_proj", kv_dim, hidden, bias));
+    ASSIGN_OR_RETURN(layer.v_proj, bind.Linear(p + "self_attn.v_proj", kv_dim, hidden, bias));
+    ASSIGN_OR_RETURN(layer.o_proj, bind.Linear(p + "self_attn.o_proj", hidden, q_dim, false));
+    ASSIGN_OR_RETURN(layer.post_attention_layernorm,
+                     bind.Tensor(p + "post_attention_layernorm.weight", {hidden}));
+    ASSIGN_OR_RETURN(layer.gate_proj, bind.Linear(p + "mlp.gate_proj", inter, hidden, false));
+    ASSIGN_OR_RETURN(layer.up_proj, bind.Linear(p + "mlp.up_proj", inter, hidden, false));
+    ASSIGN_OR_RETURN(layer.down_proj, bind.Linear(p + "mlp.down_proj", hidden, inter, false));
+  }
+  RETURN_IF_ERROR(CheckNoExtraLayers(*checkpoint, config));
+  ASSIGN_OR_RETURN(weights->norm, bind.Tensor("model.norm.weight", {hidden}));
+
+  // Tied models use the embedding matrix as the output projection, as transformers does even
+  // when a (redundant) lm_head.weight is stored.
+  weights->lm_head.out_features = config.vocab_size;
+  weights->lm_head.in_features = hidden;
+  if (config.tie_word_embeddings) {
+    weights->lm_head.weight = weights->embed_tokens;
+  } else if (checkpoint->Find("lm_head.weight") == nullptr) {
+    return absl::NotFoundError(absl::StrCat("tensor 'lm_head.weight' not found in checkpoint ",
+                                            checkpoint->dir(),
+                                            " and the config does not set tie_word_embeddings"));
+  } else {
+    ASSIGN_OR_RETURN(weights->lm_head.weight,
+                     bind.Tensor("lm_head.weight", {config.vocab_size, hidden}));
+  }
+  weights->checkpoint = std::move(checkpoint);
+  return std::shared_ptr<const LlamaWeights>(std::move(weights));
+}
+
+}  // namespace spqr

@@ -1,0 +1,95 @@
+#include "engine/tokenizer/tokenizer.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+// Debian's Abseil is built with its own absl::string_view class (ABSL_OPTION_USE_STD_STRING_VIEW
+// is 0), while sentencepiece_processor.h declares `namespace absl { using std::string_view; }`
+// and was compiled against std::string_view. Including both would redefine absl::string_view, so
+// the SentencePiece header sees a private namespace instead; the alias still resolves to
+// std::string_view, so the declarations (and their mangled names) match the library.
+#define absl spqr_sentencepiece_absl
+#include <sentencepiece_processor.h>
+#undef absl
+
+namespace spqr {
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Open(const std::string& path, int32_t bos_id,
+                                                           std::vector<int32_t> eos_ids) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return absl::NotFoundError(absl::StrCat("tokenizer model ", path, ": not found"));
+  }
+  std::unique_ptr<Tokenizer> tokenizer(new Tokenizer());
+  tokenizer->sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  const sentencepiece::util::Status loaded = tokenizer->sp_->Load(path);
+  if (!loaded.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tokenizer model ", path, ": not a valid SentencePiece model: ", loaded.ToString()));
+  }
+  const int32_t vocab = tokenizer->vocab_size();
+  auto check_id = [&](const char* what, int32_t id) -> absl::Status {
+    if (id >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " id ", id, " is outside the vocabulary of ", path, " (", vocab, " pieces)"));
+    }
+    return absl::OkStatus();
+  };
+
+  // Negative ids mean "not given" (the config had none); fall back to the model's own.
+  tokenizer->bos_id_ = bos_id >= 0 ? bos_id : tokenizer->sp_->bos_id();
+  if (auto status = check_id("bos", tokenizer->bos_id_); !status.ok()) return status;
+  for (int32_t id : eos_ids) {
+    if (id < 0) continue;
+    if (auto status = check_id("eos", id); !status.ok()) return status;
+    if (!tokenizer->IsEos(id)) tokenizer->eos_ids_.push_back(id);
+  }
+  if (tokenizer->eos_ids_.empty() && tokenizer->sp_->eos_id() >= 0) {
+    tokenizer->eos_ids_.push_back(tokenizer->sp_->eos_id());
+  }
+  return tokenizer;
+}
+
+Tokenizer::~Tokenizer() = default;
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+  std::vector<int> pieces;
+  // Encode fails only when no model is loaded, which Open() rules out.
+  sp_->Encode(text, &pieces).IgnoreError();
+  std::vector<int32_t> ids;
+  ids.reserve(pieces.size() + 1);
+  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
+  ids.insert(ids.end(), pieces.begin(), pieces.end());
+  return ids;
+}
+
+std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
+  // The model's vocab_size is often padded beyond the tokenizer's pieces; such ids (and negative
+  // ones) have no text, and SentencePiece would reject the whole sequence because of them.
+  const int32_t vocab = vocab_size();
+  std::vector<int> valid;
+  valid.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (id >= 0 && id < vocab) valid.push_back(id);
+  }
+  std::string text;
+  sp_->Decode(valid, &text).IgnoreError();
+  return text;
+}
+
+std::string Tokenizer::IdToPiece(int32_t id) const {
+  if (id < 0 || id >= vocab_size()) return "";
+  return sp_->IdToPiece(id);
+}
+
+int32_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+
+bool Tokenizer::IsEos(int32_t id) const {
+  return std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end();
+}
+
+}  // namespace spqr

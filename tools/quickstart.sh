@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The README's run command: installs what is missing, builds, starts spqr-server on the embedded
+# default model in the background, waits until it is healthy, and shows a demo Generate call.
+# The server keeps running afterwards (its PID and log are printed); stop it with
+#   kill $(cat build/spqr-server.pid)
+# Environment: SPQR_MODEL (model dir), SPQR_PORT (50051), SPQR_METRICS_PORT (9464).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+bash tools/build.sh
+BUILD_DIR=${BUILD_DIR:-build}
+MODEL=${SPQR_MODEL:-tests/data/test-model}
+PORT=${SPQR_PORT:-50051}
+METRICS_PORT=${SPQR_METRICS_PORT:-9464}
+ADDR="127.0.0.1:${PORT}"
+
+if [[ -f "$BUILD_DIR/spqr-server.pid" ]] && kill -0 "$(cat "$BUILD_DIR/spqr-server.pid")" 2>/dev/null; then
+  echo "quickstart: stopping the server started earlier (pid $(cat "$BUILD_DIR/spqr-server.pid"))"
+  kill "$(cat "$BUILD_DIR/spqr-server.pid")" || true
+  sleep 1
+fi
+nohup "$BUILD_DIR/server/spqr-server" --config config/spqr-server.yaml --model "$MODEL" \
+  --listen "$ADDR" --metrics_listen "127.0.0.1:${METRICS_PORT}" >"$BUILD_DIR/spqr-server.log" 2>&1 &
+echo $! >"$BUILD_DIR/spqr-server.pid"
+echo "quickstart: spqr-server pid $(cat "$BUILD_DIR/spqr-server.pid"), log $BUILD_DIR/spqr-server.log"
+
+for _ in $(seq 1 120); do
+  if "$BUILD_DIR/server/spqr-client" --address "$ADDR" health >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$(cat "$BUILD_DIR/spqr-server.pid")" 2>/dev/null; then
+    echo "quickstart: spqr-server exited; log follows" >&2
+    cat "$BUILD_DIR/spqr-server.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+"$BUILD_DIR/server/spqr-client" --address "$ADDR" health
+"$BUILD_DIR/server/spqr-client" --address "$ADDR" info
+echo "== demo: streaming Generate"
+"$BUILD_DIR/server/spqr-client" --address "$ADDR" generate "The GNU General Public License is" \
+  --max_new_tokens 48 --temperature 0.7 --seed 1
+echo
+echo "quickstart: server answering on $ADDR (gRPC) and http://127.0.0.1:${METRICS_PORT}/metrics"
+echo "quickstart: stop it with: kill \$(cat $BUILD_DIR/spqr-server.pid)"

@@ -7,7 +7,8 @@
 2. A tiny training run on tools/test_model_text.txt with the test model's tokenizer: the loss
    falls, log.jsonl has the documented fields, the checkpoint resumes (a second invocation with a
    larger --max-steps continues from the saved step), and the HF export reloads and matches the
-   numpy reference forward too.
+   numpy reference forward too, and tools/train/eval_perplexity.py reproduces the trainer's last
+   validation loss from the export.
 """
 
 import json
@@ -89,6 +90,19 @@ def main():
         if state["step"] != 60 or state["tokens"] != 60 * 4 * 64:
             fail(f"training_state.json: {state}")
         compare_with_reference(export, ids, "export")
+        # eval_perplexity.py on the export reproduces the trainer's last validation loss (same
+        # windows; the export's weights are bf16-rounded, hence the tolerance).
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train",
+                                                         "eval_perplexity.py"), export,
+                            "--text", os.path.join(REPO, "tools", "test_model_text.txt"),
+                            "--seq-len", "64", "--max-windows", "8"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"eval_perplexity.py failed: {r.stderr}")
+        ev = json.loads(r.stdout)
+        if ev["windows"] != 8 or abs(ev["mean_loss"] - vals[-1]) > 0.05:
+            fail(f"eval_perplexity {ev} disagrees with the trainer's val loss {vals[-1]}")
+        print(f"ok eval_perplexity: loss {ev['mean_loss']} vs trainer {vals[-1]}")
     print("PASS")
 
 

@@ -62,13 +62,7 @@ class Engine::Impl {
       eos_ids_ = model_->tokenizer->eos_ids();
       const Tokenizer* tokenizer = model_->tokenizer.get();
       decode_ = [tokenizer](std::span<const int32_t> ids) {
-        // Ids past the tokenizer's pieces (padded embedding rows) have no text.
-        std::vector<int32_t> known;
-        known.reserve(ids.size());
-        for (int32_t id : ids) {
-          if (id >= 0 && id < tokenizer->vocab_size()) known.push_back(id);
-        }
-        return tokenizer->Decode(known);
+        return tokenizer->Decode(std::vector<int32_t>(ids.begin(), ids.end()));
       };
     } else {
       eos_ids_ = model_->config.eos_token_ids;

@@ -1,0 +1,578 @@
+// The engine loop over a deterministic fake backend. The fake stores each token id in its paged
+// "KV pool" and computes logits from a hash of the whole context READ BACK THROUGH THE BLOCK
+// TABLE, so wrong positions, block tables or block reuse change the tokens; a reference computes
+// the same function directly from the token sequence.
+#include "engine/runtime/engine.h"
+
+#include <atomic>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/sampler/sampler.h"
+#include "gtest/gtest.h"
+
+namespace spqr {
+namespace {
+
+constexpr int32_t kVocab = 512;
+constexpr int32_t kEos = 2;
+constexpr int32_t kContext = 256;
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Logits of the next token after `context`: pseudo-random per (context, token); the eos token
+// becomes overwhelming from position `eos_from` on (-1: never).
+std::vector<float> ReferenceLogits(const std::vector<int32_t>& context, int32_t eos_from) {
+  uint64_t h = 0;
+  for (int32_t t : context) h = Mix(h ^ static_cast<uint64_t>(t));
+  std::vector<float> logits(kVocab);
+  for (int32_t v = 0; v < kVocab; ++v) {
+    logits[v] =
+        static_cast<float>(Mix(h * 31 + v) >> 40) / static_cast<float>(1 << 24) * 6.0f - 3.0f;
+  }
+  logits[kEos] = -5.0f;
+  if (eos_from >= 0 && static_cast<int32_t>(context.size()) > eos_from) logits[kEos] = 50.0f;
+  return logits;
+}
+
+int32_t ArgmaxOf(const std::vector<float>& v) {
+  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+std::vector<int32_t> ReferenceGreedy(std::vector<int32_t> context, int n, int32_t eos_from = -1) {
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    const int32_t t = ArgmaxOf(ReferenceLogits(context, eos_from));
+    out.push_back(t);
+    context.push_back(t);
+  }
+  return out;
+}
+
+struct FakeControl {
+  absl::Mutex mu;
+  bool paused ABSL_GUARDED_BY(mu) = false;
+  std::atomic<int> forwards{0};
+  std::atomic<int> max_seqs_per_step{0};
+  std::atomic<bool> fail{false};
+  int32_t eos_from = -1;
+
+  void Pause() {
+    absl::MutexLock lock(&mu);
+    paused = true;
+  }
+  void Resume() {
+    absl::MutexLock lock(&mu);
+    paused = false;
+  }
+};
+
+class FakeBackend : public Backend {
+ public:
+  explicit FakeBackend(std::shared_ptr<FakeControl> control) : control_(std::move(control)) {}
+  std::string name() const override { return "fake"; }
+  int64_t KvBytesPerToken() const override { return 64; }
+  absl::Status AllocateKvPool(const KvPoolShape& shape) override {
+    shape_ = shape;
+    pool_.assign(static_cast<size_t>(shape.num_blocks) * shape.block_size, -1);
+    return absl::OkStatus();
+  }
+  KvPoolShape kv_pool_shape() const override { return shape_; }
+  BackendMemoryStats memory_stats() const override { return {}; }
+
+  absl::Status Forward(const StepPlan& plan, StepOutput* out) override {
+    {
+      absl::MutexLock lock(&control_->mu);
+      control_->mu.Await(absl::Condition(
+          +[](bool* paused) { return !*paused; }, &control_->paused));
+    }
+    if (control_->fail) return absl::InternalError("fake device failure");
+    ++control_->forwards;
+    int prev = control_->max_seqs_per_step;
+    const int n = static_cast<int>(plan.seqs.size());
+    while (n > prev && !control_->max_seqs_per_step.compare_exchange_weak(prev, n)) {
+    }
+    out->vocab_size = kVocab;
+    out->logits.clear();
+    for (const SequenceStep& s : plan.seqs) {
+      const int32_t end = s.start_pos + static_cast<int32_t>(s.tokens.size());
+      if (static_cast<int64_t>(s.block_table.size()) * shape_.block_size < end) {
+        return absl::InvalidArgumentError("block table too short");
+      }
+      for (size_t i = 0; i < s.tokens.size(); ++i) {
+        if (s.tokens[i] < 0 || s.tokens[i] >= kVocab) return absl::InvalidArgumentError("token");
+        pool_[Slot(s, s.start_pos + static_cast<int32_t>(i))] = s.tokens[i];
+      }
+      for (int32_t r = 0; r < s.num_logits; ++r) {
+        const int32_t last = end - s.num_logits + r;  // logits after position `last`
+        std::vector<int32_t> context;
+        for (int32_t p = 0; p <= last; ++p) context.push_back(pool_[Slot(s, p)]);
+        const std::vector<float> row = ReferenceLogits(context, control_->eos_from);
+        out->logits.insert(out->logits.end(), row.begin(), row.end());
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  size_t Slot(const SequenceStep& s, int32_t pos) const {
+    const int32_t block = s.block_table[pos / shape_.block_size];
+    return static_cast<size_t>(block) * shape_.block_size + pos % shape_.block_size;
+  }
+  std::shared_ptr<FakeControl> control_;
+  KvPoolShape shape_;
+  std::vector<int32_t> pool_;
+};
+
+// Collects the chunks of every request; Wait() blocks until a request's final chunk.
+class Collector {
+ public:
+  OutputCallback For(const std::string& id) {
+    return [this, id](OutputChunk chunk) {
+      absl::MutexLock lock(&mu_);
+      EXPECT_FALSE(done_[id]) << id << ": chunk after the final one";
+      if (chunk.finished) done_[id] = true;
+      chunks_[id].push_back(std::move(chunk));
+    };
+  }
+  std::vector<OutputChunk> Wait(const std::string& id) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this, &id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_[id]; };
+    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(20))) << id;
+    return chunks_[id];
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::vector<OutputChunk>> chunks_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, bool> done_ ABSL_GUARDED_BY(mu_);
+};
+
+std::vector<int32_t> Tokens(const std::vector<OutputChunk>& chunks) {
+  std::vector<int32_t> ids;
+  for (const auto& c : chunks) ids.insert(ids.end(), c.token_ids.begin(), c.token_ids.end());
+  return ids;
+}
+std::string Text(const std::vector<OutputChunk>& chunks) {
+  std::string text;
+  for (const auto& c : chunks) text += c.text;
+  return text;
+}
+
+std::vector<int32_t> Prompt(int n, int salt) {
+  std::vector<int32_t> p = {1};
+  for (int i = 1; i < n; ++i)
+    p.push_back(3 + static_cast<int32_t>(Mix(i * 7 + salt) % (kVocab - 3)));
+  return p;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options = SmallOptions(),
+                                     bool with_tokenizer = true) {
+    auto model = std::make_unique<LoadedModel>();
+    model->dir = "fake";
+    model->config.model_type = "llama";
+    model->config.vocab_size = kVocab;
+    model->config.max_position_embeddings = kContext;
+    model->config.bos_token_id = 1;
+    model->config.eos_token_ids = {kEos};
+    if (with_tokenizer) {
+      auto tok = Tokenizer::Open(
+          std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model/tokenizer.model", 1, {kEos});
+      EXPECT_TRUE(tok.ok()) << tok.status();
+      if (tok.ok()) model->tokenizer = std::move(*tok);
+    }
+    model->backend = std::make_unique<FakeBackend>(control_);
+    auto engine = Engine::Create(std::move(model), options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? std::move(*engine) : nullptr;
+  }
+  static EngineOptions SmallOptions() {
+    EngineOptions o;
+    o.kv_block_size = 4;
+    o.kv_cache_bytes = 64 * 4 * 128;  // 128 blocks of 4 tokens
+    o.max_running_requests = 8;
+    o.max_batched_tokens = 24;
+    return o;
+  }
+  static GenerateRequest Greedy(const std::string& id, std::vector<int32_t> prompt, int n) {
+    GenerateRequest r;
+    r.request_id = id;
+    r.prompt_tokens = std::move(prompt);
+    r.sampling.temperature = 0.0f;
+    r.stopping.max_new_tokens = n;
+    return r;
+  }
+  // Waits until the engine thread has published the end of all work.
+  static void ExpectAllBlocksFree(const Engine& engine) {
+    for (int i = 0; i < 2000; ++i) {
+      const EngineStats s = engine.GetStats();
+      if (s.kv_blocks_free == s.kv_blocks_total && s.running_requests == 0) return;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    const EngineStats s = engine.GetStats();
+    ADD_FAILURE() << "KV blocks not returned: " << s.kv_blocks_free << " of " << s.kv_blocks_total;
+  }
+
+  std::shared_ptr<FakeControl> control_ = std::make_shared<FakeControl>();
+  Collector collector_;
+};
+
+TEST_F(EngineTest, SizesThePoolFromTheByteBudget) {
+  auto engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  const EngineStats s = engine->GetStats();
+  EXPECT_EQ(s.kv_blocks_total, 128);
+  EXPECT_EQ(s.kv_blocks_free, 128);
+  EXPECT_EQ(s.kv_block_size, 4);
+  EXPECT_EQ(control_->forwards.load(), 1) << "one warm-up forward";
+}
+
+TEST_F(EngineTest, GreedyGenerationMatchesTheReference) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(30, 1);  // longer than the 24-token step budget
+  ASSERT_TRUE(engine->Submit(Greedy("a", prompt, 12), collector_.For("a")).ok());
+  const auto chunks = collector_.Wait("a");
+  EXPECT_EQ(Tokens(chunks), ReferenceGreedy(prompt, 12));
+  const OutputChunk& last = chunks.back();
+  EXPECT_TRUE(last.finished);
+  EXPECT_EQ(last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(last.usage.prompt_tokens, 30);
+  EXPECT_EQ(last.usage.completion_tokens, 12);
+  EXPECT_EQ(chunks.size(), 12u) << "one chunk per token; the last one carries finished";
+  EXPECT_GE(last.timings.e2e, last.timings.time_to_first_token);
+  EXPECT_GE(last.timings.time_to_first_token, last.timings.queue_time);
+  ExpectAllBlocksFree(*engine);
+  const EngineStats s = engine->GetStats();
+  EXPECT_EQ(s.prompt_tokens_total, 30);
+  EXPECT_EQ(s.generation_tokens_total, 12);
+  EXPECT_GT(s.steps_total, 12);
+}
+
+TEST_F(EngineTest, ConcurrentGreedyRequestsEqualSoloRuns) {
+  EngineOptions o = SmallOptions();
+  o.max_running_requests = 5;  // 12 requests: some wait for others to finish
+  auto engine = MakeEngine(o);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> lengths;
+  control_->Pause();  // queue everything, then let the engine batch it
+  for (int i = 0; i < 12; ++i) {
+    prompts.push_back(Prompt(3 + 7 * i % 41, i));
+    lengths.push_back(5 + i % 7);
+    ASSERT_TRUE(engine
+                    ->Submit(Greedy(absl::StrCat("r", i), prompts[i], lengths[i]),
+                             collector_.For(absl::StrCat("r", i)))
+                    .ok());
+  }
+  control_->Resume();
+  for (int i = 0; i < 12; ++i) {
+    EXPECT_EQ(Tokens(collector_.Wait(absl::StrCat("r", i))),
+              ReferenceGreedy(prompts[i], lengths[i]))
+        << "request " << i;
+  }
+  EXPECT_GE(control_->max_seqs_per_step.load(), 5) << "requests were not batched";
+  ExpectAllBlocksFree(*engine);
+}
+
+TEST_F(EngineTest, EosStopsUnlessIgnoredAndNotBeforeMinNewTokens) {
+  control_->eos_from = 12;  // eos is the greedy choice once the context has 13 tokens
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(10, 3);
+  ASSERT_TRUE(engine->Submit(Greedy("eos", prompt, 20), collector_.For("eos")).ok());
+  auto chunks = collector_.Wait("eos");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kEos);
+  EXPECT_EQ(chunks.back().stop_token_id, kEos);
+  std::vector<int32_t> tokens = Tokens(chunks);
+  ASSERT_EQ(tokens.size(), 4u);  // 3 tokens, then eos (included in token ids)
+  EXPECT_EQ(tokens.back(), kEos);
+
+  GenerateRequest min = Greedy("min", prompt, 20);
+  min.stopping.min_new_tokens = 6;
+  ASSERT_TRUE(engine->Submit(min, collector_.For("min")).ok());
+  chunks = collector_.Wait("min");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kEos);
+  tokens = Tokens(chunks);
+  ASSERT_EQ(tokens.size(), 7u);
+  for (int i = 0; i < 6; ++i) EXPECT_NE(tokens[i], kEos);
+
+  GenerateRequest ignore = Greedy("ignore", prompt, 8);
+  ignore.stopping.ignore_eos = true;
+  ASSERT_TRUE(engine->Submit(ignore, collector_.For("ignore")).ok());
+  chunks = collector_.Wait("ignore");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kLength);
+  EXPECT_EQ(Tokens(chunks).size(), 8u);
+}
+
+TEST_F(EngineTest, StopTokenIds) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(8, 4);
+  const std::vector<int32_t> expected = ReferenceGreedy(prompt, 10);
+  GenerateRequest r = Greedy("s", prompt, 10);
+  r.stopping.stop_token_ids = {expected[4]};
+  ASSERT_TRUE(engine->Submit(r, collector_.For("s")).ok());
+  const auto chunks = collector_.Wait("s");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kStopToken);
+  EXPECT_EQ(chunks.back().stop_token_id, expected[4]);
+  const std::vector<int32_t> tokens = Tokens(chunks);
+  ASSERT_FALSE(tokens.empty());
+  EXPECT_EQ(tokens.back(), expected[4]);
+  EXPECT_LE(tokens.size(), 5u);  // the stop token may already appear earlier in the output
+}
+
+TEST_F(EngineTest, StopStringCutsTheTextAcrossTokens) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(6, 5);
+  ASSERT_TRUE(engine->Submit(Greedy("full", prompt, 30), collector_.For("full")).ok());
+  const std::string full = Text(collector_.Wait("full"));
+  ASSERT_GE(full.size(), 12u) << full;
+  // A stop string taken from the middle of the greedy text; it most likely spans tokens.
+  size_t start = full.size() / 2;
+  while (start < full.size() && (static_cast<unsigned char>(full[start]) & 0xC0) == 0x80) ++start;
+  const std::string stop = full.substr(start, 4);
+  const size_t first = full.find(stop);
+  GenerateRequest r = Greedy("stop", prompt, 30);
+  r.stopping.stop_strings = {"never-appears", stop};
+  ASSERT_TRUE(engine->Submit(r, collector_.For("stop")).ok());
+  const auto chunks = collector_.Wait("stop");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kStopString);
+  EXPECT_EQ(chunks.back().stop_string, stop);
+  EXPECT_EQ(Text(chunks), full.substr(0, first));
+}
+
+TEST_F(EngineTest, TextStreamEqualsTheDecodedTokens) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(5, 6);
+  ASSERT_TRUE(engine->Submit(Greedy("t", prompt, 25), collector_.For("t")).ok());
+  const auto chunks = collector_.Wait("t");
+  const Tokenizer& tok = *engine->model().tokenizer;
+  std::vector<int32_t> all = prompt;
+  for (int32_t t : Tokens(chunks)) all.push_back(t);
+  EXPECT_EQ(tok.Decode(prompt) + Text(chunks), tok.Decode(all));
+}
+
+TEST_F(EngineTest, SeededSamplingIsReproducible) {
+  auto engine = MakeEngine();
+  auto run = [&](const std::string& id, std::optional<uint64_t> seed) {
+    GenerateRequest r = Greedy(id, Prompt(7, 7), 16);
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = seed;
+    EXPECT_TRUE(engine->Submit(r, collector_.For(id)).ok());
+    return Tokens(collector_.Wait(id));
+  };
+  const auto a = run("a", 42), b = run("b", 42), c = run("c", 43);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+}
+
+TEST_F(EngineTest, LogprobsOfChosenTokensAndAlternatives) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(9, 8);
+  GenerateRequest r = Greedy("lp", prompt, 4);
+  r.logprobs = true;
+  r.top_logprobs = 3;
+  ASSERT_TRUE(engine->Submit(r, collector_.For("lp")).ok());
+  const auto chunks = collector_.Wait("lp");
+  std::vector<int32_t> context = prompt;
+  for (const OutputChunk& c : chunks) {
+    ASSERT_EQ(c.logprobs.size(), c.token_ids.size());
+    for (size_t i = 0; i < c.token_ids.size(); ++i) {
+      const TokenLogprob want =
+          ComputeTokenLogprob(ReferenceLogits(context, -1), c.token_ids[i], 3);
+      EXPECT_EQ(c.logprobs[i].token_id, c.token_ids[i]);
+      EXPECT_FLOAT_EQ(c.logprobs[i].logprob, want.logprob);
+      EXPECT_TRUE(c.logprobs[i].is_greedy);
+      ASSERT_EQ(c.logprobs[i].top.size(), 3u);
+      EXPECT_EQ(c.logprobs[i].top[0].token_id, c.token_ids[i]);
+      context.push_back(c.token_ids[i]);
+    }
+  }
+}
+
+TEST_F(EngineTest, PromptLogprobsForScoringAcrossPrefillChunks) {
+  auto engine = MakeEngine();
+  const std::vector<int32_t> prompt = Prompt(50, 9);  // 3 chunks of the 24-token budget
+  GenerateRequest r = Greedy("score", prompt, 0);
+  r.prompt_logprobs = true;
+  r.top_logprobs = 2;
+  ASSERT_TRUE(engine->Submit(r, collector_.For("score")).ok());
+  const auto chunks = collector_.Wait("score");
+  ASSERT_EQ(chunks.size(), 1u);
+  EXPECT_EQ(chunks[0].finish_reason, FinishReason::kLength);
+  EXPECT_TRUE(chunks[0].token_ids.empty());
+  ASSERT_EQ(chunks[0].prompt_logprobs.size(), prompt.size() - 1);
+  for (size_t i = 1; i < prompt.size(); ++i) {
+    const std::vector<int32_t> prefix(prompt.begin(), prompt.begin() + i);
+    const TokenLogprob want = ComputeTokenLogprob(ReferenceLogits(prefix, -1), prompt[i], 2);
+    const TokenLogprob& got = chunks[0].prompt_logprobs[i - 1];
+    EXPECT_EQ(got.token_id, prompt[i]);
+    EXPECT_FLOAT_EQ(got.logprob, want.logprob) << "position " << i;
+    EXPECT_EQ(got.is_greedy, want.is_greedy);
+    ASSERT_EQ(got.top.size(), 2u);
+    EXPECT_EQ(got.top[0].token_id, want.top[0].token_id);
+  }
+
+  // With generation as well: prompt logprobs arrive once, in the first chunk.
+  GenerateRequest both = Greedy("both", prompt, 3);
+  both.prompt_logprobs = true;
+  ASSERT_TRUE(engine->Submit(both, collector_.For("both")).ok());
+  const auto chunks2 = collector_.Wait("both");
+  EXPECT_EQ(chunks2[0].prompt_logprobs.size(), prompt.size() - 1);
+  for (size_t i = 1; i < chunks2.size(); ++i) EXPECT_TRUE(chunks2[i].prompt_logprobs.empty());
+  EXPECT_EQ(Tokens(chunks2), ReferenceGreedy(prompt, 3));
+}
+
+TEST_F(EngineTest, SubmitValidation) {
+  auto engine = MakeEngine();
+  auto code = [&](GenerateRequest r) {
+    return engine->Submit(r, collector_.For(r.request_id)).code();
+  };
+  EXPECT_EQ(code(Greedy("empty", {}, 4)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy("range", {1, kVocab}, 4)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Greedy("neg", {1, -1}, 4)), absl::StatusCode::kInvalidArgument);
+  const absl::Status too_long = engine->Submit(Greedy("long", Prompt(200, 1), 100), nullptr);
+  EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_long.message().find("200"), std::string::npos) << too_long;
+  EXPECT_NE(too_long.message().find("256"), std::string::npos) << too_long;
+  GenerateRequest bad_min = Greedy("min", {1}, 4);
+  bad_min.stopping.min_new_tokens = 5;
+  EXPECT_EQ(code(bad_min), absl::StatusCode::kInvalidArgument);
+  GenerateRequest bad_p = Greedy("p", {1}, 4);
+  bad_p.sampling.top_p = 0.0f;
+  EXPECT_EQ(code(bad_p), absl::StatusCode::kInvalidArgument);
+
+  control_->Pause();
+  ASSERT_TRUE(engine->Submit(Greedy("dup", {1, 5}, 4), collector_.For("dup")).ok());
+  EXPECT_EQ(engine->Submit(Greedy("dup", {1, 5}, 4), nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  engine->StopAccepting();
+  EXPECT_EQ(engine->Submit(Greedy("late", {1, 5}, 4), nullptr).code(),
+            absl::StatusCode::kUnavailable);
+  control_->Resume();
+  EXPECT_EQ(collector_.Wait("dup").back().finish_reason, FinishReason::kLength);
+}
+
+TEST_F(EngineTest, KvCacheSmallerThanTheRequestIsRejected) {
+  EngineOptions o = SmallOptions();
+  o.kv_cache_bytes = 64 * 4 * 8;  // 8 blocks = 32 tokens
+  auto engine = MakeEngine(o);
+  const absl::Status s = engine->Submit(Greedy("big", Prompt(30, 1), 10), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(engine->Submit(Greedy("ok", Prompt(20, 1), 10), collector_.For("ok")).ok());
+  EXPECT_EQ(Tokens(collector_.Wait("ok")).size(), 10u);
+}
+
+TEST_F(EngineTest, QueueBoundsGiveResourceExhausted) {
+  EngineOptions o = SmallOptions();
+  o.max_queued_requests = 3;
+  o.max_queued_prompt_tokens = 100;
+  auto engine = MakeEngine(o);
+  control_->Pause();  // nothing is admitted while the backend is stuck in... no step yet
+  // The first request may be admitted into the (paused) step; fill the queue behind it.
+  ASSERT_TRUE(engine->Submit(Greedy("q0", Prompt(10, 0), 4), collector_.For("q0")).ok());
+  absl::SleepFor(absl::Milliseconds(50));  // the engine thread takes q0 and blocks in Forward
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_TRUE(engine
+                    ->Submit(Greedy(absl::StrCat("q", i), Prompt(10, i), 4),
+                             collector_.For(absl::StrCat("q", i)))
+                    .ok());
+  }
+  const absl::Status full = engine->Submit(Greedy("q4", Prompt(10, 4), 4), nullptr);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_EQ(engine->GetStats().waiting_requests, 3);
+  control_->Resume();
+  for (int i = 0; i <= 3; ++i) collector_.Wait(absl::StrCat("q", i));
+  // Prompt-token bound: 3 x 40 tokens > 100.
+  control_->Pause();
+  ASSERT_TRUE(engine->Submit(Greedy("t0", Prompt(40, 0), 2), collector_.For("t0")).ok());
+  absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(engine->Submit(Greedy("t1", Prompt(40, 1), 2), collector_.For("t1")).ok());
+  ASSERT_TRUE(engine->Submit(Greedy("t2", Prompt(40, 2), 2), collector_.For("t2")).ok());
+  EXPECT_EQ(engine->Submit(Greedy("t3", Prompt(40, 3), 2), nullptr).code(),
+            absl::StatusCode::kResourceExhausted);
+  control_->Resume();
+  for (int i = 0; i <= 2; ++i) collector_.Wait(absl::StrCat("t", i));
+}
+
+TEST_F(EngineTest, CancelFinishesAndFreesBlocks) {
+  auto engine = MakeEngine();
+  ASSERT_TRUE(engine->Submit(Greedy("c", Prompt(10, 1), 200), collector_.For("c")).ok());
+  engine->Cancel("c");
+  engine->Cancel("unknown");  // ignored
+  const auto chunks = collector_.Wait("c");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kCancelled);
+  EXPECT_LT(Tokens(chunks).size(), 200u);
+  ExpectAllBlocksFree(*engine);
+  // The id is free again.
+  EXPECT_TRUE(engine->Submit(Greedy("c", Prompt(4, 1), 2), collector_.For("c2")).ok());
+  collector_.Wait("c2");
+}
+
+TEST_F(EngineTest, DeadlineFinishesWithDeadline) {
+  auto engine = MakeEngine();
+  GenerateRequest r = Greedy("d", Prompt(10, 1), 200);
+  r.deadline = absl::Now() + absl::Milliseconds(20);
+  control_->Pause();
+  ASSERT_TRUE(engine->Submit(r, collector_.For("d")).ok());
+  absl::SleepFor(absl::Milliseconds(40));
+  control_->Resume();
+  const auto chunks = collector_.Wait("d");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kDeadline);
+  ExpectAllBlocksFree(*engine);
+}
+
+TEST_F(EngineTest, BackendErrorFinishesWithError) {
+  auto engine = MakeEngine();
+  control_->fail = true;
+  ASSERT_TRUE(engine->Submit(Greedy("e", Prompt(10, 1), 5), collector_.For("e")).ok());
+  const auto chunks = collector_.Wait("e");
+  EXPECT_EQ(chunks.back().finish_reason, FinishReason::kError);
+  EXPECT_EQ(chunks.back().error.code(), absl::StatusCode::kInternal);
+  ExpectAllBlocksFree(*engine);
+}
+
+TEST_F(EngineTest, DestructorCancelsLiveRequests) {
+  auto engine = MakeEngine();
+  control_->Pause();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(engine
+                    ->Submit(Greedy(absl::StrCat("x", i), Prompt(10, i), 100),
+                             collector_.For(absl::StrCat("x", i)))
+                    .ok());
+  }
+  std::thread resume([this] {
+    absl::SleepFor(absl::Milliseconds(30));
+    control_->Resume();
+  });
+  engine.reset();
+  resume.join();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(collector_.Wait(absl::StrCat("x", i)).back().finish_reason, FinishReason::kCancelled);
+  }
+}
+
+TEST_F(EngineTest, WorksWithoutATokenizer) {
+  auto engine = MakeEngine(SmallOptions(), /*with_tokenizer=*/false);
+  const std::vector<int32_t> prompt = Prompt(6, 2);
+  ASSERT_TRUE(engine->Submit(Greedy("n", prompt, 5), collector_.For("n")).ok());
+  const auto chunks = collector_.Wait("n");
+  EXPECT_EQ(Tokens(chunks), ReferenceGreedy(prompt, 5));
+  EXPECT_EQ(Text(chunks), "");
+  GenerateRequest r = Greedy("s", prompt, 5);
+  r.stopping.stop_strings = {"x"};
+  EXPECT_EQ(engine->Submit(r, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace spqr

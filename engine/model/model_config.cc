@@ -144,15 +144,18 @@ absl::StatusOr<json> ParseObject(const std::string& text, const std::string& sou
   return parsed;
 }
 
-absl::StatusOr<RopeScaling> ParseRopeScaling(const json& config, const std::string& source) {
+// `key` is "rope_scaling", or "rope_parameters" (transformers >= 5 moved the scaling and
+// rope_theta there).
+absl::StatusOr<RopeScaling> ParseRopeScaling(const json& config, const std::string& key,
+                                             const std::string& source) {
   RopeScaling scaling;
-  auto it = config.find("rope_scaling");
+  auto it = config.find(key);
   if (it == config.end() || it->is_null()) return scaling;
   if (!it->is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        source, ": key 'rope_scaling' must be null or an object, found ", it->type_name()));
+        source, ": key '", key, "' must be null or an object, found ", it->type_name()));
   }
-  const std::string where = absl::StrCat(source, " (rope_scaling)");
+  const std::string where = absl::StrCat(source, " (", key, ")");
   JsonReader reader(*it, where);
   // transformers renamed "type" to "rope_type"; both spellings are in the wild.
   ASSIGN_OR_RETURN(std::string type, reader.String("rope_type", ""));
@@ -161,7 +164,7 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& config, const std::stri
   }
   if (type.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": rope_scaling needs a 'rope_type' (or 'type')"));
+        absl::StrCat(source, ": ", key, " needs a 'rope_type' (or 'type')"));
   }
   if (type == "default") return scaling;
   if (type == "linear") {
@@ -189,7 +192,7 @@ absl::StatusOr<RopeScaling> ParseRopeScaling(const json& config, const std::stri
     }
     return scaling;
   }
-  return absl::UnimplementedError(absl::StrCat("rope_scaling type '", type, "' in ", source,
+  return absl::UnimplementedError(absl::StrCat(key, " type '", type, "' in ", source,
                                                " is not supported (supported: linear, llama3, "
                                                "default)"));
 }
@@ -274,7 +277,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                    reader.PositiveInt("max_position_embeddings", 2048));
   ASSIGN_OR_RETURN(config.rms_norm_eps, reader.PositiveNumber("rms_norm_eps", 1e-6));
   ASSIGN_OR_RETURN(config.rope_theta, reader.PositiveNumber("rope_theta", 10000.0));
-  ASSIGN_OR_RETURN(config.rope_scaling, ParseRopeScaling(root, source));
+  if (reader.Get("rope_scaling") == nullptr && reader.Get("rope_parameters") != nullptr) {
+    ASSIGN_OR_RETURN(config.rope_scaling, ParseRopeScaling(root, "rope_parameters", source));
+    if (reader.Get("rope_parameters")->is_object()) {
+      JsonReader parameters(*reader.Get("rope_parameters"), source + " (rope_parameters)");
+      ASSIGN_OR_RETURN(config.rope_theta,
+                       parameters.PositiveNumber("rope_theta", config.rope_theta));
+    }
+  } else {
+    ASSIGN_OR_RETURN(config.rope_scaling, ParseRopeScaling(root, "rope_scaling", source));
+  }
   ASSIGN_OR_RETURN(config.tie_word_embeddings, reader.Bool("tie_word_embeddings", false));
   if (config.model_type == "qwen2") {
     config.attention_bias = true;  // Qwen2 always has q/k/v biases; its config has no key for it

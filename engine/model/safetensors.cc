@@ -313,6 +313,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
         absl::StrCat(index_path, ": must be an object with a \"weight_map\" object"));
   }
   const json& weight_map = index["weight_map"];
+  if (weight_map.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(index_path, ": \"weight_map\" is empty"));
+  }
 
   // Shard file name -> position in files_, opened once each in order of first mention.
   std::map<std::string, size_t> shard_slot;

@@ -258,6 +258,19 @@ TEST(ModelConfigTest, UnsupportedRopeScalingTypesAreNamed) {
               HasSubstr("rope_scaling needs a 'rope_type'"));
 }
 
+TEST(ModelConfigTest, RopeParametersOfNewerTransformers) {
+  auto config = Parse(With(kLlamaConfig, "rope_parameters",
+                           R"({"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0})"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->rope_scaling.type, RopeScaling::Type::kLinear);
+  EXPECT_DOUBLE_EQ(config->rope_scaling.factor, 2.0);
+  EXPECT_DOUBLE_EQ(config->rope_theta, 500000.0);
+
+  config = Parse(With(kLlamaConfig, "rope_parameters", R"({"rope_type": "yarn", "factor": 2.0})"));
+  EXPECT_TRUE(absl::IsUnimplemented(config.status()));
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr("rope_parameters type 'yarn'"));
+}
+
 TEST(LoadModelConfigTest, GenerationConfigOverridesBosAndAddsEosIds) {
   TempDir dir;
   dir.Write("config.json", kLlamaConfig);

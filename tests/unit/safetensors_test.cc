@@ -1,6 +1,8 @@
 #include "engine/model/safetensors.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -307,6 +309,62 @@ TEST(SafetensorsTest, MisalignedSixteenBitDataIsRejectedWithAClearMessage) {
   EXPECT_TRUE(OpenBytes(dir, RawSafetensors(u8_header, std::string(4, 0))).ok());
 }
 
+// Random corruptions of a valid file (byte flips, truncation, digit edits in the header) must
+// come back as errors or as views that lie inside the mapping; under ASan any read outside the
+// file fails the test. A deterministic, fast cousin of tests/fuzz/safetensors_fuzz.cc.
+TEST(SafetensorsTest, RandomCorruptionsAreRejectedOrStayInBounds) {
+  TempDir dir;
+  const std::string valid = BuildSafetensors(
+      {TestTensor{"a", "F32", {2, 3}, std::string(24, 1)}, ZeroTensor("b", "BF16", {5}),
+       ZeroTensor("c", "U8", {3}), ZeroTensor("d", "I64", {1})},
+      {{"format", "pt"}});
+  std::mt19937 rng(1234);
+  int opened = 0;
+  for (int iteration = 0; iteration < 1500; ++iteration) {
+    std::string bytes = valid;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits; ++e) {
+      const size_t at = rng() % bytes.size();
+      switch (rng() % 4) {
+        case 0:  // random byte
+          bytes[at] = static_cast<char>(rng());
+          break;
+        case 1:  // a digit in the header, which moves offsets and shapes
+          bytes[at] = static_cast<char>('0' + rng() % 10);
+          break;
+        case 2:  // truncation
+          bytes.resize(at);
+          break;
+        default:  // the header length prefix
+          bytes[rng() % 8] = static_cast<char>(rng());
+          break;
+      }
+      if (bytes.empty()) break;
+    }
+    // A fresh file each time: rewriting one in place makes ext4 flush it on every truncation.
+    const std::string path = dir.Write("fuzz" + std::to_string(iteration), bytes);
+    auto file = SafetensorsFile::Open(path);
+    std::remove(path.c_str());
+    if (!file.ok()) {
+      EXPECT_FALSE(file.status().message().empty());
+      continue;
+    }
+    ++opened;
+    const auto* begin = static_cast<const char*>((*file)->mapped_data());
+    const auto* end = begin + (*file)->mapped_size();
+    for (const std::string& name : (*file)->Names()) {
+      const TensorView* view = (*file)->Find(name);
+      ASSERT_NE(view, nullptr);
+      const auto* data = static_cast<const char*>(view->data);
+      ASSERT_GE(data, begin) << name;
+      ASSERT_LE(data + view->nbytes, end) << name;
+      EXPECT_EQ(view->nbytes, static_cast<size_t>(view->numel()) * DTypeSize(view->dtype));
+    }
+  }
+  // Some corruptions (a changed value byte, a changed metadata letter) leave a valid file.
+  EXPECT_GT(opened, 0);
+}
+
 TEST(CheckpointTest, SingleFileCheckpoint) {
   TempDir dir;
   dir.Write("model.safetensors",
@@ -416,6 +474,7 @@ TEST(CheckpointTest, MalformedIndexFilesAreRejected) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"{not json", "not valid JSON"},
       {R"({"metadata": {}})", "must be an object with a \"weight_map\" object"},
+      {R"({"weight_map": {}})", "\"weight_map\" is empty"},
       {R"({"weight_map": {"a": 1}})", "weight_map entry 'a' must name a shard file"},
       {R"({"weight_map": {"a": "../model-00001-of-00002.safetensors"}})",
        "which is not a plain file name"},

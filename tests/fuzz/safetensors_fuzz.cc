@@ -2,8 +2,9 @@
 // come back as an error status or as tensor views that lie inside the mapped file; the target
 // reads every byte of every view so ASan reports any view that does not.
 //
-// Build (clang only): cmake -DSPQR_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++ ... --target safetensors_fuzz
-// Run:  build/tests/safetensors_fuzz -dict=tests/fuzz/safetensors.dict tests/fuzz/corpus/safetensors
+// Build (clang only): configure with -DSPQR_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++, then build the
+// target safetensors_fuzz. Run it with -dict=tests/fuzz/safetensors.dict, a scratch corpus
+// directory first (new inputs are written there) and tests/fuzz/corpus/safetensors as seeds.
 #include <sys/mman.h>
 #include <unistd.h>
 

@@ -1,0 +1,13 @@
+# Quantizer algorithms and the SpQR format module (engine/format).
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+set(quant_libs spqr_quantizer_lib spqr_engine_core Eigen3::Eigen)
+spqr_add_gtest(spqr_format_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_format_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(bits_formula_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/bits_formula_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(gptq_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/gptq_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(rtn_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/rtn_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(spqr_layer_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_layer_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)

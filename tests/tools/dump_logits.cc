@@ -1,0 +1,149 @@
+// Runs the engine's CPU backend on a checkpoint directory and writes the logits of every token of
+// a sequence as a float32 .npy file [tokens, vocab], for comparison with
+// tools/reference_forward.py.
+//
+// The first --prompt tokens are prefilled in chunks of --chunk tokens (logits for all of them), the
+// rest are fed one decode step at a time (teacher forcing), all through the paged KV cache with a
+// small block size and a scrambled block table so paging is exercised.
+//
+//   spqr-dump-logits --model DIR --tokens 1,2,3,4 --prompt 3 --chunk 2 --out logits.npy
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/model/llama_weights.h"
+#include "engine/model/model_config.h"
+#include "engine/model/safetensors.h"
+
+namespace spqr {
+namespace {
+
+struct Args {
+  std::string model;
+  std::vector<int32_t> tokens;
+  int prompt = -1;  // default: all tokens
+  int chunk = 0;    // default: the whole prompt in one step
+  int block_size = 4;
+  int threads = 0;
+  std::string out;
+};
+
+bool ParseArgs(int argc, char** argv, Args* args) {
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const std::string value = argv[i + 1];
+    if (flag == "--model") {
+      args->model = value;
+    } else if (flag == "--out") {
+      args->out = value;
+    } else if (flag == "--tokens") {
+      for (absl::string_view t : absl::StrSplit(value, ',')) {
+        int32_t id;
+        if (!absl::SimpleAtoi(t, &id)) return false;
+        args->tokens.push_back(id);
+      }
+    } else if (flag == "--prompt") {
+      if (!absl::SimpleAtoi(value, &args->prompt)) return false;
+    } else if (flag == "--chunk") {
+      if (!absl::SimpleAtoi(value, &args->chunk)) return false;
+    } else if (flag == "--block-size") {
+      if (!absl::SimpleAtoi(value, &args->block_size)) return false;
+    } else if (flag == "--threads") {
+      if (!absl::SimpleAtoi(value, &args->threads)) return false;
+    } else {
+      return false;
+    }
+  }
+  return !args->model.empty() && !args->out.empty() && !args->tokens.empty() &&
+         args->block_size > 0;
+}
+
+bool WriteNpy(const std::string& path, const std::vector<float>& data, int64_t rows, int64_t cols) {
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
+                       std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+  // Magic (6) + version (2) + length (2) + header + '\n' padded to a multiple of 64.
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return false;
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  std::fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  std::fwrite(&len, 2, 1, f);  // little-endian host
+  std::fwrite(header.data(), 1, header.size(), f);
+  std::fwrite(data.data(), sizeof(float), data.size(), f);
+  return std::fclose(f) == 0;
+}
+
+int Run(const Args& args) {
+  auto config = LoadModelConfig(args.model);
+  if (!config.ok()) {
+    std::cerr << config.status() << "\n";
+    return 1;
+  }
+  auto checkpoint = Checkpoint::Open(args.model);
+  if (!checkpoint.ok()) {
+    std::cerr << checkpoint.status() << "\n";
+    return 1;
+  }
+  auto weights = BindLlamaWeights(std::move(*checkpoint), *config);
+  if (!weights.ok()) {
+    std::cerr << weights.status() << "\n";
+    return 1;
+  }
+  auto backend = CreateCpuBackend(*weights, CpuBackendOptions{args.threads});
+  if (!backend.ok()) {
+    std::cerr << backend.status() << "\n";
+    return 1;
+  }
+  const int n = static_cast<int>(args.tokens.size());
+  const int blocks = (n + args.block_size - 1) / args.block_size;
+  // Pool twice as large as needed, blocks used in reverse order with gaps.
+  if (absl::Status st = (*backend)->AllocateKvPool({2 * blocks + 1, args.block_size}); !st.ok()) {
+    std::cerr << st << "\n";
+    return 1;
+  }
+  std::vector<int32_t> table(blocks);
+  for (int b = 0; b < blocks; ++b) table[b] = 2 * (blocks - 1 - b) + 1;
+
+  const int prompt = args.prompt < 0 ? n : std::min(args.prompt, n);
+  const int chunk = args.chunk > 0 ? args.chunk : std::max(prompt, 1);
+  std::vector<float> logits;
+  int64_t vocab = 0;
+  for (int pos = 0; pos < n;) {
+    const int len = pos < prompt ? std::min(chunk, prompt - pos) : 1;
+    StepPlan plan;
+    plan.seqs.push_back({std::span<const int32_t>(args.tokens.data() + pos, len), pos, table, len});
+    StepOutput out;
+    if (absl::Status st = (*backend)->Forward(plan, &out); !st.ok()) {
+      std::cerr << st << "\n";
+      return 1;
+    }
+    vocab = out.vocab_size;
+    logits.insert(logits.end(), out.logits.begin(), out.logits.end());
+    pos += len;
+  }
+  if (!WriteNpy(args.out, logits, n, vocab)) {
+    std::cerr << "cannot write " << args.out << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace spqr
+
+int main(int argc, char** argv) {
+  spqr::Args args;
+  if (!spqr::ParseArgs(argc, argv, &args)) {
+    std::cerr << "usage: spqr-dump-logits --model DIR --tokens ID,ID,... --out FILE.npy "
+                 "[--prompt N] [--chunk N] [--block-size N] [--threads N]\n";
+    return 2;
+  }
+  return spqr::Run(args);
+}

@@ -207,6 +207,8 @@ class EngineTest : public ::testing::Test {
     o.max_batched_tokens = 24;
     return o;
   }
+
+ public:
   static GenerateRequest Greedy(const std::string& id, std::vector<int32_t> prompt, int n) {
     GenerateRequest r;
     r.request_id = id;
@@ -215,6 +217,8 @@ class EngineTest : public ::testing::Test {
     r.stopping.max_new_tokens = n;
     return r;
   }
+
+ protected:
   // Waits until the engine thread has published the end of all work.
   static void ExpectAllBlocksFree(const Engine& engine) {
     for (int i = 0; i < 2000; ++i) {
@@ -224,6 +228,15 @@ class EngineTest : public ::testing::Test {
     }
     const EngineStats s = engine.GetStats();
     ADD_FAILURE() << "KV blocks not returned: " << s.kv_blocks_free << " of " << s.kv_blocks_total;
+  }
+
+  // Admission happens before the step's forward pass, so this returns once the engine thread
+  // holds every submitted request (and, with the backend paused, is blocked in Forward).
+  static void WaitUntilNothingWaits(const Engine& engine) {
+    for (int i = 0; i < 5000 && engine.GetStats().waiting_requests > 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    ASSERT_EQ(engine.GetStats().waiting_requests, 0);
   }
 
   std::shared_ptr<FakeControl> control_ = std::make_shared<FakeControl>();
@@ -478,10 +491,10 @@ TEST_F(EngineTest, QueueBoundsGiveResourceExhausted) {
   o.max_queued_requests = 3;
   o.max_queued_prompt_tokens = 100;
   auto engine = MakeEngine(o);
-  control_->Pause();  // nothing is admitted while the backend is stuck in... no step yet
-  // The first request may be admitted into the (paused) step; fill the queue behind it.
+  // q0 is admitted and its step blocks in the paused backend; the queue fills behind it.
+  control_->Pause();
   ASSERT_TRUE(engine->Submit(Greedy("q0", Prompt(10, 0), 4), collector_.For("q0")).ok());
-  absl::SleepFor(absl::Milliseconds(50));  // the engine thread takes q0 and blocks in Forward
+  WaitUntilNothingWaits(*engine);
   for (int i = 1; i <= 3; ++i) {
     ASSERT_TRUE(engine
                     ->Submit(Greedy(absl::StrCat("q", i), Prompt(10, i), 4),
@@ -496,7 +509,7 @@ TEST_F(EngineTest, QueueBoundsGiveResourceExhausted) {
   // Prompt-token bound: 3 x 40 tokens > 100.
   control_->Pause();
   ASSERT_TRUE(engine->Submit(Greedy("t0", Prompt(40, 0), 2), collector_.For("t0")).ok());
-  absl::SleepFor(absl::Milliseconds(50));
+  WaitUntilNothingWaits(*engine);
   ASSERT_TRUE(engine->Submit(Greedy("t1", Prompt(40, 1), 2), collector_.For("t1")).ok());
   ASSERT_TRUE(engine->Submit(Greedy("t2", Prompt(40, 2), 2), collector_.For("t2")).ok());
   EXPECT_EQ(engine->Submit(Greedy("t3", Prompt(40, 3), 2), nullptr).code(),
@@ -572,6 +585,106 @@ TEST_F(EngineTest, WorksWithoutATokenizer) {
   GenerateRequest r = Greedy("s", prompt, 5);
   r.stopping.stop_strings = {"x"};
   EXPECT_EQ(engine->Submit(r, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --- The real pieces: LoadModel on the committed test model, CPU backend ------------------------
+
+std::string TestModelDir() { return std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model"; }
+
+std::unique_ptr<Engine> RealEngine(int32_t max_batched_tokens) {
+  ModelLoadOptions load;
+  load.backend = "cpu";
+  load.num_threads = 2;
+  auto model = LoadModel(TestModelDir(), load);
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return nullptr;
+  EngineOptions o;
+  o.kv_block_size = 16;
+  o.kv_cache_bytes = 8 << 20;
+  o.max_batched_tokens = max_batched_tokens;
+  auto engine = Engine::Create(std::move(*model), o);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+TEST(LoadModelTest, LoadsTheTestModel) {
+  auto model = LoadModel(TestModelDir(), ModelLoadOptions());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const LoadedModel& m = **model;
+  EXPECT_EQ(m.config.vocab_size, 512);
+  ASSERT_NE(m.tokenizer, nullptr);
+  EXPECT_EQ(m.tokenizer->bos_id(), 1);
+  EXPECT_TRUE(m.tokenizer->IsEos(2));
+  ASSERT_NE(m.backend, nullptr);
+  EXPECT_EQ(m.backend->name(), "cpu");
+  EXPECT_EQ(m.quantization.method, "none");
+  EXPECT_EQ(m.quantization.weight_dtype, "bf16");
+}
+
+TEST(LoadModelTest, ErrorsNameTheProblem) {
+  auto missing = LoadModel("/nonexistent/model-dir", ModelLoadOptions());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("/nonexistent/model-dir"), std::string::npos)
+      << missing.status();
+  ModelLoadOptions bad;
+  bad.backend = "tpu";
+  auto unknown = LoadModel(TestModelDir(), bad);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument) << unknown.status();
+  ModelLoadOptions cuda;
+  cuda.backend = "cuda";
+  auto no_cuda = LoadModel(TestModelDir(), cuda);
+  EXPECT_FALSE(no_cuda.ok());  // not built in, or built in but not wired yet
+  EXPECT_NE(no_cuda.status().message().find("cuda"), std::string::npos) << no_cuda.status();
+}
+
+TEST(RealEngineTest, ConcurrentGreedyRequestsEqualSoloRunsOnTheCpuBackend) {
+  auto engine = RealEngine(/*max_batched_tokens=*/32);
+  ASSERT_NE(engine, nullptr);
+  const Tokenizer& tok = *engine->model().tokenizer;
+  const std::vector<std::string> texts = {"The", "Once upon a time there was a small program that",
+                                          "Packages are installed with apt and",
+                                          "In the beginning the configuration file says"};
+  Collector collector;
+  std::vector<std::vector<int32_t>> solo;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    GenerateRequest r = EngineTest::Greedy(absl::StrCat("solo", i), tok.Encode(texts[i], true), 12);
+    ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+    solo.push_back(Tokens(collector.Wait(r.request_id)));
+    ASSERT_EQ(solo.back().size(), 12u);
+  }
+  for (size_t i = 0; i < texts.size(); ++i) {
+    GenerateRequest r =
+        EngineTest::Greedy(absl::StrCat("batch", i), tok.Encode(texts[i], true), 12);
+    ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+  }
+  for (size_t i = 0; i < texts.size(); ++i) {
+    EXPECT_EQ(Tokens(collector.Wait(absl::StrCat("batch", i))), solo[i]) << texts[i];
+  }
+}
+
+TEST(RealEngineTest, ChunkedPrefillGivesTheSamePromptLogprobs) {
+  auto chunked = RealEngine(/*max_batched_tokens=*/7);
+  auto whole = RealEngine(/*max_batched_tokens=*/512);
+  ASSERT_NE(chunked, nullptr);
+  ASSERT_NE(whole, nullptr);
+  const std::vector<int32_t> prompt = chunked->model().tokenizer->Encode(
+      "A longer text to score, so that the prompt is split into several prefill chunks.", true);
+  ASSERT_GT(prompt.size(), 14u);
+  auto score = [&](Engine& engine) {
+    Collector collector;
+    GenerateRequest r = EngineTest::Greedy("score", prompt, 0);
+    r.prompt_logprobs = true;
+    EXPECT_TRUE(engine.Submit(r, collector.For("score")).ok());
+    return collector.Wait("score").back().prompt_logprobs;
+  };
+  const std::vector<TokenLogprob> a = score(*chunked), b = score(*whole);
+  ASSERT_EQ(a.size(), prompt.size() - 1);
+  ASSERT_EQ(b.size(), prompt.size() - 1);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].token_id, prompt[i + 1]);
+    EXPECT_NEAR(a[i].logprob, b[i].logprob, 1e-4) << "token " << i + 1;
+    EXPECT_LE(a[i].logprob, 0.0f);
+  }
 }
 
 }  // namespace

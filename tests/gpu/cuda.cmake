@@ -1,0 +1,25 @@
+# CUDA backend tests (label `gpu`). They build wherever the CUDA toolkit is found (CI compiles them
+# for sm_90) and skip with the reason when no usable device is present; ctest then reports them as
+# skipped, not passed (SKIP_REGULAR_EXPRESSION on gtest's "[  SKIPPED ]" line).
+# cuda_status_test needs no device: it checks the error mapping, the device query's clean failure
+# and the launch functions' argument validation.
+if(NOT SPQR_WITH_CUDA)
+  return()
+endif()
+
+function(spqr_add_gpu_gtest name)
+  cmake_parse_arguments(T "" "" "SOURCES" ${ARGN})
+  add_executable(${name} ${T_SOURCES})
+  # cudart/cublas: the tests call the runtime directly (synchronize) and include the backend's
+  # headers, which name CUDA types. The shared cudart loads libcuda.so.1 only on the first CUDA
+  # call, so these binaries start (and skip) on machines without the driver.
+  target_link_libraries(${name} PRIVATE spqr_engine_cuda spqr_engine_core CUDA::cudart CUDA::cublas
+                                        GTest::gtest GTest::gmock GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${SPQR_ROOT})
+  gtest_discover_tests(${name} PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]"
+                       DISCOVERY_TIMEOUT 60)
+endfunction()
+
+spqr_add_gpu_gtest(cuda_status_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_status_test.cc)
+spqr_add_gpu_gtest(cuda_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_ops_test.cc)
+spqr_add_gpu_gtest(cublas_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cublas_gemm_test.cc)

@@ -7,11 +7,15 @@ indentation-heavy), digits split, ids unk=0 bos=1 eos=2 and no pad. Deterministi
 sampling or shuffling of input lines, and the lines are fed from memory so no file path is stored in
 the model proto; the same train.txt gives the same tokenizer.model bytes.
 
+--check compares the sha256 of the result with tools/train/TOKENIZER.sha256 (the tokenizer of the
+committed corpus manifest, vocab 4096) and exits 1 on a difference.
+
 Usage: /usr/bin/python3 tools/train/train_tokenizer.py [--train .corpus/train.txt]
-           [--out .corpus/tokenizer/tokenizer.model] [--vocab 4096]
+           [--out .corpus/tokenizer/tokenizer.model] [--vocab 4096] [--check]
 """
 
 import argparse
+import hashlib
 import io
 import os
 import sys
@@ -55,6 +59,7 @@ def main():
     p.add_argument("--train", default=os.path.join(REPO, ".corpus", "train.txt"))
     p.add_argument("--out", default=os.path.join(REPO, ".corpus", "tokenizer", "tokenizer.model"))
     p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--check", action="store_true", help="compare with tools/train/TOKENIZER.sha256")
     args = p.parse_args()
     start = time.time()
     data, n_lines = train(args.train, args.vocab)
@@ -63,6 +68,14 @@ def main():
         f.write(data)
     print(f"wrote {args.out}: vocab {args.vocab}, {n_lines} training lines, "
           f"{time.time() - start:.0f} s", file=sys.stderr)
+    if args.check:
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "TOKENIZER.sha256")) as f:
+            want = f.read().split()[0]
+        if digest != want:
+            print(f"tokenizer sha256 {digest} != committed {want}", file=sys.stderr)
+            return 1
+        print("tokenizer matches tools/train/TOKENIZER.sha256", file=sys.stderr)
     return 0
 
 

@@ -235,11 +235,13 @@ def model_config(args):
         "use_cache": True,
     }
     if args.model_type == "llama":
-        cfg["attention_bias"] = False
+        cfg["attention_bias"] = bool(args.attention_bias)
         cfg["mlp_bias"] = False
     elif args.model_type == "mistral":
         # Equal to the context length, so the sliding window never drops anything.
         cfg["sliding_window"] = args.max_pos
+        if args.attention_bias:  # not a Mistral option in HF; written so loaders bind the biases
+            cfg["attention_bias"] = True
     else:  # qwen2 always has q/k/v biases; attention_bias is written for readers that look for it.
         cfg["attention_bias"] = True
         cfg["use_sliding_window"] = False

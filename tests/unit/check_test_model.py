@@ -221,6 +221,7 @@ VARIANTS = [
     ("f16-tied", ["--dtype", "f16", "--tie-embeddings"], "F16"),
     ("f32-3shards", ["--dtype", "f32", "--shards", "3"], "F32"),
     ("qwen2", ["--model-type", "qwen2", "--rope-scaling", "linear"], "BF16"),
+    ("llama-attention-bias", ["--attention-bias"], "BF16"),
     ("mistral-mha-llama3", ["--model-type", "mistral", "--kv-heads", "4", "--rope-scaling", "llama3",
                             "--layers", "3", "--hidden", "64", "--intermediate", "160",
                             "--vocab", "640", "--max-pos", "256", "--seed", "7"], "BF16"),
@@ -234,8 +235,11 @@ def check_variants(repo):
             d = os.path.join(tmp, label)
             generate(repo, d, *flags)
             cfg = check_model_dir(d, dtype, label)
-            if label == "qwen2" and not cfg["attention_bias"]:
-                fail("qwen2 config lacks attention_bias")
+            if "bias" in label or label == "qwen2":
+                if not cfg.get("attention_bias"):
+                    fail(f"{label}: config.json lacks attention_bias: true")
+                if "model.layers.0.self_attn.q_proj.bias" not in load_dir(d):
+                    fail(f"{label}: no q_proj bias")
         # The layer-0 tensors of a variant with the same seed and sizes equal the default's, and
         # a different seed changes them.
         a = load_dir(os.path.join(tmp, "default"))

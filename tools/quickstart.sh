@@ -20,7 +20,7 @@ if [[ -f "$BUILD_DIR/spqr-server.pid" ]] && kill -0 "$(cat "$BUILD_DIR/spqr-serv
   sleep 1
 fi
 nohup "$BUILD_DIR/server/spqr-server" --config config/spqr-server.yaml --model "$MODEL" \
-  --listen "$ADDR" --metrics_listen "127.0.0.1:${METRICS_PORT}" >"$BUILD_DIR/spqr-server.log" 2>&1 &
+  --listen "$ADDR" --metrics_port "${METRICS_PORT}" >"$BUILD_DIR/spqr-server.log" 2>&1 &
 echo $! >"$BUILD_DIR/spqr-server.pid"
 echo "quickstart: spqr-server pid $(cat "$BUILD_DIR/spqr-server.pid"), log $BUILD_DIR/spqr-server.log"
 

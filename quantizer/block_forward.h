@@ -1,0 +1,49 @@
+// fp32 forward of one LLaMA decoder block over calibration sequences, with hooks that feed each
+// linear layer's input to its Hessian accumulator. Used by the model quantizer only (the serving
+// engine has its own paged forward).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/llama_weights.h"
+#include "engine/model/model_config.h"
+#include "quantizer/hessian.h"
+
+namespace spqr {
+
+struct DenseLinear {
+  std::vector<float> weight;  // [out][in]
+  std::vector<float> bias;    // [out] or empty
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+};
+
+// The seven projections in quantization order; names as in the checkpoint.
+inline constexpr const char* kBlockLinearNames[7] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+
+struct DenseBlock {
+  std::vector<float> input_norm, post_norm;
+  DenseLinear linears[7];  // order of kBlockLinearNames
+};
+
+// Converts an F32/F16/BF16 tensor to fp32.
+std::vector<float> TensorToF32(const TensorView& t);
+DenseBlock LoadDenseBlock(const DecoderLayerWeights& layer);
+
+// Inputs of the linears are accumulated into: [0] q/k/v input, [1] o_proj input, [2] gate/up
+// input, [3] down_proj input (null entries are skipped).
+struct BlockHessians {
+  HessianAccumulator* inputs[4] = {nullptr, nullptr, nullptr, nullptr};
+};
+
+// out[t] = block(x)[t] for one sequence of `tokens` tokens at positions 0..tokens-1
+// (x, out: [tokens][hidden]; may not alias).
+void BlockForward(const DenseBlock& block, const ModelConfig& config, const float* inv_freq,
+                  const float* x, int64_t tokens, float* out, const BlockHessians* hessians,
+                  int threads);
+
+}  // namespace spqr

@@ -72,7 +72,8 @@ COPY --from=builder /opt/spqr /opt/spqr
 RUN if ldd /opt/spqr/bin/* | grep -F "not found"; then \
       echo "Dockerfile: the runtime stage lacks the libraries above" >&2; exit 1; \
     fi
-RUN useradd --system --uid 10001 --user-group --home-dir /opt/spqr --shell /usr/sbin/nologin spqr
+RUN groupadd --system --gid 10001 spqr \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /opt/spqr --shell /usr/sbin/nologin spqr
 ENV PATH=/opt/spqr/bin:${PATH}
 WORKDIR /opt/spqr
 USER 10001:10001

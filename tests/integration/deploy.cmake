@@ -25,5 +25,5 @@ if(TARGET spqr-server AND TARGET spqr_proto_python)
                    ${deploy_server_args})
   set_tests_properties(deploy_prometheus_scrape python_client_stream_and_score
                        PROPERTIES LABELS "deploy;integration" TIMEOUT 240 SKIP_RETURN_CODE 77
-                                  WORKING_DIRECTORY ${CMAKE_CURRENT_LIST_DIR})
+                                  ENVIRONMENT PYTHONDONTWRITEBYTECODE=1)
 endif()

@@ -147,6 +147,8 @@ def main():
         usage = float(kv[0]["value"][1])
         assert 0.0 <= usage <= 1.0, usage
         print("kv usage:", usage)
+        vllm_kv = query(base, '{__name__="vllm:kv_cache_usage_perc"}')
+        assert len(vllm_kv) == 1 and float(vllm_kv[0]["value"][1]) == usage, vllm_kv
         blocks = query(base, "spqr_kv_cache_blocks")
         assert {r["metric"]["state"] for r in blocks} == {"used", "free"}, blocks
         assert query(base, 'spqr_model_ready == 1'), "spqr_model_ready is not 1"

@@ -3,8 +3,8 @@
 # Prometheus server scraping it, and the Python client (clients/python) talking to it.
 # Tests that need promtool/prometheus skip (exit 77) with a message when those are missing.
 set(deploy_script ${CMAKE_CURRENT_LIST_DIR}/deploy_static_checks.py)
-foreach(check promtool-config promtool-rules promtool-test yaml k8s dashboard metric-names
-              dockerfile)
+foreach(check promtool-config promtool-rules promtool-test yaml k8s compose dashboard
+              metric-names dockerfile)
   string(REPLACE "-" "_" check_name ${check})
   add_test(NAME deploy_${check_name}
            COMMAND ${SPQR_PYTHON} ${deploy_script} --root ${SPQR_ROOT} ${check})

@@ -10,6 +10,8 @@ usage: deploy_static_checks.py --root REPO CHECK
   k8s               the manifests agree with each other and with the server's config: probes on
                     the gRPC port, GPU request, grace period >= preStop + drain, config keys known,
                     ports, labels, volumes, HPA metric served by the adapter rules
+  compose           deploy/compose.yaml: services, mounted folders exist, ports and stop grace
+                    period agree with the server config, Prometheus scrapes the metrics port
   dashboard         the Grafana dashboard is valid JSON and every query parses as PromQL
   metric-names      every spqr_* / vllm:* metric used under deploy/ is in server/metrics.cc's table
   dockerfile        Dockerfile and .dockerignore structure (stages, scripts, user, ports, health)
@@ -233,6 +235,38 @@ def check_k8s():
     print(f"ok  {len(objects)} Kubernetes objects agree (grace {grace} s >= {needed} s)")
 
 
+def check_compose():
+    compose = load_yaml_documents(path("deploy", "compose.yaml"))[0]
+    services = compose["services"]
+    check(set(services) == {"spqr-server", "prometheus", "grafana"}, f"services {set(services)}")
+    with open(path("config", "spqr-server.yaml")) as f:
+        reference = flatten_keys(yaml.safe_load(f))
+    grpc_port = int(reference["server.listen"].rsplit(":", 1)[1])
+    metrics_port = int(reference["metrics.port"])
+    server = services["spqr-server"]
+    check(server["build"]["dockerfile"] == "Dockerfile" and
+          os.path.exists(path("deploy", server["build"]["context"], "Dockerfile")),
+          "spqr-server must build the repository's Dockerfile")
+    published = {int(p.split(":")[1]) for p in server["ports"]}
+    check(published == {grpc_port, metrics_port}, f"spqr-server ports {published}")
+    grace = int(server["stop_grace_period"].rstrip("s"))
+    drain = float(reference["server.drain_timeout_seconds"])
+    check(grace >= drain + 7, f"stop_grace_period {grace}s < drain {drain} s + 7 s")
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                check(os.path.isdir(path("deploy", source)), f"{name} mounts missing {source}")
+    prometheus = load_yaml_documents(path("deploy", "prometheus", "prometheus.yml"))[0]
+    targets = [t for job in prometheus["scrape_configs"] if job["job_name"] == "spqr-server"
+               for sc in job["static_configs"] for t in sc["targets"]]
+    check(targets == [f"spqr-server:{metrics_port}"], f"Prometheus scrape targets {targets}")
+    datasource = load_yaml_documents(
+        path("deploy", "grafana", "provisioning", "datasources", "prometheus.yaml"))[0]
+    check(datasource["datasources"][0]["url"].endswith(":9090"), "Grafana data source URL")
+    print(f"ok  compose: 3 services, ports {sorted(published)}, stop grace {grace} s")
+
+
 def check_dashboard():
     files = glob.glob(path("deploy", "grafana", "dashboards", "*.json"))
     check(files, "no dashboard JSON")
@@ -327,7 +361,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("check", choices=["promtool-config", "promtool-rules", "promtool-test",
-                                          "yaml", "k8s", "dashboard", "metric-names",
+                                          "yaml", "k8s", "compose", "dashboard", "metric-names",
                                           "dockerfile"])
     args = parser.parse_args()
     ROOT = os.path.abspath(args.root)
@@ -342,6 +376,8 @@ def main():
         check_yaml()
     elif args.check == "k8s":
         check_k8s()
+    elif args.check == "compose":
+        check_compose()
     elif args.check == "dashboard":
         check_dashboard()
     elif args.check == "metric-names":

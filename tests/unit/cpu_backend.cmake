@@ -13,3 +13,20 @@ add_test(NAME cpu_reference_forward_test
          COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tests/tools/reference_forward_test.py
                  --dump-logits $<TARGET_FILE:spqr-dump-logits> --source-dir ${SPQR_ROOT})
 set_tests_properties(cpu_reference_forward_test PROPERTIES LABELS "python;cpu" TIMEOUT 300)
+
+# The same op and backend tests with the CPU sources compiled for the narrower SIMD paths of
+# engine/backend/cpu/simd.h (AVX2+FMA+F16C, and the portable scalar fallback), so every path is
+# checked on this machine whatever -march=native picks for the main build.
+file(GLOB spqr_cpu_backend_sources CONFIGURE_DEPENDS ${SPQR_ROOT}/engine/backend/cpu/*.cc)
+foreach(variant avx2 portable)
+  if(variant STREQUAL "avx2")
+    set(flags -mno-avx512f -mavx2 -mfma -mf16c)
+  else()
+    set(flags -mno-avx512f -mno-avx2 -mno-fma -mno-f16c -mno-avx)
+  endif()
+  spqr_add_gtest(cpu_ops_${variant}_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_ops_test.cc
+                         ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc ${spqr_cpu_backend_sources}
+                 LIBS spqr_engine_core OpenMP::OpenMP_CXX LABELS unit)
+  target_compile_options(cpu_ops_${variant}_test PRIVATE ${flags})
+endforeach()

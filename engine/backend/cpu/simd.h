@@ -174,4 +174,35 @@ inline void ConvertToF32(DType dtype, const void* src, int64_t offset, int64_t n
   }
 }
 
+// Loads kLanes consecutive elements of a `D`-typed array starting at `index`, converted to fp32
+// (the same values ConvertToF32 produces), without going through memory.
+template <DType D>
+inline VecF VLoadConverted(const void* base, int64_t index) {
+  if constexpr (D == DType::kF32) {
+    return VLoad(static_cast<const float*>(base) + index);
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(base) + index;
+#if defined(__AVX512F__)
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    if constexpr (D == DType::kF16) {
+      return {_mm512_maskz_cvtph_ps(0xffff, h)};
+    } else {
+      return {_mm512_castsi512_ps(
+          _mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16))};
+    }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    if constexpr (D == DType::kF16) {
+      return {_mm256_cvtph_ps(h)};
+    } else {
+      return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+    }
+#else
+    float tmp[kLanes];
+    ConvertToF32(D, src, 0, kLanes, tmp);
+    return VLoad(tmp);
+#endif
+  }
+}
+
 }  // namespace spqr::cpu

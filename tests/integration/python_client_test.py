@@ -4,7 +4,8 @@ implementation) against the real spqr-server on 127.0.0.1.
 
 It streams a greedy generation from a token-id prompt, checks it against the unary RPC and against
 Score on the same tokens (each generated token must be the greedy one, with the same log-probability),
-scores a text and a (context, continuation) pair, and checks error codes and health.
+scores a text and (context, continuation) pairs, streams from several threads at once, lists the
+services through reflection, and checks error codes and health.
 
 usage: python_client_test.py --server BIN --model DIR --config YAML --stubs DIR --client-dir DIR
 """
@@ -12,6 +13,7 @@ usage: python_client_test.py --server BIN --model DIR --config YAML --stubs DIR 
 import argparse
 import math
 import sys
+import threading
 import unittest
 
 import grpc
@@ -53,6 +55,18 @@ class PythonClientTest(unittest.TestCase):
         self.assertGreater(self.info.architecture.vocab_size, 0)
         self.assertGreater(self.info.limits.kv_blocks_total, 0)
         self.assertTrue(self.info.server_version)
+
+    def test_reflection_lists_the_services(self):
+        import reflection_pb2
+        import reflection_pb2_grpc
+
+        with grpc.insecure_channel(self.server.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            responses = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {s.name for s in responses[0].list_services_response.service}
+        self.assertIn("spqr.v1.SpqrService", names)
+        self.assertIn("grpc.health.v1.Health", names)
 
     def test_stream_matches_unary_and_score(self):
         prompt = self.prompt_ids()
@@ -104,6 +118,29 @@ class PythonClientTest(unittest.TestCase):
                   for t in c.token_ids]
         self.assertEqual(len(first), 6)
         self.assertEqual(first, second)
+
+    def test_concurrent_streams(self):
+        """Several Python threads stream at once; the engine batches them into shared steps."""
+        prompt = self.prompt_ids()
+        options = dict(max_new_tokens=6, temperature=0.0, ignore_eos=True, return_token_ids=True)
+        alone = [t for c in self.client.generate_stream(prompt, **options) for t in c.token_ids]
+        results, errors = {}, []
+
+        def stream(index):
+            try:
+                results[index] = [t for c in self.client.generate_stream(prompt, **options)
+                                  for t in c.token_ids]
+            except grpc.RpcError as error:
+                errors.append(f"{error.code().name}: {error.details()}")
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        self.assertEqual(errors, [])
+        # Greedy decoding does not depend on what else shares the batch.
+        self.assertEqual([results[i] for i in range(6)], [alone] * 6)
 
     def test_score_text_and_pairs(self):
         text = self.client.score("The GNU General Public License is a free license")

@@ -1,0 +1,261 @@
+// spqr-client: a command-line client of spqr-server.
+//
+//   spqr-client [--address HOST:PORT] [--timeout SECONDS] COMMAND ...
+//     generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
+//                     [--seed S] [--repetition-penalty R] [--stop STRING]... [--ignore-eos]
+//                     [--unary] [--no-bos]        streams the generated text to stdout
+//     score TEXT                                  log-likelihood of a text (JSON)
+//     score --context C --continuation X [...]   log-likelihood of continuations (JSON)
+//     info                                        model information (JSON)
+//     health [--service NAME]                     prints the health status; exit 0 iff SERVING
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "spqr/v1/spqr.grpc.pb.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: spqr-client [--address HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
+    "  generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+    "                  [--min-p P] [--seed S] [--repetition-penalty R] [--stop STRING]...\n"
+    "                  [--ignore-eos] [--unary] [--no-bos]\n"
+    "  score TEXT | score --context C --continuation X [--context C2 --continuation X2 ...]\n"
+    "  info\n"
+    "  health [--service NAME]\n";
+
+// Flags that take no value.
+const char* const kSwitches[] = {"ignore_eos", "unary", "no_bos", "help"};
+
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> flags;  // repeated flags keep their order
+
+  bool Has(const std::string& name) const { return flags.count(name) > 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const {
+    auto it = flags.find(name);
+    return it == flags.end() ? fallback : it->second;
+  }
+  std::vector<std::string> GetAll(const std::string& name) const {
+    std::vector<std::string> out;
+    for (auto [it, end] = flags.equal_range(name); it != end; ++it) out.push_back(it->second);
+    return out;
+  }
+};
+
+bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.size() < 3 || arg.substr(0, 2) != "--") {
+      args->positional.push_back(arg);
+      continue;
+    }
+    std::string name = absl::StrReplaceAll(arg.substr(2), {{"-", "_"}});
+    std::string value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else if (std::find(std::begin(kSwitches), std::end(kSwitches), name) != std::end(kSwitches)) {
+      value = "true";
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      *error = absl::StrCat("flag --", name, " needs a value");
+      return false;
+    }
+    args->flags.emplace(name, value);
+  }
+  return true;
+}
+
+template <typename T>
+bool ParseNumber(const Args& args, const std::string& name, T* out) {
+  if (!args.Has(name)) return false;
+  if constexpr (std::is_floating_point_v<T>) {
+    double value;
+    if (!absl::SimpleAtod(args.Get(name), &value)) {
+      std::fprintf(stderr, "spqr-client: --%s expects a number\n", name.c_str());
+      std::exit(2);
+    }
+    *out = static_cast<T>(value);
+  } else {
+    if (!absl::SimpleAtoi(args.Get(name), out)) {
+      std::fprintf(stderr, "spqr-client: --%s expects an integer\n", name.c_str());
+      std::exit(2);
+    }
+  }
+  return true;
+}
+
+int Fail(const grpc::Status& status) {
+  std::fprintf(stderr, "spqr-client: error %d: %s\n", static_cast<int>(status.error_code()),
+               status.error_message().c_str());
+  return 1;
+}
+
+void SetDeadline(const Args& args, grpc::ClientContext* context) {
+  double seconds = 0;
+  if (ParseNumber(args, "timeout", &seconds) && seconds > 0) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  }
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  std::printf("%s", json.c_str());
+}
+
+int Generate(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  if (args.positional.size() != 2) {
+    std::fprintf(stderr, "spqr-client: generate takes one PROMPT argument\n%s", kUsage);
+    return 2;
+  }
+  spqr::v1::GenerateRequest request;
+  request.set_text(args.positional[1]);
+  if (args.Has("no_bos")) request.set_add_bos(false);
+  int32_t int_value;
+  float float_value;
+  uint64_t seed;
+  if (ParseNumber(args, "max_new_tokens", &int_value)) {
+    request.mutable_stopping()->set_max_new_tokens(int_value);
+  }
+  if (ParseNumber(args, "temperature", &float_value)) {
+    request.mutable_sampling()->set_temperature(float_value);
+  }
+  if (ParseNumber(args, "top_k", &int_value)) request.mutable_sampling()->set_top_k(int_value);
+  if (ParseNumber(args, "top_p", &float_value)) request.mutable_sampling()->set_top_p(float_value);
+  if (ParseNumber(args, "min_p", &float_value)) request.mutable_sampling()->set_min_p(float_value);
+  if (ParseNumber(args, "seed", &seed)) request.mutable_sampling()->set_seed(seed);
+  if (ParseNumber(args, "repetition_penalty", &float_value)) {
+    request.mutable_penalties()->set_repetition_penalty(float_value);
+  }
+  for (const std::string& stop : args.GetAll("stop")) {
+    request.mutable_stopping()->add_stop_strings(stop);
+  }
+  if (args.Has("ignore_eos")) request.mutable_stopping()->set_ignore_eos(true);
+
+  grpc::ClientContext context;
+  SetDeadline(args, &context);
+  spqr::v1::GenerateResponse last;
+  if (args.Has("unary")) {
+    grpc::Status status = stub.GenerateUnary(&context, request, &last);
+    if (!status.ok()) return Fail(status);
+    std::printf("%s", last.text().c_str());
+  } else {
+    std::unique_ptr<grpc::ClientReader<spqr::v1::GenerateResponse>> reader =
+        stub.Generate(&context, request);
+    spqr::v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      std::printf("%s", response.text().c_str());
+      std::fflush(stdout);
+      last = response;
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) {
+      std::printf("\n");
+      return Fail(status);
+    }
+  }
+  std::printf("\n");
+  std::fprintf(stderr, "[%s; %d prompt + %d generated tokens]\n",
+               spqr::v1::FinishReason_Name(last.finish_reason()).c_str(),
+               last.usage().prompt_tokens(), last.usage().completion_tokens());
+  return 0;
+}
+
+int Score(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  spqr::v1::ScoreRequest request;
+  const std::vector<std::string> contexts = args.GetAll("context");
+  const std::vector<std::string> continuations = args.GetAll("continuation");
+  if (args.positional.size() == 2 && contexts.empty() && continuations.empty()) {
+    request.set_text(args.positional[1]);
+  } else if (args.positional.size() == 1 && !continuations.empty() &&
+             contexts.size() == continuations.size()) {
+    for (size_t i = 0; i < contexts.size(); ++i) {
+      spqr::v1::ContinuationPair* pair = request.mutable_pairs()->add_pairs();
+      pair->set_context(contexts[i]);
+      pair->set_continuation(continuations[i]);
+    }
+  } else {
+    std::fprintf(stderr,
+                 "spqr-client: score takes TEXT, or as many --context as --continuation flags\n%s",
+                 kUsage);
+    return 2;
+  }
+  if (args.Has("no_bos")) request.set_add_bos(false);
+  grpc::ClientContext context;
+  SetDeadline(args, &context);
+  spqr::v1::ScoreResponse response;
+  grpc::Status status = stub.Score(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  PrintJson(response);
+  return 0;
+}
+
+int Info(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  grpc::ClientContext context;
+  SetDeadline(args, &context);
+  spqr::v1::ModelInfo info;
+  grpc::Status status = stub.GetModelInfo(&context, spqr::v1::GetModelInfoRequest(), &info);
+  if (!status.ok()) return Fail(status);
+  PrintJson(info);
+  return 0;
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& channel, const Args& args) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  SetDeadline(args, &context);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(args.Get("service"));
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  std::printf("%s\n",
+              grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!ParseArgs(argc, argv, &args, &error)) {
+    std::fprintf(stderr, "spqr-client: %s\n%s", error.c_str(), kUsage);
+    return 2;
+  }
+  if (args.Has("help") || args.positional.empty()) {
+    std::fprintf(args.Has("help") ? stdout : stderr, "%s", kUsage);
+    return args.Has("help") ? 0 : 2;
+  }
+  // Default deadline for unary commands so a dead server cannot hang the client forever.
+  const std::string address = args.Get("address", "127.0.0.1:50051");
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(64 << 20);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), channel_args);
+  auto stub = spqr::v1::SpqrService::NewStub(channel);
+  const std::string& command = args.positional[0];
+  if (command == "generate") return Generate(*stub, args);
+  if (command == "score") return Score(*stub, args);
+  if (command == "info") return Info(*stub, args);
+  if (command == "health") return Health(channel, args);
+  std::fprintf(stderr, "spqr-client: unknown command '%s'\n%s", command.c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,226 @@
+#include "server/server_app.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/exposer.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/spqr_service.h"
+
+namespace spqr {
+namespace {
+
+constexpr char kServiceName[] = "spqr.v1.SpqrService";
+constexpr absl::Duration kWarmupTimeout = absl::Minutes(10);
+
+// "127.0.0.1" of "127.0.0.1:50051", "[::1]" of "[::1]:0".
+std::string HostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
+
+// Prints a line on stdout at once: tests and scripts parse these.
+void Announce(const std::string& line) {
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+// Blocks SIGTERM/SIGINT in every thread (call before starting any) and waits for them on a
+// dedicated thread, so no signal handler runs arbitrary code.
+class SignalWaiter {
+ public:
+  SignalWaiter() {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGTERM);
+    sigaddset(&signals_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+    thread_ = std::thread([this] {
+      const timespec poll = {0, 100 * 1000 * 1000};
+      while (!stop_.HasBeenNotified()) {
+        const int signal = sigtimedwait(&signals_, nullptr, &poll);
+        if (signal == SIGTERM || signal == SIGINT) {
+          received_ = signal;
+          if (!got_signal_.HasBeenNotified()) got_signal_.Notify();
+        }
+      }
+    });
+  }
+  ~SignalWaiter() {
+    stop_.Notify();
+    thread_.join();
+  }
+  absl::Notification& got_signal() { return got_signal_; }
+  int received() const { return received_; }
+
+ private:
+  sigset_t signals_;
+  absl::Notification stop_;
+  absl::Notification got_signal_;
+  std::atomic<int> received_{0};
+  std::thread thread_;
+};
+
+// Runs one short greedy generation through the engine loop: readiness means the whole path works.
+absl::Status WarmUp(Engine& engine) {
+  GenerateRequest request;
+  request.request_id = "warmup";
+  const int32_t bos = engine.model().tokenizer ? engine.model().tokenizer->bos_id() : -1;
+  request.prompt_tokens = {bos >= 0 ? bos : 0,
+                           1 % static_cast<int32_t>(engine.model().config.vocab_size)};
+  request.stopping.max_new_tokens = 2;
+  request.stopping.ignore_eos = true;
+  request.sampling.temperature = 0.0f;
+  auto done = std::make_shared<absl::Notification>();
+  auto result = std::make_shared<OutputChunk>();
+  absl::Status submitted = engine.Submit(std::move(request), [done, result](OutputChunk chunk) {
+    if (!chunk.finished) return;
+    *result = std::move(chunk);
+    done->Notify();
+  });
+  if (!submitted.ok()) return submitted;
+  if (!done->WaitForNotificationWithTimeout(kWarmupTimeout)) {
+    engine.Cancel("warmup");
+    return absl::DeadlineExceededError("the warm-up request did not finish in 10 minutes");
+  }
+  if (result->finish_reason == FinishReason::kError) return result->error;
+  if (result->usage.completion_tokens != 2) {
+    return absl::InternalError(absl::StrFormat("the warm-up request generated %d tokens, not 2",
+                                               result->usage.completion_tokens));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+EngineOptions ToEngineOptions(const ServerConfig& config) {
+  EngineOptions options;
+  options.kv_block_size = config.engine.kv_block_size;
+  options.kv_cache_bytes = config.engine.kv_cache_bytes;
+  options.max_running_requests = config.engine.max_running_requests;
+  options.max_batched_tokens = config.engine.max_batched_tokens;
+  options.max_queued_requests = config.engine.max_queued_requests;
+  options.max_queued_prompt_tokens = config.engine.max_queued_prompt_tokens;
+  options.enable_prefix_caching = config.engine.prefix_caching;
+  return options;
+}
+
+ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
+  ModelLoadOptions options;
+  options.backend = config.model.backend;
+  options.num_threads = config.model.threads;
+  return options;
+}
+
+absl::Status RunServer(const ServerConfig& config) {
+  SetLogLevel(config.server.log_level);
+  SignalWaiter signals;  // before any other thread exists
+
+  ServerMetrics metrics(config.metrics.vllm_compatible_names);
+  SpqrServiceImpl service(config, &metrics);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.server.listen, " (server.listen)"));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  Announce(absl::StrCat("listening on ", HostOf(config.server.listen), ":", bound_port));
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (config.metrics.enabled) {
+    const std::string address = absl::StrCat(config.metrics.address, ":", config.metrics.port);
+    try {  // prometheus-cpp (civetweb) reports bind failures by exception
+      exposer = std::make_unique<prometheus::Exposer>(address, 2);
+    } catch (const std::exception& e) {
+      server->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", address, " (metrics.address/port): ", e.what()));
+    }
+    exposer->RegisterCollectable(metrics.registry());
+    exposer->RegisterCollectable(metrics.engine_collector());
+    const std::vector<int> ports = exposer->GetListeningPorts();
+    Announce(absl::StrCat("metrics on ", config.metrics.address, ":",
+                          ports.empty() ? config.metrics.port : ports.front()));
+  }
+
+  Logf(LogLevel::kInfo, "loading model %s (backend %s)", config.model.dir, config.model.backend);
+  const absl::Time load_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<LoadedModel>> model =
+      LoadModel(config.model.dir, ToModelLoadOptions(config));
+  if (!model.ok()) {
+    server->Shutdown();
+    return absl::Status(model.status().code(),
+                        absl::StrCat("loading the model: ", model.status().message()));
+  }
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(*std::move(model), ToEngineOptions(config));
+  if (!engine.ok()) {
+    server->Shutdown();
+    return absl::Status(engine.status().code(),
+                        absl::StrCat("creating the engine: ", engine.status().message()));
+  }
+  metrics.SetEngine(engine->get());
+  if (absl::Status warm = WarmUp(**engine); !warm.ok()) {
+    server->Shutdown();
+    metrics.SetEngine(nullptr);
+    return absl::Status(warm.code(), absl::StrCat("warm-up: ", warm.message()));
+  }
+  service.SetEngine(engine->get());
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  metrics.SetReady(true);
+  const EngineStats stats = (*engine)->GetStats();
+  Logf(LogLevel::kInfo, "ready in %.2f s: %s on %s, %d KV blocks of %d tokens",
+       absl::ToDoubleSeconds(absl::Now() - load_start), config.model.dir,
+       (*engine)->model().backend->name(), stats.kv_blocks_total, stats.kv_block_size);
+  Announce("ready");
+
+  signals.got_signal().WaitForNotification();
+  Logf(LogLevel::kInfo, "signal %d: draining (up to %.1f s)", signals.received(),
+       config.server.drain_timeout_seconds);
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  metrics.SetReady(false);
+  service.StartDraining();
+  (*engine)->StopAccepting();
+  if (!service.WaitForIdle(absl::Seconds(config.server.drain_timeout_seconds))) {
+    Logf(LogLevel::kWarning, "drain timeout: cancelling %d in-flight call(s)",
+         service.inflight_calls());
+    service.CancelAll();
+    if (!service.WaitForIdle(absl::Seconds(5))) {
+      Logf(LogLevel::kWarning, "%d call(s) still in flight after cancelling",
+           service.inflight_calls());
+    }
+  }
+  // Calls still open (e.g. a client that stopped reading) are cancelled by the shutdown deadline.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  exposer.reset();
+  metrics.SetEngine(nullptr);
+  engine->reset();
+  Logf(LogLevel::kInfo, "stopped");
+  return absl::OkStatus();
+}
+
+}  // namespace spqr

@@ -1,0 +1,681 @@
+#include "server/spqr_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "server/log.h"
+
+namespace spqr {
+namespace {
+
+// The engine deadline of a call: the gRPC deadline, if the client set one.
+std::optional<absl::Time> CallDeadline(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return std::nullopt;
+  return absl::FromChrono(deadline);
+}
+
+// The RPC status of a finished engine request (OK for normal finishes).
+grpc::Status FinalStatus(const OutputChunk& chunk, bool client_cancelled, bool draining) {
+  switch (chunk.finish_reason) {
+    case FinishReason::kError:
+      return chunk.error.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "engine error")
+                              : ToGrpcStatus(chunk.error);
+    case FinishReason::kDeadline:
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrFormat("deadline exceeded after %d generated tokens",
+                                          chunk.usage.completion_tokens));
+    case FinishReason::kCancelled:
+      if (!client_cancelled && draining) {
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "the server is shutting down; the request was cancelled at the end "
+                            "of the drain timeout");
+      }
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+    default:
+      return grpc::Status::OK;
+  }
+}
+
+// Server-side streaming Generate. Engine chunks arrive on the engine thread (Deliver) and are
+// queued; whoever finds no write in flight becomes the "pumper" and issues the next write (all
+// queued chunks merged into one response), or Finish after the final chunk. Finish is only
+// called by the pumper, so the reactor outlives every Deliver that can reach it.
+class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  GenerateStream(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
+                 const v1::GenerateRequest& request)
+      : service_(service), shared_(std::make_shared<Shared>()) {
+    service_->CallStarted();
+    shape_ = ResponseShapeOf(request);
+    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
+      FinishEarly(ToGrpcStatus(s));
+      return;
+    }
+    Engine* engine = service_->engine();
+    engine_id_ = service_->NextEngineId();
+    client_id_ = request.request_id().empty() ? engine_id_ : request.request_id();
+    absl::StatusOr<GenerateRequest> engine_request =
+        MakeEngineRequest(request, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    if (!engine_request.ok()) {
+      FinishEarly(ToGrpcStatus(engine_request.status()));
+      return;
+    }
+    engine_request->deadline = CallDeadline(context);
+    shared_->stream = this;
+    service_->EngineRequestStarted(engine_id_);
+    std::shared_ptr<Shared> shared = shared_;
+    absl::Status submitted =
+        engine->Submit(*std::move(engine_request),
+                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
+    if (!submitted.ok()) {
+      service_->EngineRequestDone(engine_id_);
+      shared_->stream = nullptr;
+      FinishEarly(ToGrpcStatus(submitted));
+      return;
+    }
+    submitted_ = true;
+    Logf(LogLevel::kDebug, "Generate %s (client id %s) submitted", engine_id_, client_id_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok && !client_gone_.exchange(true)) {
+      // The stream broke (client gone): stop the work; the final chunk ends the call.
+      service_->engine()->Cancel(engine_id_);
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    client_cancelled_ = true;
+    client_gone_ = true;
+    if (submitted_) service_->engine()->Cancel(engine_id_);
+  }
+
+  void OnDone() override {
+    service_->CallDone();
+    delete this;
+  }
+
+ private:
+  struct Shared {
+    absl::Mutex mu;
+    std::deque<OutputChunk> pending ABSL_GUARDED_BY(mu);
+    bool pumping ABSL_GUARDED_BY(mu) = false;
+    GenerateStream* stream ABSL_GUARDED_BY(mu) = nullptr;  // null once the final chunk is taken
+    std::optional<absl::Time> last_token_time;  // engine thread only; for inter-token latency
+  };
+
+  static void Deliver(const std::shared_ptr<Shared>& shared, OutputChunk chunk) {
+    GenerateStream* stream = nullptr;
+    {
+      absl::MutexLock lock(&shared->mu);
+      if (shared->stream == nullptr) return;
+      stream = shared->stream;
+      if (!chunk.token_ids.empty()) {
+        const absl::Time now = absl::Now();
+        if (shared->last_token_time.has_value()) {
+          stream->service_->metrics()->RecordInterTokenLatency(
+              static_cast<int>(chunk.token_ids.size()),
+              absl::ToDoubleSeconds(now - *shared->last_token_time));
+        }
+        shared->last_token_time = now;
+      }
+      if (chunk.finished) {
+        stream->service_->metrics()->RecordRequestFinished(chunk);
+        stream->service_->EngineRequestDone(stream->engine_id_);
+      }
+      shared->pending.push_back(std::move(chunk));
+      if (shared->pumping) return;
+      shared->pumping = true;
+    }
+    stream->Pump();
+  }
+
+  // Called only by the pumper: issues one write or Finish, or gives up the pumper role.
+  void Pump() {
+    for (;;) {
+      bool final = false;
+      OutputChunk final_chunk;
+      response_.Clear();
+      response_.set_request_id(client_id_);
+      {
+        absl::MutexLock lock(&shared_->mu);
+        if (shared_->pending.empty()) {
+          shared_->pumping = false;
+          return;
+        }
+        while (!shared_->pending.empty()) {
+          OutputChunk& chunk = shared_->pending.front();
+          AppendChunk(chunk, shape_, service_->engine()->model().tokenizer.get(), &response_);
+          if (chunk.finished) {
+            final = true;
+            final_chunk = std::move(chunk);
+          }
+          shared_->pending.pop_front();
+        }
+        if (final) shared_->stream = nullptr;
+      }
+      if (final) {
+        grpc::Status status = FinalStatus(final_chunk, client_cancelled_, service_->draining());
+        if (client_gone_ && status.ok()) {
+          status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+        }
+        Logf(LogLevel::kDebug, "Generate %s finished: %s, %d tokens, status %s", engine_id_,
+             FinishReasonLabel(final_chunk.finish_reason), final_chunk.usage.completion_tokens,
+             GrpcCodeName(status.error_code()));
+        service_->metrics()->RecordRpc("Generate", GrpcCodeName(status.error_code()));
+        if (status.ok()) {
+          StartWriteAndFinish(&response_, grpc::WriteOptions(), status);
+        } else {
+          Finish(status);
+        }
+        return;
+      }
+      if (client_gone_) continue;  // nobody to write to; wait for the final chunk
+      if (response_.text().empty() && response_.token_ids().empty() &&
+          response_.logprobs().empty()) {
+        continue;  // nothing visible (text held back for a possible stop string)
+      }
+      StartWrite(&response_);
+      return;
+    }
+  }
+
+  void FinishEarly(const grpc::Status& status) {
+    service_->metrics()->RecordRpc("Generate", GrpcCodeName(status.error_code()));
+    Finish(status);
+  }
+
+  SpqrServiceImpl* const service_;
+  std::shared_ptr<Shared> shared_;
+  ResponseShape shape_;
+  std::string engine_id_;
+  std::string client_id_;
+  bool submitted_ = false;
+  std::atomic<bool> client_cancelled_{false};
+  std::atomic<bool> client_gone_{false};
+  v1::GenerateResponse response_;  // the one write in flight
+};
+
+// GenerateUnary: chunks are accumulated into one response, sent when the final chunk arrives.
+class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  GenerateUnaryCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
+                    const v1::GenerateRequest& request, v1::GenerateResponse* response)
+      : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
+    service_->CallStarted();
+    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
+      FinishWith(ToGrpcStatus(s));
+      return;
+    }
+    Engine* engine = service_->engine();
+    engine_id_ = service_->NextEngineId();
+    absl::StatusOr<GenerateRequest> engine_request =
+        MakeEngineRequest(request, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    if (!engine_request.ok()) {
+      FinishWith(ToGrpcStatus(engine_request.status()));
+      return;
+    }
+    engine_request->deadline = CallDeadline(context);
+    shared_->call = this;
+    shared_->shape = ResponseShapeOf(request);
+    shared_->response.set_request_id(request.request_id().empty() ? engine_id_
+                                                                  : request.request_id());
+    service_->EngineRequestStarted(engine_id_);
+    std::shared_ptr<Shared> shared = shared_;
+    absl::Status submitted =
+        engine->Submit(*std::move(engine_request),
+                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
+    if (!submitted.ok()) {
+      service_->EngineRequestDone(engine_id_);
+      shared_->call = nullptr;
+      FinishWith(ToGrpcStatus(submitted));
+      return;
+    }
+    submitted_ = true;
+  }
+
+  void OnCancel() override {
+    client_cancelled_ = true;
+    if (submitted_) service_->engine()->Cancel(engine_id_);
+  }
+
+  void OnDone() override {
+    service_->CallDone();
+    delete this;
+  }
+
+ private:
+  struct Shared {
+    absl::Mutex mu;
+    GenerateUnaryCall* call ABSL_GUARDED_BY(mu) = nullptr;
+    v1::GenerateResponse response ABSL_GUARDED_BY(mu);
+    ResponseShape shape;
+    std::optional<absl::Time> last_token_time;  // engine thread only; for inter-token latency
+  };
+
+  static void Deliver(const std::shared_ptr<Shared>& shared, OutputChunk chunk) {
+    GenerateUnaryCall* call = nullptr;
+    {
+      absl::MutexLock lock(&shared->mu);
+      if (shared->call == nullptr) return;
+      if (!chunk.token_ids.empty()) {
+        const absl::Time now = absl::Now();
+        if (shared->last_token_time.has_value()) {
+          shared->call->service_->metrics()->RecordInterTokenLatency(
+              static_cast<int>(chunk.token_ids.size()),
+              absl::ToDoubleSeconds(now - *shared->last_token_time));
+        }
+        shared->last_token_time = now;
+      }
+      AppendChunk(chunk, shared->shape, shared->call->service_->engine()->model().tokenizer.get(),
+                  &shared->response);
+      if (!chunk.finished) return;
+      call = shared->call;
+      shared->call = nullptr;
+      call->response_->Swap(&shared->response);
+    }
+    call->service_->metrics()->RecordRequestFinished(chunk);
+    call->service_->EngineRequestDone(call->engine_id_);
+    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining()));
+  }
+
+  void FinishWith(const grpc::Status& status) {
+    service_->metrics()->RecordRpc("GenerateUnary", GrpcCodeName(status.error_code()));
+    Finish(status);
+  }
+
+  SpqrServiceImpl* const service_;
+  v1::GenerateResponse* const response_;
+  std::shared_ptr<Shared> shared_;
+  std::string engine_id_;
+  bool submitted_ = false;
+  std::atomic<bool> client_cancelled_{false};
+};
+
+// Score: one engine request per sequence (a text, or each pair), run concurrently; the call ends
+// when all have finished.
+class ScoreCall final : public grpc::ServerUnaryReactor {
+ public:
+  ScoreCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
+            const v1::ScoreRequest& request, v1::ScoreResponse* response)
+      : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
+    service_->CallStarted();
+    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
+      FinishWith(ToGrpcStatus(s));
+      return;
+    }
+    Engine* engine = service_->engine();
+    const std::string base_id = service_->NextEngineId();
+    response_->set_request_id(request.request_id().empty() ? base_id : request.request_id());
+    absl::StatusOr<std::vector<ScoreSequence>> sequences =
+        MakeScoreSequences(request, engine->model().tokenizer.get(), service_->limits());
+    if (!sequences.ok()) {
+      FinishWith(ToGrpcStatus(sequences.status()));
+      return;
+    }
+    pairs_ = request.input_case() == v1::ScoreRequest::kPairs;
+    const size_t n = sequences->size();
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->call = this;
+      shared_->sequences = *std::move(sequences);
+      shared_->results.resize(n);
+      shared_->remaining = static_cast<int>(n);
+      for (size_t i = 0; i < n; ++i) {
+        engine_ids_.push_back(pairs_ ? absl::StrCat(base_id, ".p", i) : base_id);
+      }
+    }
+    const std::optional<absl::Time> deadline = CallDeadline(context);
+    size_t submitted = 0;
+    absl::Status submit_error;
+    for (size_t i = 0; i < n; ++i) {
+      GenerateRequest engine_request = MakeScoreEngineRequest(
+          shared_->sequences[i], request.top_logprobs(), request.priority(), engine_ids_[i]);
+      engine_request.deadline = deadline;
+      service_->EngineRequestStarted(engine_ids_[i]);
+      std::shared_ptr<Shared> shared = shared_;
+      absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
+        Deliver(shared, i, std::move(chunk));
+      });
+      if (!s.ok()) {
+        service_->EngineRequestDone(engine_ids_[i]);
+        submit_error = s;
+        break;
+      }
+      ++submitted;
+    }
+    submitted_ = submitted;
+    if (submit_error.ok()) return;
+    // Some sequence could not be queued: stop the others and fail the call once they ended.
+    for (size_t i = 0; i < submitted; ++i) engine->Cancel(engine_ids_[i]);
+    bool finish_now = false;
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->error = ToGrpcStatus(submit_error);
+      shared_->remaining -= static_cast<int>(n - submitted);
+      if (shared_->remaining == 0) {
+        shared_->call = nullptr;
+        finish_now = true;
+      }
+    }
+    if (finish_now) FinishWith(ToGrpcStatus(submit_error));
+  }
+
+  void OnCancel() override {
+    client_cancelled_ = true;
+    for (size_t i = 0; i < submitted_; ++i) service_->engine()->Cancel(engine_ids_[i]);
+  }
+
+  void OnDone() override {
+    service_->CallDone();
+    delete this;
+  }
+
+ private:
+  struct Shared {
+    absl::Mutex mu;
+    ScoreCall* call ABSL_GUARDED_BY(mu) = nullptr;
+    std::vector<ScoreSequence> sequences;
+    std::vector<std::vector<TokenLogprob>> results ABSL_GUARDED_BY(mu);
+    int remaining ABSL_GUARDED_BY(mu) = 0;
+    grpc::Status error ABSL_GUARDED_BY(mu);
+  };
+
+  static void Deliver(const std::shared_ptr<Shared>& shared, size_t index, OutputChunk chunk) {
+    ScoreCall* call = nullptr;
+    grpc::Status error;
+    {
+      absl::MutexLock lock(&shared->mu);
+      if (shared->call == nullptr) return;
+      if (!chunk.prompt_logprobs.empty()) shared->results[index] = std::move(chunk.prompt_logprobs);
+      if (!chunk.finished) return;
+      ScoreCall* self = shared->call;
+      self->service_->metrics()->RecordRequestFinished(chunk);
+      self->service_->EngineRequestDone(self->engine_ids_[index]);
+      grpc::Status status = FinalStatus(chunk, self->client_cancelled_, self->service_->draining());
+      if (!status.ok() && shared->error.ok()) {
+        shared->error = status;
+        // One failed: the others are useless now.
+        for (size_t i = 0; i < self->submitted_; ++i) {
+          if (i != index) self->service_->engine()->Cancel(self->engine_ids_[i]);
+        }
+      }
+      if (--shared->remaining > 0) return;
+      call = self;
+      shared->call = nullptr;
+      error = shared->error;
+    }
+    if (!error.ok()) {
+      call->FinishWith(error);
+      return;
+    }
+    call->FinishWith(call->BuildResponse(*shared));
+  }
+
+  // Fills the response from the prompt logprobs of every sequence (all finished).
+  grpc::Status BuildResponse(Shared& shared) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    const Tokenizer* tokenizer = service_->engine()->model().tokenizer.get();
+    int32_t prompt_tokens = 0;
+    for (size_t i = 0; i < shared.sequences.size(); ++i) {
+      const ScoreSequence& seq = shared.sequences[i];
+      const std::vector<TokenLogprob>& logprobs = shared.results[i];
+      prompt_tokens += static_cast<int32_t>(seq.tokens.size());
+      if (logprobs.size() + 1 != seq.tokens.size()) {
+        return grpc::Status(grpc::StatusCode::INTERNAL,
+                            absl::StrFormat("the engine returned %d prompt logprobs for %d tokens",
+                                            logprobs.size(), seq.tokens.size()));
+      }
+      // logprobs[j] scores token j + 1; the scored part starts at num_context_tokens.
+      const size_t first = static_cast<size_t>(seq.num_context_tokens) - 1;
+      double sum = 0;
+      bool greedy = true;
+      if (pairs_) {
+        v1::PairScore* pair = response_->add_pair_scores();
+        for (size_t j = first; j < logprobs.size(); ++j) {
+          sum += logprobs[j].logprob;
+          greedy = greedy && logprobs[j].is_greedy;
+          FillTokenLogprob(logprobs[j], tokenizer, pair->add_token_logprobs());
+        }
+        pair->set_sum_logprob(sum);
+        pair->set_is_greedy(greedy);
+        pair->set_num_context_tokens(seq.num_context_tokens);
+        pair->set_num_continuation_tokens(static_cast<int32_t>(seq.tokens.size()) -
+                                          seq.num_context_tokens);
+      } else {
+        for (size_t j = first; j < logprobs.size(); ++j) {
+          sum += logprobs[j].logprob;
+          FillTokenLogprob(logprobs[j], tokenizer, response_->add_token_logprobs());
+        }
+        response_->set_sum_logprob(sum);
+        response_->set_num_scored_tokens(static_cast<int32_t>(logprobs.size() - first));
+      }
+    }
+    response_->mutable_usage()->set_prompt_tokens(prompt_tokens);
+    return grpc::Status::OK;
+  }
+
+  void FinishWith(const grpc::Status& status) {
+    service_->metrics()->RecordRpc("Score", GrpcCodeName(status.error_code()));
+    Finish(status);
+  }
+
+  SpqrServiceImpl* const service_;
+  v1::ScoreResponse* const response_;
+  std::shared_ptr<Shared> shared_;
+  std::vector<std::string> engine_ids_;
+  size_t submitted_ = 0;
+  bool pairs_ = false;
+  std::atomic<bool> client_cancelled_{false};
+};
+
+}  // namespace
+
+const char* GrpcCodeName(grpc::StatusCode code) {
+  static constexpr const char* kNames[] = {"OK",
+                                           "CANCELLED",
+                                           "UNKNOWN",
+                                           "INVALID_ARGUMENT",
+                                           "DEADLINE_EXCEEDED",
+                                           "NOT_FOUND",
+                                           "ALREADY_EXISTS",
+                                           "PERMISSION_DENIED",
+                                           "RESOURCE_EXHAUSTED",
+                                           "FAILED_PRECONDITION",
+                                           "ABORTED",
+                                           "OUT_OF_RANGE",
+                                           "UNIMPLEMENTED",
+                                           "INTERNAL",
+                                           "UNAVAILABLE",
+                                           "DATA_LOSS",
+                                           "UNAUTHENTICATED"};
+  const int index = static_cast<int>(code);
+  return index >= 0 && index < 17 ? kNames[index] : "UNKNOWN";
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& engine) {
+  const LoadedModel& model = engine.model();
+  const EngineStats stats = engine.GetStats();
+  RequestLimits limits;
+  limits.vocab_size = static_cast<int32_t>(model.config.vocab_size);
+  int64_t context = model.config.max_position_embeddings;
+  // A sequence cannot hold more tokens than the whole KV pool.
+  const int64_t pool_tokens = static_cast<int64_t>(stats.kv_blocks_total) * stats.kv_block_size;
+  if (pool_tokens > 0) context = std::min(context, pool_tokens);
+  limits.max_context_tokens = static_cast<int32_t>(context);
+  limits.max_prompt_tokens =
+      config.limits.max_prompt_tokens > 0
+          ? std::min(config.limits.max_prompt_tokens, limits.max_context_tokens)
+          : limits.max_context_tokens;
+  limits.max_new_tokens = std::min(config.limits.max_new_tokens, limits.max_context_tokens);
+  limits.default_max_new_tokens =
+      std::min(config.limits.default_max_new_tokens, limits.max_new_tokens);
+  limits.max_stop_strings = config.limits.max_stop_strings;
+  limits.max_stop_string_bytes = config.limits.max_stop_string_bytes;
+  limits.max_top_logprobs = std::min<int32_t>(config.limits.max_top_logprobs, limits.vocab_size);
+  limits.max_score_pairs = config.limits.max_score_pairs;
+  return limits;
+}
+
+SpqrServiceImpl::SpqrServiceImpl(const ServerConfig& config, ServerMetrics* metrics)
+    : config_(config), metrics_(metrics) {}
+
+SpqrServiceImpl::~SpqrServiceImpl() = default;
+
+void SpqrServiceImpl::SetEngine(Engine* engine) {
+  limits_ = ResolveRequestLimits(config_, *engine);
+  engine_.store(engine);
+}
+
+void SpqrServiceImpl::StartDraining() { draining_.store(true); }
+
+absl::Status SpqrServiceImpl::CheckAccepting() const {
+  if (draining_.load()) {
+    return absl::UnavailableError("the server is shutting down and accepts no new requests");
+  }
+  if (engine_.load() == nullptr) {
+    return absl::UnavailableError("the model is still loading; retry when health is SERVING");
+  }
+  return absl::OkStatus();
+}
+
+std::string SpqrServiceImpl::NextEngineId() { return absl::StrCat("r", next_id_.fetch_add(1)); }
+
+void SpqrServiceImpl::CallStarted() {
+  metrics_->RpcStarted();
+  absl::MutexLock lock(&mu_);
+  ++inflight_calls_;
+}
+
+void SpqrServiceImpl::CallDone() {
+  metrics_->RpcEnded();
+  absl::MutexLock lock(&mu_);
+  --inflight_calls_;
+}
+
+void SpqrServiceImpl::EngineRequestStarted(const std::string& engine_id) {
+  absl::MutexLock lock(&mu_);
+  live_engine_ids_.insert(engine_id);
+}
+
+void SpqrServiceImpl::EngineRequestDone(const std::string& engine_id) {
+  absl::MutexLock lock(&mu_);
+  live_engine_ids_.erase(engine_id);
+}
+
+int64_t SpqrServiceImpl::inflight_calls() {
+  absl::MutexLock lock(&mu_);
+  return inflight_calls_;
+}
+
+bool SpqrServiceImpl::WaitForIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_calls_ == 0; };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+void SpqrServiceImpl::CancelAll() {
+  std::vector<std::string> ids;
+  {
+    absl::MutexLock lock(&mu_);
+    ids.assign(live_engine_ids_.begin(), live_engine_ids_.end());
+  }
+  Engine* engine = engine_.load();
+  if (engine == nullptr) return;
+  for (const std::string& id : ids) engine->Cancel(id);
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* SpqrServiceImpl::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  return new GenerateStream(this, context, *request);
+}
+
+grpc::ServerUnaryReactor* SpqrServiceImpl::GenerateUnary(grpc::CallbackServerContext* context,
+                                                         const v1::GenerateRequest* request,
+                                                         v1::GenerateResponse* response) {
+  return new GenerateUnaryCall(this, context, *request, response);
+}
+
+grpc::ServerUnaryReactor* SpqrServiceImpl::Score(grpc::CallbackServerContext* context,
+                                                 const v1::ScoreRequest* request,
+                                                 v1::ScoreResponse* response) {
+  return new ScoreCall(this, context, *request, response);
+}
+
+grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerContext* context,
+                                                        const v1::GetModelInfoRequest* request,
+                                                        v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Engine* engine = engine_.load();
+  if (engine == nullptr) {
+    metrics_->RecordRpc("GetModelInfo", "UNAVAILABLE");
+    reactor->Finish(ToGrpcStatus(CheckAccepting()));
+    return reactor;
+  }
+  const LoadedModel& model = engine->model();
+  const ModelConfig& c = model.config;
+  response->set_model_dir(model.dir);
+  std::string name = model.dir;
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  response->set_model_name(name.substr(name.find_last_of('/') + 1));
+  v1::ModelArchitecture* arch = response->mutable_architecture();
+  arch->set_model_type(c.model_type);
+  arch->set_vocab_size(c.vocab_size);
+  arch->set_hidden_size(c.hidden_size);
+  arch->set_intermediate_size(c.intermediate_size);
+  arch->set_num_hidden_layers(c.num_hidden_layers);
+  arch->set_num_attention_heads(c.num_attention_heads);
+  arch->set_num_key_value_heads(c.num_key_value_heads);
+  arch->set_head_dim(c.head_dim);
+  arch->set_max_position_embeddings(c.max_position_embeddings);
+  arch->set_rope_theta(c.rope_theta);
+  arch->set_rms_norm_eps(c.rms_norm_eps);
+  arch->set_tie_word_embeddings(c.tie_word_embeddings);
+  arch->set_attention_bias(c.attention_bias);
+  arch->set_torch_dtype(c.torch_dtype);
+  response->mutable_quantization()->set_method(model.quantization.method);
+  response->mutable_quantization()->set_weight_dtype(model.quantization.weight_dtype);
+  response->set_bos_token_id(model.tokenizer ? model.tokenizer->bos_id() : c.bos_token_id);
+  if (model.tokenizer) {
+    for (int32_t id : model.tokenizer->eos_ids()) response->add_eos_token_ids(id);
+  }
+  response->set_backend(model.backend ? model.backend->name() : "");
+  const EngineStats stats = engine->GetStats();
+  const EngineOptions& options = engine->options();
+  v1::ServingLimits* limits = response->mutable_limits();
+  limits->set_max_context_tokens(limits_.max_context_tokens);
+  limits->set_max_prompt_tokens(limits_.max_prompt_tokens);
+  limits->set_max_new_tokens(limits_.max_new_tokens);
+  limits->set_default_max_new_tokens(limits_.default_max_new_tokens);
+  limits->set_max_stop_strings(limits_.max_stop_strings);
+  limits->set_max_stop_string_bytes(limits_.max_stop_string_bytes);
+  limits->set_max_top_logprobs(limits_.max_top_logprobs);
+  limits->set_max_score_pairs(limits_.max_score_pairs);
+  limits->set_kv_block_size(stats.kv_block_size > 0 ? stats.kv_block_size : options.kv_block_size);
+  limits->set_kv_blocks_total(stats.kv_blocks_total);
+  limits->set_max_running_requests(options.max_running_requests);
+  limits->set_max_batched_tokens(options.max_batched_tokens);
+  limits->set_max_queued_requests(options.max_queued_requests);
+  limits->set_prefix_caching(options.enable_prefix_caching);
+  limits->set_max_message_bytes(static_cast<int32_t>(config_.server.max_message_bytes));
+  response->set_server_version(SPQR_SERVER_VERSION);
+  metrics_->RecordRpc("GetModelInfo", "OK");
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace spqr

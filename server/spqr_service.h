@@ -1,0 +1,87 @@
+// spqr.v1.SpqrService on gRPC's callback API: one reactor per call, engine chunks queued under a
+// mutex and written one at a time, client cancellation and deadlines forwarded to the engine.
+//
+// Lifecycle: the service is registered before the model is loaded (every RPC answers UNAVAILABLE
+// until SetEngine), and on shutdown StartDraining refuses new calls while in-flight ones finish.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <set>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "config/server_config.h"
+#include "engine/runtime/engine.h"
+#include "server/metrics.h"
+#include "server/request_validation.h"
+#include "spqr/v1/spqr.grpc.pb.h"
+
+namespace spqr {
+
+// "OK", "INVALID_ARGUMENT", ... for a gRPC status code.
+const char* GrpcCodeName(grpc::StatusCode code);
+
+// absl::Status -> grpc::Status; the codes are the same numbers.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// The limits requests are checked against, from the config and the loaded engine.
+RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& engine);
+
+class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
+ public:
+  SpqrServiceImpl(const ServerConfig& config, ServerMetrics* metrics);
+  ~SpqrServiceImpl() override;
+
+  // Starts serving `engine` (loaded and warmed up). It must outlive every call.
+  void SetEngine(Engine* engine);
+  // From now on new calls fail with UNAVAILABLE; in-flight calls continue.
+  void StartDraining();
+  // Waits until no call is in flight, at most `timeout`. Returns whether none is left.
+  bool WaitForIdle(absl::Duration timeout);
+  // Cancels the engine requests of every in-flight call; they end with UNAVAILABLE.
+  void CancelAll();
+  int64_t inflight_calls();
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GenerateUnary(grpc::CallbackServerContext* context,
+                                          const v1::GenerateRequest* request,
+                                          v1::GenerateResponse* response) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const v1::ScoreRequest* request,
+                                  v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+
+  // Used by the call reactors (spqr_service.cc).
+  Engine* engine() const { return engine_.load(); }
+  const RequestLimits& limits() const { return limits_; }
+  ServerMetrics* metrics() const { return metrics_; }
+  bool draining() const { return draining_.load(); }
+  // UNAVAILABLE while not loaded or draining, else OK.
+  absl::Status CheckAccepting() const;
+  // A fresh engine request id ("r17").
+  std::string NextEngineId();
+  // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
+  void CallStarted();
+  void CallDone();
+  void EngineRequestStarted(const std::string& engine_id);
+  void EngineRequestDone(const std::string& engine_id);
+
+ private:
+  const ServerConfig config_;
+  ServerMetrics* const metrics_;
+  std::atomic<Engine*> engine_{nullptr};
+  RequestLimits limits_;  // written once in SetEngine, before engine_ is published
+  std::atomic<bool> draining_{false};
+  std::atomic<int64_t> next_id_{0};
+
+  absl::Mutex mu_;
+  int64_t inflight_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<std::string> live_engine_ids_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace spqr

@@ -1,0 +1,9 @@
+# Unit tests of server/ (request validation and conversion, metric table vs docs/metrics.md).
+if(TARGET spqr_server_lib)
+  find_package(prometheus-cpp CONFIG REQUIRED)
+  spqr_add_gtest(server_request_validation_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_request_validation_test.cc
+                 LIBS spqr_server_lib LABELS unit)
+  spqr_add_gtest(server_metrics_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_metrics_test.cc
+                 LIBS spqr_server_lib prometheus-cpp::core LABELS unit)
+endif()

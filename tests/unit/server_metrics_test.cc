@@ -1,0 +1,84 @@
+// Tests of server/metrics: the metric table follows Prometheus naming rules, matches
+// docs/metrics.md, and every metric is exported by a fresh ServerMetrics.
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+#include "server/metrics.h"
+
+namespace spqr {
+namespace {
+
+std::set<std::string> TableNames() {
+  std::set<std::string> names;
+  for (const MetricSpec& spec : MetricTable()) names.insert(std::string(spec.name));
+  return names;
+}
+
+TEST(MetricTableTest, NamesFollowPrometheusConventions) {
+  const std::regex name_re("^(spqr_[a-z0-9_]+|vllm:[a-z_]+)$");
+  std::set<std::string> seen;
+  for (const MetricSpec& spec : MetricTable()) {
+    const std::string name(spec.name);
+    EXPECT_TRUE(std::regex_match(name, name_re)) << name;
+    EXPECT_TRUE(seen.insert(name).second) << "duplicate " << name;
+    EXPECT_FALSE(spec.help.empty()) << name;
+    const bool total = name.size() > 6 && name.substr(name.size() - 6) == "_total";
+    EXPECT_EQ(total, spec.kind == MetricKind::kCounter)
+        << name << ": counters, and only they, end in _total";
+  }
+}
+
+TEST(MetricTableTest, DocsListExactlyTheTable) {
+  std::ifstream in(std::string(SPQR_SOURCE_DIR) + "/docs/metrics.md");
+  ASSERT_TRUE(in) << "docs/metrics.md";
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string docs = text.str();
+  // Rows of the main table: "| `name` | type | ...".
+  const std::regex row("\\n\\| `([a-z_:]+)` \\| (counter|gauge|histogram) \\|");
+  std::set<std::string> documented;
+  for (auto it = std::sregex_iterator(docs.begin(), docs.end(), row); it != std::sregex_iterator();
+       ++it) {
+    documented.insert((*it)[1]);
+  }
+  EXPECT_EQ(documented, TableNames());
+}
+
+TEST(ServerMetricsTest, EveryMetricIsExported) {
+  ServerMetrics metrics(/*vllm_compatible_names=*/true);
+  OutputChunk final_chunk;
+  final_chunk.finished = true;
+  final_chunk.finish_reason = FinishReason::kLength;
+  final_chunk.usage.completion_tokens = 3;
+  metrics.RecordRequestFinished(final_chunk);
+  metrics.RecordRpc("Generate", "OK");
+  metrics.RecordInterTokenLatency(2, 0.01);
+  std::vector<prometheus::MetricFamily> families = metrics.registry()->Collect();
+  for (const prometheus::MetricFamily& f : metrics.engine_collector()->Collect()) {
+    families.push_back(f);
+  }
+  std::set<std::string> exported;
+  for (const prometheus::MetricFamily& f : families) exported.insert(f.name);
+  EXPECT_EQ(exported, TableNames());
+  const std::string text = prometheus::TextSerializer().Serialize(families);
+  EXPECT_NE(text.find("spqr_requests_total{code=\"OK\",method=\"Generate\"} 1"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("spqr_request_finished_total{finished_reason=\"length\"} 1"),
+            std::string::npos);
+  EXPECT_NE(text.find("spqr_inter_token_latency_seconds_count 2"), std::string::npos);
+}
+
+TEST(ServerMetricsTest, VllmNamesAreOptional) {
+  ServerMetrics metrics(/*vllm_compatible_names=*/false);
+  for (const prometheus::MetricFamily& f : metrics.engine_collector()->Collect()) {
+    EXPECT_EQ(f.name.find("vllm:"), std::string::npos) << f.name;
+  }
+}
+
+}  // namespace
+}  // namespace spqr

@@ -1,5 +1,6 @@
 # Quantizer algorithms and the SpQR format module (engine/format).
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(OpenMP REQUIRED)
 set(quant_libs spqr_quantizer_lib spqr_engine_core Eigen3::Eigen)
 spqr_add_gtest(spqr_format_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_format_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)
@@ -10,4 +11,6 @@ spqr_add_gtest(gptq_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/gptq_test.cc
 spqr_add_gtest(rtn_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/rtn_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)
 spqr_add_gtest(spqr_layer_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_layer_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(model_quantizer_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/model_quantizer_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)

@@ -48,7 +48,7 @@ LayerQuantizationResult Quantize(int64_t m, int64_t n, int wbits, int beta1, int
   c.stats_bits = stats_bits;
   c.tau = tau;
   c.act_order = act_order;
-  auto res = QuantizeLayer(w.data(), m, n, h.data(), c, 2);
+  auto res = QuantizeLayer(w.data(), m, n, h.data(), c, 1);
   EXPECT_TRUE(res.ok()) << res.status();
   return *std::move(res);
 }

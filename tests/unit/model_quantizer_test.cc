@@ -1,0 +1,185 @@
+// End to end over the committed test model: spqr-quantize's pipeline writes a directory the
+// engine's checkpoint reader opens, every SpQR layer loads and decodes, and the job's error paths.
+#include "quantizer/model_quantizer.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/format/spqr_model.h"
+#include "engine/format/spqr_tensors.h"
+#include "engine/model/safetensors.h"
+#include "gtest/gtest.h"
+#include "quantizer/block_forward.h"
+
+namespace spqr {
+namespace {
+namespace fs = std::filesystem;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class ModelQuantizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("spqr_mq_" + std::to_string(getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    job_.model_dir = std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model";
+    job_.calibration_text = std::string(SPQR_SOURCE_DIR) + "/tools/test_model_text.txt";
+    job_.output_dir = (root_ / "out").string();
+    job_.nsamples = 4;
+    job_.seqlen = 32;
+    job_.seed = 5;
+    job_.threads = 1;
+    job_.layer.tau = 0.2;
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  fs::path root_;
+  ModelQuantizeJob job_;
+};
+
+TEST_F(ModelQuantizerTest, WritesALoadableSpqrModel) {
+  int progress_lines = 0;
+  auto report = QuantizeModel(job_, [&](const std::string&) { ++progress_lines; });
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(progress_lines, 2 * 7 + 2);
+  ASSERT_EQ(report->layers.size(), 14u);
+  ASSERT_EQ(report->blocks.size(), 2u);
+  EXPECT_GT(report->outliers, 0);
+  EXPECT_GT(report->real_bits, report->formula_bits);
+  for (const BlockReport& b : report->blocks) {
+    EXPECT_GT(b.relative_output_error, 0.0);
+    EXPECT_LT(b.relative_output_error, 1.0);
+  }
+  // No temporary directory left behind.
+  int entries = 0;
+  for (const auto& e : fs::directory_iterator(root_)) {
+    ++entries;
+    EXPECT_EQ(e.path().filename(), "out");
+  }
+  EXPECT_EQ(entries, 1);
+  for (const char* f : {"config.json", "tokenizer.model", "model.safetensors.index.json",
+                        "quantization_report.json", "quantization_report.txt"}) {
+    EXPECT_TRUE(fs::exists(fs::path(job_.output_dir) / f)) << f;
+  }
+  // config.json carries the quantization block; shard checksums verify.
+  auto info = ParseSpqrQuantizationConfig(Slurp(job_.output_dir + "/config.json"), "config.json");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_TRUE(info->has_value());
+  EXPECT_EQ((*info)->method, "spqr");
+  EXPECT_EQ((*info)->wbits, 3);
+  EXPECT_DOUBLE_EQ((*info)->tau, 0.2);
+  EXPECT_EQ((*info)->shard_crc32.size(), 3u);
+  auto ckpt = Checkpoint::Open(job_.output_dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(VerifyShardChecksums(**ckpt, **info).ok());
+  const TensorLookup lookup = [&](const std::string& n) { return (*ckpt)->Find(n); };
+  int64_t outliers = 0;
+  for (const LayerReport& l : report->layers) {
+    EXPECT_EQ((*ckpt)->Find(l.name + ".weight"), nullptr) << "dense weight left for " << l.name;
+    auto layer = SpqrLayerFromTensors(lookup, l.name);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    EXPECT_EQ(layer->out_features, l.out_features);
+    outliers += layer->num_outliers();
+    EXPECT_TRUE(DequantizeSpqrLayer(*layer).ok());
+  }
+  EXPECT_EQ(outliers, report->outliers);
+  EXPECT_NE((*ckpt)->Find("model.embed_tokens.weight"), nullptr);
+  EXPECT_NE((*ckpt)->Find("model.layers.1.post_attention_layernorm.weight"), nullptr);
+  // The quantized model's first projection decodes close to the original weights.
+  auto original = Checkpoint::Open(job_.model_dir);
+  ASSERT_TRUE(original.ok());
+  const TensorView* w = (*original)->Find("model.layers.0.mlp.up_proj.weight");
+  ASSERT_NE(w, nullptr);
+  const std::vector<float> wf = TensorToF32(*w);
+  auto up = SpqrLayerFromTensors(lookup, "model.layers.0.mlp.up_proj");
+  ASSERT_TRUE(up.ok());
+  auto dense = DequantizeSpqrLayer(*up);
+  ASSERT_TRUE(dense.ok());
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < wf.size(); ++i) {
+    err += (wf[i] - (*dense)[i]) * (wf[i] - (*dense)[i]);
+    norm += wf[i] * wf[i];
+  }
+  EXPECT_LT(err / norm, 0.05);
+}
+
+TEST_F(ModelQuantizerTest, DeterministicForSeedAndThreads) {
+  ASSERT_TRUE(QuantizeModel(job_, nullptr).ok());
+  ModelQuantizeJob again = job_;
+  again.output_dir = (root_ / "again").string();
+  ASSERT_TRUE(QuantizeModel(again, nullptr).ok());
+  for (const char* shard : {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                            "model-00003-of-00003.safetensors"}) {
+    EXPECT_EQ(Slurp(job_.output_dir + "/" + shard), Slurp(again.output_dir + "/" + shard)) << shard;
+  }
+}
+
+TEST_F(ModelQuantizerTest, RefusesToOverwriteWithoutForce) {
+  fs::create_directories(job_.output_dir);
+  auto report = QuantizeModel(job_, nullptr);
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(report.status().message().find("--force"), std::string::npos);
+  job_.force = true;
+  job_.layer.method = SpqrLayerConfig::Method::kRtn;
+  job_.layer.act_order = false;
+  job_.layer.tau = std::numeric_limits<double>::infinity();
+  job_.layer.stats_bits = 16;
+  EXPECT_TRUE(QuantizeModel(job_, nullptr).ok());
+}
+
+TEST_F(ModelQuantizerTest, ClearErrors) {
+  {
+    ModelQuantizeJob j = job_;
+    j.nsamples = 100000;
+    auto r = QuantizeModel(j, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("nsamples*seqlen"), std::string::npos) << r.status();
+  }
+  {
+    ModelQuantizeJob j = job_;
+    j.layer.beta1 = 48;  // does not divide 128
+    auto r = QuantizeModel(j, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("beta1=48"), std::string::npos) << r.status();
+  }
+  {
+    ModelQuantizeJob j = job_;
+    j.layer.stats_bits = 2;
+    auto r = QuantizeModel(j, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("stats_bits"), std::string::npos) << r.status();
+  }
+  {
+    ModelQuantizeJob j = job_;
+    j.model_dir = (root_ / "missing").string();
+    EXPECT_FALSE(QuantizeModel(j, nullptr).ok());
+  }
+  EXPECT_FALSE(fs::exists(job_.output_dir));
+}
+
+TEST(SpqrQuantizationConfigTest, DenseAndUnknownVersion) {
+  auto none = ParseSpqrQuantizationConfig(R"({"model_type": "llama"})", "c");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto future = ParseSpqrQuantizationConfig(
+      R"({"quantization_config": {"quant_method": "spqr", "format_version": 9}})", "c");
+  ASSERT_FALSE(future.ok());
+  EXPECT_EQ(future.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto other =
+      ParseSpqrQuantizationConfig(R"({"quantization_config": {"quant_method": "awq"}})", "c");
+  EXPECT_FALSE(other.ok());
+}
+
+}  // namespace
+}  // namespace spqr

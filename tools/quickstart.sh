@@ -37,7 +37,7 @@ done
 "$BUILD_DIR/server/spqr-client" --address "$ADDR" info
 echo "== demo: streaming Generate"
 "$BUILD_DIR/server/spqr-client" --address "$ADDR" generate "The GNU General Public License is" \
-  --max_new_tokens 48 --temperature 0.7 --seed 1
+  --max-new-tokens 48 --temperature 0.7 --seed 1
 echo
 echo "quickstart: server answering on $ADDR (gRPC) and http://127.0.0.1:${METRICS_PORT}/metrics"
 echo "quickstart: stop it with: kill \$(cat $BUILD_DIR/spqr-server.pid)"

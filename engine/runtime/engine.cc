@@ -89,7 +89,11 @@ class Engine::Impl {
   absl::Status Submit(GenerateRequest request, OutputCallback callback);
   void Cancel(const std::string& request_id) {
     absl::MutexLock lock(&mu_);
-    cancels_.push_back(request_id);
+    // Resolved to the sequence now, so that a late cancel can never hit a newer request that
+    // reuses the id.
+    auto it = live_ids_.find(request_id);
+    if (it == live_ids_.end()) return;
+    cancels_.push_back(it->second);
     cv_.Signal();
   }
   void StopAccepting() {
@@ -115,7 +119,7 @@ class Engine::Impl {
   void Loop();
   // Runs one scheduled step; false when there was nothing to run.
   bool Step();
-  void HandleCancels(const std::vector<std::string>& ids);
+  void HandleCancels(const std::vector<int64_t>& uids);
   void ExpireDeadlines(absl::Time now);
   // Samples the next token of `seq` from `row` and emits its chunk (finishing it if a stopping
   // rule fires).
@@ -135,8 +139,8 @@ class Engine::Impl {
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
   std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
-  std::unordered_set<std::string> live_ids_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> cancels_ ABSL_GUARDED_BY(mu_);                       // sequence uids
+  std::unordered_map<std::string, int64_t> live_ids_ ABSL_GUARDED_BY(mu_);  // request_id -> uid
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool has_work_ ABSL_GUARDED_BY(mu_) = false;        // waiting_ or running_ non-empty
@@ -265,7 +269,7 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
   }
   seq->arrival = next_arrival_++;
   seq->uid = seq->arrival;
-  live_ids_.insert(seq->request.request_id);
+  live_ids_.emplace(seq->request.request_id, seq->uid);
   ++queued_requests_;
   queued_prompt_tokens_ += seq->prompt_len;
   incoming_.push_back(std::move(seq));
@@ -275,7 +279,7 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
 
 void Engine::Impl::Loop() {
   while (true) {
-    std::vector<std::string> cancels;
+    std::vector<int64_t> cancels;
     bool stop = false;
     {
       absl::MutexLock lock(&mu_);
@@ -319,12 +323,12 @@ void Engine::Impl::Loop() {
   PublishStats(-1.0);
 }
 
-void Engine::Impl::HandleCancels(const std::vector<std::string>& ids) {
-  if (ids.empty()) return;
-  const std::unordered_set<std::string> wanted(ids.begin(), ids.end());
+void Engine::Impl::HandleCancels(const std::vector<int64_t>& uids) {
+  if (uids.empty()) return;
+  const std::unordered_set<int64_t> wanted(uids.begin(), uids.end());
   for (auto* group : {&waiting_, &running_}) {
     for (auto& seq : *group) {
-      if (!seq->finished && wanted.count(seq->request.request_id) != 0) {
+      if (!seq->finished && wanted.count(seq->uid) != 0) {
         Finish(*seq, FinishReason::kCancelled, OutputChunk());
       }
     }
@@ -560,8 +564,9 @@ void Engine::Impl::Finish(Sequence& seq, FinishReason reason, OutputChunk chunk,
   chunk.finish_reason = reason;
   chunk.error = std::move(error);
   chunk.timings.e2e = now - seq.submit_time;
-  if (seq.scheduled_time.has_value())
-    chunk.timings.queue_time = *seq.scheduled_time - seq.submit_time;
+  // A request that never left the queue spent its whole life there.
+  chunk.timings.queue_time =
+      (seq.scheduled_time.has_value() ? *seq.scheduled_time : now) - seq.submit_time;
   if (seq.first_token_time.has_value()) {
     chunk.timings.time_to_first_token = *seq.first_token_time - seq.submit_time;
   }

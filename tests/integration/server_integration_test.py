@@ -549,7 +549,7 @@ class MetricsTest(unittest.TestCase):
         text = SERVER.metrics_text()
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs",
                                "metrics.md")) as f:
-            documented = re.findall(r"^\| `([a-z_:]+)` \| (?:counter|gauge|histogram) \|",
+            documented = re.findall(r"^\| `([a-z0-9_:]+)` \| (?:counter|gauge|histogram) \|",
                                     f.read(), re.M)
         self.assertGreater(len(documented), 15)
         for name in documented:

@@ -40,7 +40,7 @@ TEST(MetricTableTest, DocsListExactlyTheTable) {
   text << in.rdbuf();
   const std::string docs = text.str();
   // Rows of the main table: "| `name` | type | ...".
-  const std::regex row("\\n\\| `([a-z_:]+)` \\| (counter|gauge|histogram) \\|");
+  const std::regex row("\\n\\| `([a-z0-9_:]+)` \\| (counter|gauge|histogram) \\|");
   std::set<std::string> documented;
   for (auto it = std::sregex_iterator(docs.begin(), docs.end(), row); it != std::sregex_iterator();
        ++it) {

@@ -200,7 +200,7 @@ TEST(ResponseTest, FinalChunkCarriesFinishReasonStopAndUsage) {
   EXPECT_THAT(response.token_ids(), ::testing::ElementsAre(4, 5));
   ASSERT_EQ(response.logprobs_size(), 2);
   EXPECT_EQ(response.logprobs(0).top_logprobs_size(), 2);
-  EXPECT_TRUE(response.logprobs(0).is_greedy);
+  EXPECT_TRUE(response.logprobs(0).is_greedy());
   EXPECT_EQ(response.finish_reason(), v1::FINISH_REASON_STOP_TOKEN);
   EXPECT_EQ(response.stop_token_id(), 5);
   EXPECT_FALSE(response.has_stop_string());

@@ -1,5 +1,7 @@
 #include "quantizer/block_forward.h"
 
+#include <omp.h>
+
 #include <Eigen/Core>
 #include <cmath>
 
@@ -92,6 +94,7 @@ void BlockForward(const DenseBlock& b, const ModelConfig& c, const float* inv_fr
     cpu::ApplyRope(q.data() + t * heads * hd, heads, k.data() + t * kv * hd, kv, hd, t, inv_freq);
   }
   const int64_t group = heads / kv;
+  if (threads <= 0) threads = omp_get_max_threads();
   const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hd));
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
   for (int64_t h = 0; h < heads; ++h) {

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "engine/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "quantizer/block_forward.h"
+#include "quantizer/perplexity.h"
 
 namespace spqr {
 namespace {
@@ -179,6 +181,39 @@ TEST(SpqrQuantizationConfigTest, DenseAndUnknownVersion) {
   auto other =
       ParseSpqrQuantizationConfig(R"({"quantization_config": {"quant_method": "awq"}})", "c");
   EXPECT_FALSE(other.ok());
+}
+
+}  // namespace
+}  // namespace spqr
+
+namespace spqr {
+namespace {
+
+TEST_F(ModelQuantizerTest, PerplexityOfQuantizedModelsTracksFp16) {
+  const std::string text = job_.calibration_text;
+  auto fp = EvaluatePerplexity(job_.model_dir, text, 64, 3, 1);
+  ASSERT_TRUE(fp.ok()) << fp.status();
+  EXPECT_EQ(fp->windows, 3);
+  EXPECT_EQ(fp->tokens_scored, 3 * 63);
+  EXPECT_NEAR(fp->ppl, std::exp(fp->mean_loss), 1e-9 * fp->ppl);
+  job_.layer.wbits = 4;
+  ASSERT_TRUE(QuantizeModel(job_, nullptr).ok());
+  auto sp = EvaluatePerplexity(job_.output_dir, text, 64, 3, 1);
+  ASSERT_TRUE(sp.ok()) << sp.status();
+  ModelQuantizeJob rtn = job_;
+  rtn.output_dir = (root_ / "rtn2").string();
+  rtn.layer.method = SpqrLayerConfig::Method::kRtn;
+  rtn.layer.act_order = false;
+  rtn.layer.tau = std::numeric_limits<double>::infinity();
+  rtn.layer.wbits = 2;
+  rtn.layer.beta1 = 0;
+  rtn.layer.stats_bits = 16;
+  ASSERT_TRUE(QuantizeModel(rtn, nullptr).ok());
+  auto rt = EvaluatePerplexity(rtn.output_dir, text, 64, 3, 1);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), 0.05);
+  EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), std::fabs(rt->mean_loss - fp->mean_loss))
+      << "fp16 " << fp->mean_loss << " spqr w4 " << sp->mean_loss << " rtn w2 " << rt->mean_loss;
 }
 
 }  // namespace

@@ -1,0 +1,177 @@
+#include "quantizer/perplexity.h"
+
+#include <Eigen/Core>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/rope.h"
+#include "engine/format/spqr_layer.h"
+#include "engine/format/spqr_tensors.h"
+#include "engine/model/model_config.h"
+#include "engine/model/safetensors.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/util/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "quantizer/block_forward.h"
+
+namespace spqr {
+namespace {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+absl::StatusOr<std::vector<float>> Dense(const Checkpoint& ck, const std::string& name,
+                                         int64_t numel) {
+  ASSIGN_OR_RETURN(const TensorView* t, ck.Require(name));
+  if (t->numel() != numel ||
+      (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
+                                                   "' has an unexpected shape "
+                                                   "or dtype in ",
+                                                   ck.dir()));
+  }
+  return TensorToF32(*t);
+}
+
+// A projection: SpQR-decoded when the checkpoint holds an SpQR layer there, else dense.
+absl::Status LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
+                        DenseLinear* l) {
+  const TensorLookup lookup = [&](const std::string& n) { return ck.Find(n); };
+  l->out_features = out;
+  l->in_features = in;
+  if (HasSpqrLayer(lookup, prefix)) {
+    ASSIGN_OR_RETURN(PackedSpqrLayer packed, SpqrLayerFromTensors(lookup, prefix));
+    if (packed.out_features != out || packed.in_features != in) {
+      return absl::InvalidArgumentError(absl::StrCat("SpQR layer '", prefix, "' is ",
+                                                     packed.out_features, "x", packed.in_features,
+                                                     ", the config implies ", out, "x", in));
+    }
+    ASSIGN_OR_RETURN(l->weight, DequantizeSpqrLayer(packed));
+  } else {
+    ASSIGN_OR_RETURN(l->weight, Dense(ck, prefix + ".weight", out * in));
+  }
+  if (ck.Find(prefix + ".bias") != nullptr) {
+    ASSIGN_OR_RETURN(l->bias, Dense(ck, prefix + ".bias", out));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir,
+                                                    const std::string& text_path, int seqlen,
+                                                    int64_t max_windows, int threads) {
+  const auto start = std::chrono::steady_clock::now();
+  if (seqlen < 2)
+    return absl::InvalidArgumentError(absl::StrCat("seqlen must be >= 2, got ", seqlen));
+  ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<Tokenizer> tok,
+      Tokenizer::Open(model_dir + "/tokenizer.model", c.bos_token_id, c.eos_token_ids));
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", text_path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::vector<int32_t> ids = tok->Encode(ss.str(), /*add_bos=*/false);
+  int64_t windows = static_cast<int64_t>(ids.size()) / seqlen;
+  if (max_windows > 0) windows = std::min(windows, max_windows);
+  if (windows == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("text '", text_path, "' has ", ids.size(),
+                                                   " tokens, fewer than one window of ", seqlen));
+  }
+  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  ASSIGN_OR_RETURN(std::vector<float> embed,
+                   Dense(*ck, "model.embed_tokens.weight", vocab * hidden));
+  ASSIGN_OR_RETURN(std::vector<float> final_norm, Dense(*ck, "model.norm.weight", hidden));
+  std::vector<float> head;
+  if (c.tie_word_embeddings) {
+    head = embed;
+  } else {
+    ASSIGN_OR_RETURN(head, Dense(*ck, "lm_head.weight", vocab * hidden));
+  }
+  const int64_t q_dim = c.num_attention_heads * c.head_dim,
+                kv_dim = c.num_key_value_heads * c.head_dim;
+  const int64_t shapes[7][2] = {{q_dim, hidden},
+                                {kv_dim, hidden},
+                                {kv_dim, hidden},
+                                {hidden, q_dim},
+                                {c.intermediate_size, hidden},
+                                {c.intermediate_size, hidden},
+                                {hidden, c.intermediate_size}};
+  std::vector<DenseBlock> blocks(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t b = 0; b < c.num_hidden_layers; ++b) {
+    const std::string p = absl::StrCat("model.layers.", b, ".");
+    ASSIGN_OR_RETURN(blocks[b].input_norm, Dense(*ck, p + "input_layernorm.weight", hidden));
+    ASSIGN_OR_RETURN(blocks[b].post_norm,
+                     Dense(*ck, p + "post_attention_layernorm.weight", hidden));
+    for (int li = 0; li < 7; ++li) {
+      RETURN_IF_ERROR(LoadLinear(*ck, p + kBlockLinearNames[li], shapes[li][0], shapes[li][1],
+                                 &blocks[b].linears[li]));
+    }
+  }
+  const std::vector<float> inv_freq =
+      cpu::ComputeRopeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling);
+  PerplexityResult r;
+  r.seqlen = seqlen;
+  r.windows = windows;
+  std::vector<float> x(static_cast<size_t>(seqlen * hidden)), y(x.size());
+  std::vector<float> logits(static_cast<size_t>(seqlen * vocab));
+  Eigen::Map<const RowMat> head_m(head.data(), vocab, hidden);
+  double loss_sum = 0.0;
+  for (int64_t w = 0; w < windows; ++w) {
+    const int32_t* tokens = ids.data() + w * seqlen;
+    for (int t = 0; t < seqlen; ++t) {
+      std::copy_n(embed.begin() + static_cast<int64_t>(tokens[t]) * hidden, hidden,
+                  x.begin() + t * hidden);
+    }
+    for (const DenseBlock& b : blocks) {
+      BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, threads);
+      std::swap(x, y);
+    }
+    for (int t = 0; t < seqlen; ++t) {
+      double sq = 0.0;
+      for (int64_t i = 0; i < hidden; ++i)
+        sq += static_cast<double>(x[t * hidden + i]) * x[t * hidden + i];
+      const float inv = static_cast<float>(1.0 / std::sqrt(sq / hidden + c.rms_norm_eps));
+      for (int64_t i = 0; i < hidden; ++i)
+        x[t * hidden + i] = x[t * hidden + i] * inv * final_norm[i];
+    }
+    Eigen::Map<const RowMat> xm(x.data(), seqlen, hidden);
+    Eigen::Map<RowMat> lm(logits.data(), seqlen, vocab);
+    lm.noalias() = xm * head_m.transpose();
+    double window_nll = 0.0;
+    for (int t = 0; t + 1 < seqlen; ++t) {
+      const float* row = logits.data() + t * vocab;
+      float mx = row[0];
+      for (int64_t v = 1; v < vocab; ++v) mx = std::max(mx, row[v]);
+      double z = 0.0;
+      for (int64_t v = 0; v < vocab; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
+      window_nll += (std::log(z) + mx) - row[tokens[t + 1]];
+    }
+    r.total_nll += window_nll;
+    loss_sum += window_nll / (seqlen - 1);
+  }
+  r.tokens_scored = windows * (seqlen - 1);
+  r.mean_loss = loss_sum / static_cast<double>(windows);
+  r.ppl = std::exp(r.mean_loss);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+std::string PerplexityResult::ToJson(const std::string& model, const std::string& text) const {
+  return nlohmann::ordered_json({{"model", model},
+                                 {"text", text},
+                                 {"seq_len", seqlen},
+                                 {"windows", windows},
+                                 {"tokens_scored", tokens_scored},
+                                 {"total_nll", total_nll},
+                                 {"mean_loss", mean_loss},
+                                 {"ppl", ppl},
+                                 {"seconds", seconds}})
+      .dump();
+}
+
+}  // namespace spqr

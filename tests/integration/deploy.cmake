@@ -12,6 +12,13 @@ foreach(check promtool-config promtool-rules promtool-test yaml k8s compose dash
                                                        SKIP_RETURN_CODE 77)
 endforeach()
 
+if(TARGET spqr-quantize)
+  add_test(NAME deploy_quantize_job_flags
+           COMMAND ${SPQR_PYTHON} ${deploy_script} --root ${SPQR_ROOT}
+                   --binary $<TARGET_FILE:spqr-quantize> quantize-flags)
+  set_tests_properties(deploy_quantize_job_flags PROPERTIES LABELS "deploy" TIMEOUT 120)
+endif()
+
 if(TARGET spqr-server AND TARGET spqr_proto_python)
   set(deploy_server_args
       --server $<TARGET_FILE:spqr-server> --model ${SPQR_ROOT}/tests/data/test-model

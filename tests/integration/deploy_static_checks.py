@@ -15,6 +15,8 @@ usage: deploy_static_checks.py --root REPO CHECK
   dashboard         the Grafana dashboard is valid JSON and every query parses as PromQL
   metric-names      every spqr_* / vllm:* metric used under deploy/ is in server/metrics.cc's table
   dockerfile        Dockerfile and .dockerignore structure (stages, scripts, user, ports, health)
+  quantize-flags    every flag the quantize Job passes is one `spqr-quantize --helpfull` lists
+                    (needs --binary)
 Exit 0: pass; 1: fail; 77: skipped (promtool missing).
 """
 
@@ -301,7 +303,8 @@ def check_metric_names():
     known = known_series(table)
     files = (glob.glob(path("deploy", "prometheus", "alerts.yml")) +
              glob.glob(path("deploy", "grafana", "dashboards", "*.json")) +
-             glob.glob(path("deploy", "k8s", "*.yaml")))
+             [path("deploy", "k8s", "hpa.yaml"),
+              path("deploy", "k8s", "prometheus-adapter-rules.yaml")])
     used = {}
     for file in files:
         with open(file) as f:
@@ -356,13 +359,29 @@ def check_dockerfile():
           f"{sorted(expose)}, gRPC health check")
 
 
+def check_quantize_flags(binary):
+    result = subprocess.run([binary, "--helpfull"], capture_output=True, text=True, timeout=60)
+    known = set(re.findall(r"--([a-z_][a-z0-9_]*)", result.stdout + result.stderr))
+    check({"model", "out", "calibration"} <= known,
+          f"{binary} --helpfull lists no --model/--out/--calibration: {sorted(known)[:20]}")
+    job = k8s_objects()[("Job", "spqr-quantize")]
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    command = script[script.index("spqr-quantize"):]
+    used = re.findall(r"(?<![\w-])--([a-z_][a-z0-9_]*)", command)
+    check(len(used) >= 5, f"found only {used} in the Job's spqr-quantize command")
+    unknown = sorted(set(used) - known)
+    check(not unknown, f"the quantize Job passes flags spqr-quantize does not know: {unknown}")
+    print(f"ok  the Job's {len(used)} spqr-quantize flags are all known: {used}")
+
+
 def main():
     global ROOT
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
+    parser.add_argument("--binary", help="spqr-quantize, for quantize-flags")
     parser.add_argument("check", choices=["promtool-config", "promtool-rules", "promtool-test",
                                           "yaml", "k8s", "compose", "dashboard", "metric-names",
-                                          "dockerfile"])
+                                          "dockerfile", "quantize-flags"])
     args = parser.parse_args()
     ROOT = os.path.abspath(args.root)
     prometheus_dir = path("deploy", "prometheus")
@@ -382,6 +401,8 @@ def main():
         check_dashboard()
     elif args.check == "metric-names":
         check_metric_names()
+    elif args.check == "quantize-flags":
+        check_quantize_flags(args.binary)
     else:
         check_dockerfile()
     print(f"deploy {args.check}: OK")

@@ -5,6 +5,7 @@
 //   spqr-bench-cpu [--model DIR] [--threads N] [--prompts 128,512] [--decode-steps 128]
 //                  [--repeats 3]
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -73,6 +74,13 @@ std::string CommandOutput(const std::string& cmd) {
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
   return out;
+}
+
+std::string FirstLine(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
 }
 
 std::string CpuModel() {
@@ -209,6 +217,11 @@ int Run(const Args& args) {
          backend.memory_stats().weight_bytes * (args.decode_steps / best_decode) / 1e9}}},
       {"repeats", args.repeats},
   };
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  j["peak_rss_bytes"] = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  // Other work on the machine skews the numbers; record how busy it was.
+  j["machine"]["loadavg"] = FirstLine("/proc/loadavg");
   std::cout << j.dump(2) << "\n";
   return 0;
 }

@@ -34,6 +34,8 @@ constexpr char kUsage[] =
     "  info\n"
     "  health [--service NAME]\n";
 
+constexpr double kUnaryTimeoutSeconds = 60;
+
 // Flags that take no value.
 const char* const kSwitches[] = {"ignore_eos", "unary", "no_bos", "help"};
 
@@ -103,9 +105,12 @@ int Fail(const grpc::Status& status) {
   return 1;
 }
 
-void SetDeadline(const Args& args, grpc::ClientContext* context) {
-  double seconds = 0;
-  if (ParseNumber(args, "timeout", &seconds) && seconds > 0) {
+// --timeout SECONDS; unary commands default to `fallback_seconds` so that a dead server cannot
+// hang them (0: no deadline).
+void SetDeadline(const Args& args, grpc::ClientContext* context, double fallback_seconds = 0) {
+  double seconds = fallback_seconds;
+  ParseNumber(args, "timeout", &seconds);
+  if (seconds > 0) {
     context->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   }
@@ -199,7 +204,7 @@ int Score(spqr::v1::SpqrService::Stub& stub, const Args& args) {
   }
   if (args.Has("no_bos")) request.set_add_bos(false);
   grpc::ClientContext context;
-  SetDeadline(args, &context);
+  SetDeadline(args, &context, kUnaryTimeoutSeconds);
   spqr::v1::ScoreResponse response;
   grpc::Status status = stub.Score(&context, request, &response);
   if (!status.ok()) return Fail(status);
@@ -209,7 +214,7 @@ int Score(spqr::v1::SpqrService::Stub& stub, const Args& args) {
 
 int Info(spqr::v1::SpqrService::Stub& stub, const Args& args) {
   grpc::ClientContext context;
-  SetDeadline(args, &context);
+  SetDeadline(args, &context, kUnaryTimeoutSeconds);
   spqr::v1::ModelInfo info;
   grpc::Status status = stub.GetModelInfo(&context, spqr::v1::GetModelInfoRequest(), &info);
   if (!status.ok()) return Fail(status);
@@ -220,7 +225,7 @@ int Info(spqr::v1::SpqrService::Stub& stub, const Args& args) {
 int Health(const std::shared_ptr<grpc::Channel>& channel, const Args& args) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
-  SetDeadline(args, &context);
+  SetDeadline(args, &context, kUnaryTimeoutSeconds);
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(args.Get("service"));
   grpc::health::v1::HealthCheckResponse response;
@@ -244,7 +249,6 @@ int main(int argc, char** argv) {
     std::fprintf(args.Has("help") ? stdout : stderr, "%s", kUsage);
     return args.Has("help") ? 0 : 2;
   }
-  // Default deadline for unary commands so a dead server cannot hang the client forever.
   const std::string address = args.Get("address", "127.0.0.1:50051");
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(64 << 20);

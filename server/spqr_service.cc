@@ -353,8 +353,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
         break;
       }
       ++submitted;
+      submitted_.store(submitted);
     }
-    submitted_ = submitted;
     if (submit_error.ok()) return;
     // Some sequence could not be queued: stop the others and fail the call once they ended.
     for (size_t i = 0; i < submitted; ++i) engine->Cancel(engine_ids_[i]);
@@ -473,7 +473,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   v1::ScoreResponse* const response_;
   std::shared_ptr<Shared> shared_;
   std::vector<std::string> engine_ids_;
-  size_t submitted_ = 0;
+  // Read by Deliver on the engine thread while the constructor may still be submitting.
+  std::atomic<size_t> submitted_{0};
   bool pairs_ = false;
   std::atomic<bool> client_cancelled_{false};
 };

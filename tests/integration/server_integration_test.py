@@ -130,6 +130,8 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.channel.close()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 SERVER = None

@@ -610,6 +610,43 @@ class ClientBinaryTest(unittest.TestCase):
         self.assertIn("sampling.top_p", result.stderr)
 
 
+class OverloadTest(unittest.TestCase):
+
+    def test_full_queue_answers_resource_exhausted(self):
+        server = ServerProcess(["--engine.max_running_requests", "1",
+                                "--engine.max_queued_requests", "1"])
+        try:
+            server.wait_serving()
+            running = server.stub.Generate(greedy(LONG, text="first"), timeout=120)
+            next(running)  # scheduled: the only running slot is taken
+            waiting = server.stub.Generate(greedy(4, text="second"), timeout=120)
+            # The second request waits (queue: 1 of 1); a third one is refused.
+            deadline = time.monotonic() + 10
+            while server.metric("spqr_num_requests_waiting") < 1:
+                self.assertLess(time.monotonic(), deadline, "the second request never queued")
+                time.sleep(0.01)
+            # More long requests at once: one running + one waiting is all the engine holds, so
+            # most are refused even if `running` finished meanwhile and a slot opened.
+            extra = [server.stub.GenerateUnary.future(greedy(LONG, text=f"extra {i}"),
+                                                      timeout=120) for i in range(8)]
+            codes = []
+            for future in extra:
+                try:
+                    future.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        self.assertIn("queue", error.details())
+            self.assertGreaterEqual(codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED), 6, codes)
+            self.assertGreaterEqual(server.metric("spqr_requests_total", {
+                "method": "GenerateUnary", "code": "RESOURCE_EXHAUSTED"}), 6)
+            running.cancel()
+            self.assertEqual(list(waiting)[-1].finish_reason, pb.FINISH_REASON_LENGTH)
+        finally:
+            server.kill()
+
+
 class DrainTest(unittest.TestCase):
     """SIGTERM: readiness off, new calls refused, in-flight calls finish (or are cancelled at the
     drain timeout), exit code 0. Each case starts its own server."""

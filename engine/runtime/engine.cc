@@ -1,8 +1,11 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <limits>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <span>
@@ -13,7 +16,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "engine/kv/block_allocator.h"
 #include "engine/runtime/detokenizer.h"
 #include "engine/runtime/scheduler.h"
@@ -74,10 +76,10 @@ class Engine::Impl {
 
   ~Impl() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
       accepting_ = false;
-      cv_.Signal();
+      cv_.notify_one();
     }
     if (thread_.joinable()) thread_.join();
   }
@@ -88,25 +90,25 @@ class Engine::Impl {
 
   absl::Status Submit(GenerateRequest request, OutputCallback callback);
   void Cancel(const std::string& request_id) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     // Resolved to the sequence now, so that a late cancel can never hit a newer request that
     // reuses the id.
     auto it = live_ids_.find(request_id);
     if (it == live_ids_.end()) return;
     cancels_.push_back(it->second);
-    cv_.Signal();
+    cv_.notify_one();
   }
   void StopAccepting() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     accepting_ = false;
   }
   EngineStats GetStats() const {
     EngineStats stats;
     {
-      absl::MutexLock lock(&stats_mu_);
+      std::lock_guard<std::mutex> lock(stats_mu_);
       stats = stats_;
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stats.waiting_requests = queued_requests_;
     return stats;
   }
@@ -136,17 +138,19 @@ class Engine::Impl {
   std::vector<int32_t> eos_ids_;
   DecodeFn decode_;  // empty without a tokenizer: no text output
 
-  mutable absl::Mutex mu_;
-  absl::CondVar cv_;
-  std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
-  std::vector<int64_t> cancels_ ABSL_GUARDED_BY(mu_);                       // sequence uids
-  std::unordered_map<std::string, int64_t> live_ids_ ABSL_GUARDED_BY(mu_);  // request_id -> uid
-  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool has_work_ ABSL_GUARDED_BY(mu_) = false;        // waiting_ or running_ non-empty
-  int32_t queued_requests_ ABSL_GUARDED_BY(mu_) = 0;  // submitted, not yet admitted
-  int64_t queued_prompt_tokens_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 0;
+  // std primitives rather than absl::Mutex: ThreadSanitizer builds (SPQR_SANITIZER=thread) see
+  // them without an instrumented Abseil. Guarded by mu_:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Sequence>> incoming_;
+  std::vector<int64_t> cancels_;                       // sequence uids
+  std::unordered_map<std::string, int64_t> live_ids_;  // request_id -> uid
+  bool accepting_ = true;
+  bool stopping_ = false;
+  bool has_work_ = false;        // waiting_ or running_ non-empty
+  int32_t queued_requests_ = 0;  // submitted, not yet admitted
+  int64_t queued_prompt_tokens_ = 0;
+  int64_t next_arrival_ = 0;
 
   // Engine-thread state.
   BlockAllocator allocator_;
@@ -154,8 +158,8 @@ class Engine::Impl {
   std::vector<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
 
-  mutable absl::Mutex stats_mu_;
-  EngineStats stats_ ABSL_GUARDED_BY(stats_mu_);
+  mutable std::mutex stats_mu_;
+  EngineStats stats_;
 
   std::thread thread_;
 };
@@ -249,7 +253,7 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
   seq->callback = std::move(callback);
   seq->request = std::move(request);
 
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!accepting_) {
     return absl::UnavailableError("the engine is shutting down and accepts no new requests");
   }
@@ -273,7 +277,7 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
   ++queued_requests_;
   queued_prompt_tokens_ += seq->prompt_len;
   incoming_.push_back(std::move(seq));
-  cv_.Signal();
+  cv_.notify_one();
   return absl::OkStatus();
 }
 
@@ -282,8 +286,10 @@ void Engine::Impl::Loop() {
     std::vector<int64_t> cancels;
     bool stop = false;
     {
-      absl::MutexLock lock(&mu_);
-      while (!stopping_ && incoming_.empty() && cancels_.empty() && !has_work_) cv_.Wait(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] {
+        return stopping_ || !incoming_.empty() || !cancels_.empty() || has_work_;
+      });
       while (!incoming_.empty()) {
         waiting_.push_back(std::move(incoming_.front()));
         incoming_.pop_front();
@@ -299,18 +305,18 @@ void Engine::Impl::Loop() {
     RemoveFinished();
     PublishStats(ran ? absl::ToDoubleSeconds(absl::Now() - step_start) : -1.0);
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       has_work_ = !waiting_.empty() || !running_.empty();
     }
     if (!ran && (!waiting_.empty() || !running_.empty())) {
       // The scheduler guarantees progress whenever there is work; this only guards against a
       // busy loop should that ever break.
-      absl::SleepFor(absl::Milliseconds(1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
   // Shutdown: everything still live ends as cancelled.
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     while (!incoming_.empty()) {
       waiting_.push_back(std::move(incoming_.front()));
       incoming_.pop_front();
@@ -392,12 +398,12 @@ bool Engine::Impl::Step() {
     admitted_prompt_tokens += seq->prompt_len;
   }
   if (admitted > 0) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     queued_requests_ -= admitted;
     queued_prompt_tokens_ -= admitted_prompt_tokens;
   }
   {
-    absl::MutexLock lock(&stats_mu_);
+    std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.prompt_tokens_total += admitted_prompt_tokens;
   }
 
@@ -432,7 +438,7 @@ bool Engine::Impl::Step() {
   StepOutput out;
   const absl::Status forward = model_->backend->Forward(step, &out);
   {
-    absl::MutexLock lock(&stats_mu_);
+    std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.steps_total;
   }
   if (!forward.ok()) {
@@ -486,7 +492,7 @@ void Engine::Impl::SampleAndEmit(Sequence& seq, const float* row, OutputChunk ch
   const absl::Time now = absl::Now();
   if (!seq.first_token_time.has_value()) seq.first_token_time = now;
   {
-    absl::MutexLock lock(&stats_mu_);
+    std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.generation_tokens_total;
   }
   chunk.token_ids.push_back(token);
@@ -572,7 +578,7 @@ void Engine::Impl::Finish(Sequence& seq, FinishReason reason, OutputChunk chunk,
   }
   if (allocator_.HasSequence(seq.uid)) (void)allocator_.FreeSequence(seq.uid);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     live_ids_.erase(seq.request.request_id);
     if (!seq.scheduled_time.has_value()) {  // never admitted: it leaves the waiting queue
       --queued_requests_;
@@ -591,7 +597,7 @@ void Engine::Impl::RemoveFinished() {
 }
 
 void Engine::Impl::PublishStats(double step_seconds) {
-  absl::MutexLock lock(&stats_mu_);
+  std::lock_guard<std::mutex> lock(stats_mu_);
   stats_.running_requests = static_cast<int32_t>(running_.size());
   stats_.kv_blocks_free = allocator_.num_free_blocks();
   if (step_seconds >= 0) stats_.last_step_seconds = step_seconds;

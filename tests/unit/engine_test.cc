@@ -5,15 +5,18 @@
 #include "engine/runtime/engine.h"
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "engine/sampler/sampler.h"
 #include "gtest/gtest.h"
 
@@ -60,21 +63,26 @@ std::vector<int32_t> ReferenceGreedy(std::vector<int32_t> context, int n, int32_
   return out;
 }
 
+// std primitives (not absl::Mutex) so that ThreadSanitizer builds see the synchronization.
 struct FakeControl {
-  absl::Mutex mu;
-  bool paused ABSL_GUARDED_BY(mu) = false;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool paused = false;  // guarded by mu
   std::atomic<int> forwards{0};
   std::atomic<int> max_seqs_per_step{0};
   std::atomic<bool> fail{false};
   int32_t eos_from = -1;
 
   void Pause() {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     paused = true;
   }
   void Resume() {
-    absl::MutexLock lock(&mu);
-    paused = false;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      paused = false;
+    }
+    cv.notify_all();
   }
 };
 
@@ -93,9 +101,8 @@ class FakeBackend : public Backend {
 
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override {
     {
-      absl::MutexLock lock(&control_->mu);
-      control_->mu.Await(absl::Condition(
-          +[](bool* paused) { return !*paused; }, &control_->paused));
+      std::unique_lock<std::mutex> lock(control_->mu);
+      control_->cv.wait(lock, [this] { return !control_->paused; });
     }
     if (control_->fail) return absl::InternalError("fake device failure");
     ++control_->forwards;
@@ -140,23 +147,26 @@ class Collector {
  public:
   OutputCallback For(const std::string& id) {
     return [this, id](OutputChunk chunk) {
-      absl::MutexLock lock(&mu_);
-      EXPECT_FALSE(done_[id]) << id << ": chunk after the final one";
-      if (chunk.finished) done_[id] = true;
-      chunks_[id].push_back(std::move(chunk));
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        EXPECT_FALSE(done_[id]) << id << ": chunk after the final one";
+        if (chunk.finished) done_[id] = true;
+        chunks_[id].push_back(std::move(chunk));
+      }
+      cv_.notify_all();
     };
   }
   std::vector<OutputChunk> Wait(const std::string& id) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this, &id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_[id]; };
-    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(20))) << id;
+    std::unique_lock<std::mutex> lock(mu_);
+    EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(20), [&] { return done_[id]; })) << id;
     return chunks_[id];
   }
 
  private:
-  absl::Mutex mu_;
-  std::map<std::string, std::vector<OutputChunk>> chunks_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, bool> done_ ABSL_GUARDED_BY(mu_);
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::vector<OutputChunk>> chunks_;  // guarded by mu_
+  std::map<std::string, bool> done_;                        // guarded by mu_
 };
 
 std::vector<int32_t> Tokens(const std::vector<OutputChunk>& chunks) {

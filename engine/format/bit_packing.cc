@@ -1,5 +1,7 @@
 #include "engine/format/bit_packing.h"
 
+#include <cstring>
+
 namespace spqr {
 
 std::vector<uint32_t> PackBitRows(const uint8_t* codes, int64_t rows, int64_t cols, int bits) {
@@ -20,6 +22,39 @@ std::vector<uint8_t> UnpackBitRows(const uint32_t* words, int64_t rows, int64_t 
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<uint8_t>(reader.Next());
   }
   return out;
+}
+
+void UnpackBitRow(const uint32_t* row, int64_t count, int bits, uint8_t* out) {
+  // Bit rows are little-endian streams, so on a little-endian host the row's bytes are the stream
+  // in order and whole-byte chunks can be decoded independently (vectorizable loops).
+  const auto* bytes = reinterpret_cast<const uint8_t*>(row);
+  int64_t k = 0;
+  if (bits == 4) {
+    for (; k + 2 <= count; k += 2) {
+      const uint8_t b = bytes[k / 2];
+      out[k] = b & 15u;
+      out[k + 1] = b >> 4;
+    }
+  } else if (bits == 2) {
+    for (; k + 4 <= count; k += 4) {
+      const uint8_t b = bytes[k / 4];
+      out[k] = b & 3u;
+      out[k + 1] = (b >> 2) & 3u;
+      out[k + 2] = (b >> 4) & 3u;
+      out[k + 3] = b >> 6;
+    }
+  } else if (bits == 3) {
+    for (; k + 8 <= count; k += 8) {
+      const uint8_t* p = bytes + (k / 8) * 3;
+      const uint32_t v =
+          p[0] | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16);
+      for (int i = 0; i < 8; ++i) out[k + i] = (v >> (3 * i)) & 7u;
+    }
+  } else if (bits == 8) {
+    std::memcpy(out, bytes, static_cast<size_t>(count));
+    k = count;
+  }
+  for (; k < count; ++k) out[k] = static_cast<uint8_t>(GetCode(row, k, bits));
 }
 
 bool BitRowPaddingIsZero(const uint32_t* words, int64_t rows, int64_t cols, int bits) {

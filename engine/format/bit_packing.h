@@ -60,6 +60,9 @@ class BitRowReader {
   int avail_ = 0;
 };
 
+// Unpacks all `count` codes of one bit row into out[0..count) (fast paths for 2, 3, 4 and 8 bits).
+void UnpackBitRow(const uint32_t* row, int64_t count, int bits, uint8_t* out);
+
 // Packs a rows x cols matrix of codes (row-major, each < 2^bits) into bit rows.
 std::vector<uint32_t> PackBitRows(const uint8_t* codes, int64_t rows, int64_t cols, int bits);
 // Inverse of PackBitRows.

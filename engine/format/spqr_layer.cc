@@ -150,17 +150,56 @@ absl::Status ValidateSpqrLayer(const PackedSpqrLayer& l, const std::string& name
   return absl::OkStatus();
 }
 
-void DecodePermutedRow(const PackedSpqrLayer& l, int64_t r, float* out) {
-  const int64_t n = l.in_features, groups = l.num_groups();
-  BitRowReader codes(l.weight_codes.data() + r * BitRowWords(n, l.wbits), l.wbits);
+void ConvertBlockSecondLevel(const PackedSpqrLayer& l, int64_t block, float* out) {
+  const int64_t count = l.num_groups() * 4;
+  const uint16_t* src = l.second_level.data() + block * count;
+  for (int64_t i = 0; i < count; ++i) out[i] = F16ToF32(src[i]);
+}
+
+void DecodeRowStats(const PackedSpqrLayer& l, int64_t r, const float* block_second, float* scale,
+                    float* zero) {
+  const int64_t groups = l.num_groups();
+  if (l.stats_bits == kFp16Stats) {
+    for (int64_t g = 0; g < groups; ++g) {
+      scale[g] = F16ToF32(l.scale_f16[r * groups + g]);
+      zero[g] = F16ToF32(l.zero_f16[r * groups + g]);
+    }
+    return;
+  }
+  const int64_t words = BitRowWords(groups, l.stats_bits);
+  BitRowReader qs(l.scale_codes.data() + r * words, l.stats_bits);
+  BitRowReader qz(l.zero_codes.data() + r * words, l.stats_bits);
   for (int64_t g = 0; g < groups; ++g) {
-    const GroupStats st = DecodeGroupStats(l, r, g);
+    const float* s = block_second + g * 4;
+    // DequantSecondLevel's arithmetic on already converted fp16 values.
+    scale[g] = s[0] * (static_cast<float>(qs.Next()) - s[1]);
+    zero[g] = s[2] * (static_cast<float>(qz.Next()) - s[3]);
+  }
+}
+
+void DecodePermutedRowWithStats(const PackedSpqrLayer& l, int64_t r, const float* scale,
+                                const float* zero, uint8_t* codes, float* out) {
+  const int64_t n = l.in_features, groups = l.num_groups();
+  UnpackBitRow(l.weight_codes.data() + r * BitRowWords(n, l.wbits), n, l.wbits, codes);
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* q = codes + g * l.beta1;
     float* dst = out + g * l.beta1;
-    for (int k = 0; k < l.beta1; ++k) dst[k] = DequantWeight(codes.Next(), st.scale, st.zero);
+    const float s = scale[g], z = zero[g];
+    for (int k = 0; k < l.beta1; ++k) dst[k] = DequantWeight(q[k], s, z);
   }
   for (uint32_t k = l.outlier_row_offsets[r]; k < l.outlier_row_offsets[r + 1]; ++k) {
     out[l.outlier_col(k)] += F16ToF32(l.outlier_values[k]);
   }
+}
+
+void DecodePermutedRow(const PackedSpqrLayer& l, int64_t r, float* out) {
+  const int64_t groups = l.num_groups();
+  std::vector<float> second(l.stats_bits == kFp16Stats ? 0 : static_cast<size_t>(groups * 4));
+  if (!second.empty()) ConvertBlockSecondLevel(l, r / l.beta2, second.data());
+  std::vector<float> scale(static_cast<size_t>(groups)), zero(static_cast<size_t>(groups));
+  DecodeRowStats(l, r, second.data(), scale.data(), zero.data());
+  std::vector<uint8_t> codes(static_cast<size_t>(l.in_features));
+  DecodePermutedRowWithStats(l, r, scale.data(), zero.data(), codes.data(), out);
 }
 
 absl::StatusOr<std::vector<float>> DequantizeSpqrLayer(const PackedSpqrLayer& l) {

@@ -104,6 +104,17 @@ absl::StatusOr<std::vector<float>> DequantizeSpqrLayer(const PackedSpqrLayer& la
 // Decodes permuted row r into out[0..n): out[j] = w(r, j) including outliers. No validation.
 void DecodePermutedRow(const PackedSpqrLayer& layer, int64_t r, float* out);
 
+// The same decode in steps, for kernels that walk many rows (bit-identical results):
+// second-level values of row block `block` converted to fp32 (G * 4 floats; stats_bits < 16 only),
+void ConvertBlockSecondLevel(const PackedSpqrLayer& layer, int64_t block, float* out);
+// row r's first-level statistics for all G groups (block_second: the converted values of block
+// r / beta2, ignored for fp16 statistics),
+void DecodeRowStats(const PackedSpqrLayer& layer, int64_t r, const float* block_second,
+                    float* scale, float* zero);
+// and row r's weights from those statistics (codes: scratch of n bytes).
+void DecodePermutedRowWithStats(const PackedSpqrLayer& layer, int64_t r, const float* scale,
+                                const float* zero, uint8_t* codes, float* out);
+
 // The paper's average bits per parameter:
 //   b_w + (b_s + b_z)/beta1 + 64/(beta1*beta2) + 32*r_o      (stats_bits < 16)
 //   b_w + 32/beta1 + 32*r_o                                  (stats_bits == 16)

@@ -33,11 +33,22 @@ float Dot(const float* a, const float* b, int64_t n) {
 
 void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t batch, float* y,
                     int64_t y_stride, int64_t row_begin, int64_t row_end, float* row_scratch) {
-  const int64_t n = layer.in_features;
+  const int64_t n = layer.in_features, groups = layer.num_groups();
+  const bool bilevel = layer.stats_bits != kFp16Stats;
+  std::vector<float> second(bilevel ? static_cast<size_t>(groups * 4) : 0);
+  std::vector<float> scale(static_cast<size_t>(groups)), zero(static_cast<size_t>(groups));
+  std::vector<uint8_t> codes(static_cast<size_t>(n));
+  int64_t cached_block = -1;
   for (int64_t r = row_begin; r < row_end; ++r) {
+    // Second-level values are shared by beta2 consecutive rows: convert them once per block.
+    if (bilevel && r / layer.beta2 != cached_block) {
+      cached_block = r / layer.beta2;
+      ConvertBlockSecondLevel(layer, cached_block, second.data());
+    }
+    DecodeRowStats(layer, r, second.data(), scale.data(), zero.data());
     // Decoding a row costs about as much as one dot product; it is done once and reused for every
     // input of the batch.
-    DecodePermutedRow(layer, r, row_scratch);
+    DecodePermutedRowWithStats(layer, r, scale.data(), zero.data(), codes.data(), row_scratch);
     for (int64_t b = 0; b < batch; ++b) y[b * y_stride + r] = Dot(row_scratch, x_perm + b * n, n);
   }
 }

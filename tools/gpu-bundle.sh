@@ -5,6 +5,7 @@
 #
 #   tools/gpu-bundle.sh                 # build + bundle the default targets, print the run command
 #   tools/gpu-bundle.sh --no-build      # re-bundle what build-gpu-bundle/ already holds
+#   tools/gpu-bundle.sh --with-server   # also bundle spqr-server
 #   tools/gpu-bundle.sh cuda_ops_test   # bundle only the named targets
 #
 # What goes in: the GPU test binaries (and, once they exist, the benchmark binaries and
@@ -19,32 +20,39 @@ BUILD=${SPQR_GPU_BUILD_DIR:-$ROOT/build-gpu-bundle}
 BUNDLE=$ROOT/.gpu-bundle
 MAX_BUNDLE_MIB=48  # leaves room for the working tree within the run tool's 64 MiB
 # Default targets: GPU tests always; benchmarks and the server when the tree defines them.
-DEFAULT_TARGETS=(cuda_status_test cuda_ops_test cublas_gemm_test)
-OPTIONAL_TARGETS=(spqr-server spqr_gpu_bench spqr_kernel_bench spqr_e2e_bench)
+DEFAULT_TARGETS=(cuda_status_test cuda_ops_test cublas_gemm_test spqr_kernels_test)
+# Optional: whichever GPU benchmark targets the tree defines (spqr-bench-gpu* / spqr-bench-cuda*
+# or *_bench; run.sh runs them with Google Benchmark's --benchmark_out flags). The server only
+# with --with-server (it adds gRPC and protobuf libraries and build time).
+OPTIONAL_TARGET_RE='^(spqr-bench-(gpu|cuda)[A-Za-z0-9_-]*|[A-Za-z0-9_]+_bench)$'
 
 build=1
+with_server=0
 targets=()
 for arg in "$@"; do
   case $arg in
     --no-build) build=0 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --with-server) with_server=1 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "gpu-bundle: unknown option $arg" >&2; exit 2 ;;
     *) targets+=("$arg") ;;
   esac
 done
 
 if ((build)); then
+  mkdir -p "$BUILD"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPQR_CUDA=ON \
-    -DSPQR_CUDA_ARCHITECTURES=90 -DSPQR_NATIVE=OFF >"$BUILD.configure.log" 2>&1 ||
-    { tail -30 "$BUILD.configure.log"; echo "gpu-bundle: configure failed" >&2; exit 1; }
+    -DSPQR_CUDA_ARCHITECTURES=90 -DSPQR_NATIVE=OFF >"$BUILD/gpu-bundle.configure.log" 2>&1 ||
+    { tail -30 "$BUILD/gpu-bundle.configure.log"; echo "gpu-bundle: configure failed" >&2; exit 1; }
 fi
 [[ -f $BUILD/build.ninja ]] || { echo "gpu-bundle: no build in $BUILD (drop --no-build)" >&2; exit 1; }
 if ((${#targets[@]} == 0)); then
   targets=("${DEFAULT_TARGETS[@]}")
   known=$(cmake --build "$BUILD" --target help 2>/dev/null | sed -n 's/^\([^:]*\): .*/\1/p')
-  for t in "${OPTIONAL_TARGETS[@]}"; do
-    if grep -qx "$t" <<<"$known"; then targets+=("$t"); fi
-  done
+  while read -r t; do
+    [[ -n $t ]] && targets+=("$t")
+  done < <(grep -E "$OPTIONAL_TARGET_RE" <<<"$known" || true)
+  if ((with_server)); then targets+=(spqr-server); fi
 fi
 if ((build)); then
   echo "gpu-bundle: building ${targets[*]} in $BUILD"
@@ -90,7 +98,7 @@ cat >"$BUNDLE/run.sh" <<'RUNNER'
 #!/usr/bin/env bash
 # Runs the bundled GPU binaries on the device machine (written by tools/gpu-bundle.sh; edit it
 # there). Usage, from the repository root there:
-#   bash .gpu-bundle/run.sh [binary ...]      # default: every *_test and *_bench binary
+#   bash .gpu-bundle/run.sh [binary ...]      # default: every test and benchmark binary
 #   GTEST_FILTER='*Rope*' bash .gpu-bundle/run.sh cuda_ops_test
 #   SANITIZE=1 bash .gpu-bundle/run.sh        # tests under compute-sanitizer memcheck
 # Writes three files to $OUT (./gpu-results when unset): results.json (manifest, environment and
@@ -136,7 +144,7 @@ cat "$RAW/env.txt"
 bins=("$@")
 if ((${#bins[@]} == 0)); then
   for b in "$HERE"/bin/*; do
-    case $(basename "$b") in *_test | *_bench) bins+=("$(basename "$b")") ;; esac
+    case $(basename "$b") in *_test | *_bench | spqr-bench-*) bins+=("$(basename "$b")") ;; esac
   done
 fi
 sanitizer=()
@@ -150,7 +158,7 @@ for name in "${bins[@]}"; do
   echo "=== $name"
   start_ns=$(date +%s%N)
   case $name in
-    *_bench) timeout 540 "$bin" --benchmark_format=console --benchmark_out_format=json \
+    *_bench | spqr-bench-*) timeout 540 "$bin" --benchmark_format=console --benchmark_out_format=json \
       --benchmark_out="$RAW/$name.json" ;;
     *) timeout 540 "${sanitizer[@]}" "$bin" --gtest_output="json:$RAW/$name.json" ;;
   esac

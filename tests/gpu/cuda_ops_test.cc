@@ -60,6 +60,34 @@ std::vector<uint8_t> EncodeWeights(const std::vector<float>& values, DType dtype
   return bytes;
 }
 
+// Needs no device: the C++ twins themselves must be right, or a GPU session would chase a wrong
+// reference. Known values and invariants of each.
+TEST(ReferenceTwinsTest, KnownValuesAndInvariants) {
+  // RMSNorm with unit weights yields rows of mean square 1 (eps = 0); 3-4 -> 0.6*sqrt2, 0.8*sqrt2.
+  const std::vector<double> norm = testing::RmsNormRef({3.0f, 4.0f}, 1, 2, 2, {1.0f, 1.0f}, 0.0);
+  EXPECT_NEAR(norm[0], 0.6 * std::sqrt(2.0), 1e-12);
+  EXPECT_NEAR(norm[1], 0.8 * std::sqrt(2.0), 1e-12);
+  // RoPE: identity at position 0, norm-preserving, and pair 0 rotates by `position` radians.
+  const std::vector<float> inv_freq = testing::DefaultInvFreq(4, 10000.0f);
+  EXPECT_EQ(inv_freq[0], 1.0f);
+  EXPECT_NEAR(inv_freq[1], 0.01f, 1e-9);
+  double head[4] = {1.0, 2.0, 3.0, 4.0};
+  testing::RopeHeadRef(head, 4, 0, inv_freq);
+  EXPECT_DOUBLE_EQ(head[0], 1.0);
+  EXPECT_DOUBLE_EQ(head[3], 4.0);
+  double rotated[4] = {1.0, 0.0, 0.0, 0.0};
+  testing::RopeHeadRef(rotated, 4, 1, inv_freq);  // (x0, x2) = (1, 0) rotated by 1 rad
+  EXPECT_NEAR(rotated[0], std::cos(1.0), 1e-12);
+  EXPECT_NEAR(rotated[2], std::sin(1.0), 1e-12);
+  // SwiGLU: silu(0) = 0, silu(x) -> x for large x, silu(-x) -> 0.
+  EXPECT_EQ(testing::SiluMulRef(0.0, 5.0), 0.0);
+  EXPECT_NEAR(testing::SiluMulRef(30.0, 2.0), 60.0, 1e-9);
+  EXPECT_NEAR(testing::SiluMulRef(-30.0, 2.0), 0.0, 1e-9);
+  // GEMM: [1 2; 3 4] x [5 6; 7 8]^T = [17 23; 39 53].
+  const std::vector<double> y = testing::GemmRef({1, 2, 3, 4}, {5, 6, 7, 8}, 2, 2, 2);
+  EXPECT_EQ(y, (std::vector<double>{17, 23, 39, 53}));
+}
+
 struct RmsNormCase {
   int64_t rows, dim, pad;
   DType dtype;

@@ -23,7 +23,7 @@ void CheckKernelImage(CudaDeviceInfo* info) {
     info->can_run_kernels = true;
     return;
   }
-  (void)cudaGetLastError();  // clear the sticky-free error so later calls start clean
+  (void)cudaGetLastError();  // the error is not sticky; clear it so later calls start clean
   std::vector<std::string> archs;
   for (int arch : CompiledCudaArchitectures()) archs.push_back(absl::StrCat("sm_", arch / 10));
   info->unsupported_reason =

@@ -45,6 +45,14 @@ grpc::Status FinalStatus(const OutputChunk& chunk, bool client_cancelled, bool d
   }
 }
 
+// "finish=length prompt=12 completion=30 e2e=0.412s" for the request log.
+std::string FinishDetail(const OutputChunk& chunk) {
+  return absl::StrFormat("finish=%s prompt=%d completion=%d cached=%d e2e=%.3fs",
+                         FinishReasonLabel(chunk.finish_reason), chunk.usage.prompt_tokens,
+                         chunk.usage.completion_tokens, chunk.usage.cached_prompt_tokens,
+                         absl::ToDoubleSeconds(chunk.timings.e2e));
+}
+
 // Server-side streaming Generate. Engine chunks arrive on the engine thread (Deliver) and are
 // queued; whoever finds no write in flight becomes the "pumper" and issues the next write (all
 // queued chunks merged into one response), or Finish after the final chunk. Finish is only
@@ -169,10 +177,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
         if (client_gone_ && status.ok()) {
           status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
         }
-        Logf(LogLevel::kDebug, "Generate %s finished: %s, %d tokens, status %s", engine_id_,
-             FinishReasonLabel(final_chunk.finish_reason), final_chunk.usage.completion_tokens,
-             GrpcCodeName(status.error_code()));
-        service_->metrics()->RecordRpc("Generate", GrpcCodeName(status.error_code()));
+        service_->RecordCallEnd("Generate", engine_id_, client_id_, status,
+                                FinishDetail(final_chunk));
         if (status.ok()) {
           StartWriteAndFinish(&response_, grpc::WriteOptions(), status);
         } else {
@@ -191,7 +197,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
   }
 
   void FinishEarly(const grpc::Status& status) {
-    service_->metrics()->RecordRpc("Generate", GrpcCodeName(status.error_code()));
+    service_->RecordCallEnd("Generate", engine_id_, client_id_, status, "");
     Finish(status);
   }
 
@@ -219,6 +225,7 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     }
     Engine* engine = service_->engine();
     engine_id_ = service_->NextEngineId();
+    client_id_ = request.request_id().empty() ? engine_id_ : request.request_id();
     absl::StatusOr<GenerateRequest> engine_request =
         MakeEngineRequest(request, engine->model().tokenizer.get(), service_->limits(), engine_id_);
     if (!engine_request.ok()) {
@@ -228,8 +235,7 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     engine_request->deadline = CallDeadline(context);
     shared_->call = this;
     shared_->shape = ResponseShapeOf(request);
-    shared_->response.set_request_id(request.request_id().empty() ? engine_id_
-                                                                  : request.request_id());
+    shared_->response.set_request_id(client_id_);
     service_->EngineRequestStarted(engine_id_);
     std::shared_ptr<Shared> shared = shared_;
     absl::Status submitted =
@@ -286,11 +292,12 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     }
     call->service_->metrics()->RecordRequestFinished(chunk);
     call->service_->EngineRequestDone(call->engine_id_);
-    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining()));
+    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining()),
+                     FinishDetail(chunk));
   }
 
-  void FinishWith(const grpc::Status& status) {
-    service_->metrics()->RecordRpc("GenerateUnary", GrpcCodeName(status.error_code()));
+  void FinishWith(const grpc::Status& status, const std::string& detail = "") {
+    service_->RecordCallEnd("GenerateUnary", engine_id_, client_id_, status, detail);
     Finish(status);
   }
 
@@ -298,6 +305,7 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
   v1::GenerateResponse* const response_;
   std::shared_ptr<Shared> shared_;
   std::string engine_id_;
+  std::string client_id_;
   bool submitted_ = false;
   std::atomic<bool> client_cancelled_{false};
 };
@@ -315,7 +323,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       return;
     }
     Engine* engine = service_->engine();
-    const std::string base_id = service_->NextEngineId();
+    base_id_ = service_->NextEngineId();
+    const std::string& base_id = base_id_;
     response_->set_request_id(request.request_id().empty() ? base_id : request.request_id());
     absl::StatusOr<std::vector<ScoreSequence>> sequences =
         MakeScoreSequences(request, engine->model().tokenizer.get(), service_->limits());
@@ -465,13 +474,18 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   }
 
   void FinishWith(const grpc::Status& status) {
-    service_->metrics()->RecordRpc("Score", GrpcCodeName(status.error_code()));
+    service_->RecordCallEnd("Score", base_id_, response_->request_id(), status,
+                            status.ok()
+                                ? absl::StrFormat("sequences=%d prompt=%d", engine_ids_.size(),
+                                                  response_->usage().prompt_tokens())
+                                : "");
     Finish(status);
   }
 
   SpqrServiceImpl* const service_;
   v1::ScoreResponse* const response_;
   std::shared_ptr<Shared> shared_;
+  std::string base_id_;
   std::vector<std::string> engine_ids_;
   // Read by Deliver on the engine thread while the constructor may still be submitting.
   std::atomic<size_t> submitted_{0};
@@ -543,6 +557,22 @@ void SpqrServiceImpl::SetEngine(Engine* engine) {
 }
 
 void SpqrServiceImpl::StartDraining() { draining_.store(true); }
+
+void SpqrServiceImpl::RecordCallEnd(const char* method, const std::string& engine_id,
+                                    const std::string& client_id, const grpc::Status& status,
+                                    const std::string& detail) {
+  metrics_->RecordRpc(method, GrpcCodeName(status.error_code()));
+  // One line per call, with both ids so client logs and server logs can be joined.
+  const std::string id = client_id.empty() || client_id == engine_id
+                             ? engine_id
+                             : absl::StrCat(engine_id, " (client ", client_id, ")");
+  if (status.ok()) {
+    Logf(LogLevel::kInfo, "%s %s OK %s", method, id, detail);
+  } else {
+    Logf(LogLevel::kInfo, "%s %s %s: %s %s", method, id, GrpcCodeName(status.error_code()),
+         status.error_message(), detail);
+  }
+}
 
 absl::Status SpqrServiceImpl::CheckAccepting() const {
   if (draining_.load()) {

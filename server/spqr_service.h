@@ -70,6 +70,9 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   void CallDone();
   void EngineRequestStarted(const std::string& engine_id);
   void EngineRequestDone(const std::string& engine_id);
+  // A call ended: the spqr_requests_total metric and one log line with both ids.
+  void RecordCallEnd(const char* method, const std::string& engine_id, const std::string& client_id,
+                     const grpc::Status& status, const std::string& detail);
 
  private:
   const ServerConfig config_;

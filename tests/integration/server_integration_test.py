@@ -610,6 +610,34 @@ class ClientBinaryTest(unittest.TestCase):
         self.assertIn("sampling.top_p", result.stderr)
 
 
+class StartupErrorTest(unittest.TestCase):
+
+    def run_server(self, *flags):
+        return subprocess.run([ARGS.server, "--listen", "127.0.0.1:0", "--metrics_port", "0",
+                               *flags], capture_output=True, text=True, timeout=60)
+
+    def test_missing_model_exits_1_naming_it(self):
+        result = self.run_server("--model", "/nonexistent/model-dir")
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("/nonexistent/model-dir", result.stderr)
+
+    def test_bad_flags_exit_2_naming_them(self):
+        result = self.run_server("--model", ARGS.model, "--engine.kv_block_size=zero")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("engine.kv_block_size", result.stderr)
+        result = self.run_server("--modle", ARGS.model)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--modle", result.stderr)
+
+    def test_help_lists_the_flags(self):
+        result = subprocess.run([ARGS.server, "--help"], capture_output=True, text=True,
+                                timeout=30)
+        self.assertEqual(result.returncode, 0)
+        for flag in ("--model.dir", "--model", "--listen", "--metrics_port",
+                     "--engine.kv_cache_bytes", "--server.drain_timeout_seconds"):
+            self.assertIn(flag, result.stdout)
+
+
 class OverloadTest(unittest.TestCase):
 
     def test_full_queue_answers_resource_exhausted(self):

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -222,6 +223,10 @@ int Run(const Args& args) {
   j["peak_rss_bytes"] = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   // Other work on the machine skews the numbers; record how busy it was.
   j["machine"]["loadavg"] = FirstLine("/proc/loadavg");
+  // OpenMP threads spin at barriers unless OMP_WAIT_POLICY=passive: fastest on an idle machine,
+  // very slow on an oversubscribed one.
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  j["machine"]["omp_wait_policy"] = wait_policy ? wait_policy : "(unset)";
   std::cout << j.dump(2) << "\n";
   return 0;
 }

@@ -97,7 +97,7 @@ void DirectLinear(const LinearTensors& layer, const PackedActivations& x, float*
   const int64_t in = layer.in_features;
   const void* w = layer.weight.data;
   const int64_t groups = (out + kDirectRowGroup - 1) / kDirectRowGroup;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t end = std::min(out, (g + 1) * kDirectRowGroup);
     float sums[MR * NT];
@@ -167,7 +167,7 @@ void Linear(const LinearTensors& layer, const PackedActivations& x, float* y, in
     if (scratch.size() < static_cast<size_t>(kRowTile * kp)) scratch.resize(kRowTile * kp);
     float sums[kMaxRows * kMaxTokens];
     float bias[kRowTile];
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < num_tiles; ++tile) {
       const int64_t row0 = tile * kRowTile;
       const int64_t rows = std::min(kRowTile, out_features - row0);

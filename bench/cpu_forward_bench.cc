@@ -190,7 +190,9 @@ int Run(const Args& args) {
       {"date", date},
       {"git_commit", CommandOutput(git + " rev-parse HEAD 2>/dev/null")},
       {"git_dirty",
-       !CommandOutput(git + " status --porcelain -- engine bench 2>/dev/null").empty()},
+       !CommandOutput(git + " status --porcelain --untracked-files=no -- engine/backend/cpu "
+                            "engine/model engine/util bench 2>/dev/null")
+            .empty()},
       {"machine",
        {{"cpu_model", CpuModel()},
         {"nproc", omp_get_num_procs()},

@@ -12,7 +12,9 @@ target_link_libraries(spqr-dump-logits PRIVATE spqr_engine_cpu absl::strings)
 add_test(NAME cpu_reference_forward_test
          COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tests/tools/reference_forward_test.py
                  --dump-logits $<TARGET_FILE:spqr-dump-logits> --source-dir ${SPQR_ROOT})
-set_tests_properties(cpu_reference_forward_test PROPERTIES LABELS "python;cpu" TIMEOUT 300)
+# Passive OpenMP waiting: CI machines run tests side by side, where spinning threads starve.
+set_tests_properties(cpu_reference_forward_test PROPERTIES LABELS "python;cpu" TIMEOUT 300
+                     ENVIRONMENT OMP_WAIT_POLICY=passive)
 
 # The same op and backend tests with the CPU sources compiled for the narrower SIMD paths of
 # engine/backend/cpu/simd.h (AVX2+FMA+F16C, and the portable scalar fallback), so every path is

@@ -103,36 +103,59 @@ SampleResult Sampler::Sample(std::span<const float> logits, const SamplingParams
       auto better = [this](int32_t a, int32_t b) {
         return work_[a] > work_[b] || (work_[a] == work_[b] && a < b);
       };
-      const bool need_sorted = params.top_k > 0 || params.top_p < 1.0f;
       if (params.top_k > 0 && params.top_k < static_cast<int32_t>(candidates_.size())) {
         std::nth_element(candidates_.begin(), candidates_.begin() + params.top_k, candidates_.end(),
                          better);
         candidates_.resize(params.top_k);
       }
-      if (need_sorted) std::sort(candidates_.begin(), candidates_.end(), better);
+      // Top-k survivors are walked most likely first; without top-k/top-p, in id order.
+      if (params.top_k > 0) std::sort(candidates_.begin(), candidates_.end(), better);
 
       float max_logit = kNegInf;
       for (int32_t t : candidates_) max_logit = std::max(max_logit, work_[t]);
       const double inv_temperature = 1.0 / params.temperature;
-      probs_.resize(candidates_.size());
+      // Unnormalized probabilities, by token id (exp once per candidate).
+      weights_.resize(vocab);
       double total = 0.0;
-      for (size_t i = 0; i < candidates_.size(); ++i) {
-        probs_[i] =
-            std::exp((static_cast<double>(work_[candidates_[i]]) - max_logit) * inv_temperature);
-        total += probs_[i];
+      for (int32_t t : candidates_) {
+        weights_[t] = std::exp((static_cast<double>(work_[t]) - max_logit) * inv_temperature);
+        total += weights_[t];
       }
+      auto weight = [this](int32_t t) { return weights_[t]; };
       size_t kept = candidates_.size();
       if (params.top_p < 1.0f) {
         // Smallest prefix (most likely first) whose mass reaches top_p; at least one token.
-        double mass = 0.0;
-        for (size_t i = 0; i < kept; ++i) {
-          mass += probs_[i];
-          if (mass >= params.top_p * total) {
-            kept = i + 1;
+        // Sorting the whole vocabulary each step is the slow part of nucleus sampling, so only
+        // the best `window` candidates are sorted, growing the window until it holds the
+        // nucleus (exact: the window is always the true top of the order).
+        const size_t n = candidates_.size();
+        size_t window = std::min<size_t>(n, 64);
+        while (true) {
+          if (params.top_k <= 0) {
+            if (window < n) {
+              std::nth_element(candidates_.begin(), candidates_.begin() + window, candidates_.end(),
+                               better);
+            }
+            std::sort(candidates_.begin(), candidates_.begin() + window, better);
+          }
+          double mass = 0.0;
+          size_t found = 0;
+          for (size_t i = 0; i < window; ++i) {
+            mass += weight(candidates_[i]);
+            if (mass >= params.top_p * total) {
+              found = i + 1;
+              break;
+            }
+          }
+          if (found > 0 || window == n) {
+            kept = found > 0 ? found : n;
             break;
           }
+          window = std::min(n, window * 4);
         }
       }
+      probs_.resize(kept);
+      for (size_t i = 0; i < kept; ++i) probs_[i] = weight(candidates_[i]);
       if (params.min_p > 0.0f) {
         // The best candidate has probability weight exp(0) = 1 before normalization.
         const double threshold = params.min_p;

@@ -8,7 +8,8 @@
 //   3. banned tokens (eos and stop tokens before min_new_tokens) are set to -inf;
 //   4. temperature: 0 means greedy (argmax, lowest index on ties); otherwise logits / temperature;
 //   5. top-k, 6. top-p (nucleus, over the top-k survivors), 7. min-p (p >= min_p * p_max);
-//   8. one draw from the remaining distribution.
+//   8. one draw from the remaining distribution, walking the kept tokens most likely first (ties:
+//      lower id) when top-k or top-p is on, in id order otherwise.
 // The draw is u = PhiloxUniform(seed, draw_index): a request with a seed produces the same tokens
 // every time; without one the engine picks a random seed per request.
 //
@@ -63,6 +64,7 @@ class Sampler {
   std::vector<float> work_;
   std::vector<int32_t> candidates_;
   std::vector<double> probs_;
+  std::vector<double> weights_;
   std::vector<uint8_t> seen_;
   std::vector<int32_t> counts_;
 };

@@ -1,5 +1,6 @@
 #include "engine/sampler/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -234,6 +235,39 @@ TEST(SamplerTest, LogprobsAreTheRawLogSoftmaxAndSumToOne) {
   }
   EXPECT_EQ(r.logprob.is_greedy, r.token_id == Argmax(logits));
   EXPECT_TRUE(ComputeTokenLogprob(logits, Argmax(logits), 0).is_greedy);
+}
+
+// Nucleus sampling sorts only a growing window of the best candidates; on a large vocabulary it
+// must keep exactly the brute-force nucleus, both for a peaked and for a nearly flat distribution.
+TEST(SamplerTest, TopPOnALargeVocabularyKeepsExactlyTheNucleus) {
+  for (const float spread : {8.0f, 0.05f}) {
+    const int vocab = 32000;
+    std::vector<float> logits(vocab);
+    for (int i = 0; i < vocab; ++i) logits[i] = spread * std::sin(0.37f * i * i + 0.1f * i);
+    std::vector<int> order(vocab);
+    for (int i = 0; i < vocab; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int a, int b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    double total = 0.0;
+    for (float l : logits) total += std::exp(static_cast<double>(l) - logits[order[0]]);
+    std::vector<bool> in_nucleus(vocab, false);
+    double mass = 0.0;
+    for (int id : order) {
+      in_nucleus[id] = true;
+      mass += std::exp(static_cast<double>(logits[id]) - logits[order[0]]);
+      if (mass >= 0.9 * total) break;
+    }
+    SamplingParams p = Params(1.0f);
+    p.top_p = 0.9f;
+    Sampler sampler;
+    SamplerRng rng{31, 0};
+    for (int i = 0; i < 40; ++i) {
+      const int32_t t = sampler.Sample(logits, p, {}, &rng, false, 0).token_id;
+      ASSERT_TRUE(in_nucleus[t]) << "token " << t << " is outside the nucleus (spread " << spread
+                                 << ")";
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,10 @@
 
 #include <cstring>
 
+#if defined(__BMI2__)
+#include <immintrin.h>
+#endif
+
 namespace spqr {
 
 std::vector<uint32_t> PackBitRows(const uint8_t* codes, int64_t rows, int64_t cols, int bits) {
@@ -29,6 +33,20 @@ void UnpackBitRow(const uint32_t* row, int64_t count, int bits, uint8_t* out) {
   // in order and whole-byte chunks can be decoded independently (vectorizable loops).
   const auto* bytes = reinterpret_cast<const uint8_t*>(row);
   int64_t k = 0;
+#if defined(__BMI2__)
+  // 8 codes are exactly `bits` bytes; one PDEP spreads them into 8 bytes. Only full 8-byte loads
+  // that stay inside the row are taken this way.
+  if (bits < 8) {
+    const uint64_t spread = 0x0101010101010101ull * ((1u << bits) - 1u);
+    const int64_t row_bytes = BitRowWords(count, bits) * 4;
+    for (; k + 8 <= count && (k / 8) * bits + 8 <= row_bytes; k += 8) {
+      uint64_t v;
+      std::memcpy(&v, bytes + (k / 8) * bits, 8);
+      const uint64_t out8 = _pdep_u64(v, spread);
+      std::memcpy(out + k, &out8, 8);
+    }
+  }
+#endif
   if (bits == 4) {
     for (; k + 2 <= count; k += 2) {
       const uint8_t b = bytes[k / 2];
@@ -51,7 +69,7 @@ void UnpackBitRow(const uint32_t* row, int64_t count, int bits, uint8_t* out) {
       for (int i = 0; i < 8; ++i) out[k + i] = (v >> (3 * i)) & 7u;
     }
   } else if (bits == 8) {
-    std::memcpy(out, bytes, static_cast<size_t>(count));
+    std::memcpy(out + k, bytes + k, static_cast<size_t>(count - k));
     k = count;
   }
   for (; k < count; ++k) out[k] = static_cast<uint8_t>(GetCode(row, k, bits));

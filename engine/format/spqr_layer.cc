@@ -181,11 +181,13 @@ void DecodePermutedRowWithStats(const PackedSpqrLayer& l, int64_t r, const float
                                 const float* zero, uint8_t* codes, float* out) {
   const int64_t n = l.in_features, groups = l.num_groups();
   UnpackBitRow(l.weight_codes.data() + r * BitRowWords(n, l.wbits), n, l.wbits, codes);
+  const int beta1 = l.beta1;
   for (int64_t g = 0; g < groups; ++g) {
-    const uint8_t* q = codes + g * l.beta1;
-    float* dst = out + g * l.beta1;
+    // __restrict: uint8_t may alias anything, which would otherwise keep the loop scalar.
+    const uint8_t* __restrict q = codes + g * beta1;
+    float* __restrict dst = out + g * beta1;
     const float s = scale[g], z = zero[g];
-    for (int k = 0; k < l.beta1; ++k) dst[k] = DequantWeight(q[k], s, z);
+    for (int k = 0; k < beta1; ++k) dst[k] = DequantWeight(q[k], s, z);
   }
   for (uint32_t k = l.outlier_row_offsets[r]; k < l.outlier_row_offsets[r + 1]; ++k) {
     out[l.outlier_col(k)] += F16ToF32(l.outlier_values[k]);

@@ -1,5 +1,6 @@
 // The SpQR format module: bit packing, tensor round trip, corruption detection, the reference
 // decoder against the quantizer's own weights, and the packed-layer matmul kernel.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -20,7 +21,7 @@ namespace {
 TEST(BitPackingTest, RoundTripAllWidths) {
   std::mt19937 rng(7);
   for (int bits = 1; bits <= 8; ++bits) {
-    for (int64_t cols : {1, 5, 31, 32, 33, 100}) {
+    for (int64_t cols : {1, 5, 8, 16, 24, 31, 32, 33, 64, 100, 131}) {
       const int64_t rows = 3;
       std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));
       for (auto& c : codes) c = static_cast<uint8_t>(rng() & ((1u << bits) - 1));
@@ -28,6 +29,12 @@ TEST(BitPackingTest, RoundTripAllWidths) {
       ASSERT_EQ(static_cast<int64_t>(words.size()), rows * BitRowWords(cols, bits));
       EXPECT_EQ(UnpackBitRows(words.data(), rows, cols, bits), codes) << bits << " " << cols;
       EXPECT_TRUE(BitRowPaddingIsZero(words.data(), rows, cols, bits));
+      std::vector<uint8_t> row(static_cast<size_t>(cols));
+      for (int64_t r = 0; r < rows; ++r) {
+        UnpackBitRow(words.data() + r * BitRowWords(cols, bits), cols, bits, row.data());
+        EXPECT_TRUE(std::equal(row.begin(), row.end(), codes.begin() + r * cols))
+            << "UnpackBitRow bits " << bits << " cols " << cols << " row " << r;
+      }
       for (int64_t c = 0; c < cols; ++c) {
         EXPECT_EQ(GetCode(words.data() + BitRowWords(cols, bits), c, bits), codes[cols + c]);
       }

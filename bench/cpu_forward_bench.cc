@@ -204,8 +204,10 @@ int Run(const Args& args) {
       {"date", date},
       {"git_commit", CommandOutput(git + " rev-parse HEAD 2>/dev/null")},
       {"git_dirty",
-       !CommandOutput(git + " status --porcelain --untracked-files=no -- engine/backend/cpu "
-                            "engine/model engine/util bench 2>/dev/null")
+       !CommandOutput(
+            git +
+            " status --porcelain --untracked-files=no -- engine/backend/cpu "
+            "engine/model engine/util bench/cpu_forward_bench.cc bench/CMakeLists.txt 2>/dev/null")
             .empty()},
       {"machine",
        {{"cpu_model", CpuModel()},

@@ -142,6 +142,8 @@ absl::Status RunServer(const ServerConfig& config) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.server.listen, " (server.listen)"));
   }
+  // gRPC's default health service starts out SERVING; it is turned off before the port is
+  // announced, so only a client probing ports blindly could see that instant.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);

@@ -215,10 +215,13 @@ absl::Status RunServer(const ServerConfig& config) {
            service.inflight_calls());
     }
   }
-  // Calls still open (e.g. a client that stopped reading) are cancelled by the shutdown deadline.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Every call has ended (or was cancelled above); what is left are idle connections and calls
+  // whose client stopped reading, which the short shutdown deadline cancels.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   server->Wait();
+  Logf(LogLevel::kDebug, "gRPC server stopped");
   exposer.reset();
+  Logf(LogLevel::kDebug, "metrics endpoint stopped");
   metrics.SetEngine(nullptr);
   engine->reset();
   Logf(LogLevel::kInfo, "stopped");

@@ -2,17 +2,22 @@
 //   spqr-quantize --model DIR --out DIR --calibration TEXT [--method spqr|gptq|rtn] [--wbits 3]
 //                 [--beta1 16] [--beta2 16] [--stats_bits 3] [--tau 0.2|inf] [--lambda 1.0]
 //                 [--act_order] [--nsamples 128] [--seqlen 2048] [--seed 0] [--threads 0] [--force]
+//                 [--job JOB.yaml]   (keys as the flags, see quantizer/job_file.h)
 // Progress: one JSON line per layer and per block on stderr. Result: quantization_report.{json,txt}
 // in the output directory, the readable summary also on stdout.
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <limits>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "quantizer/job_file.h"
 #include "quantizer/model_quantizer.h"
 
 ABSL_FLAG(std::string, model, "", "input checkpoint directory (HF layout)");
@@ -32,48 +37,83 @@ ABSL_FLAG(double, lambda, 1.0, "Hessian damping relative to mean(diag H)");
 ABSL_FLAG(bool, act_order, true, "permute inputs by descending Hessian diagonal");
 ABSL_FLAG(int, threads, 0, "worker threads (0 = all cores)");
 
+ABSL_FLAG(std::string, job, "", "YAML job file (keys as the flags; explicit flags override it)");
+
+namespace {
+
+std::string ReadFileOrEmpty(const std::string& path, bool* ok) {
+  std::ifstream in(path, std::ios::binary);
+  *ok = static_cast<bool>(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Whether --name, --name=..., or --noname (bools) appears on the command line. (This Abseil
+// version keeps CommandLineFlag::IsSpecifiedOnCommandLine private.)
+std::vector<std::string> g_args;
+bool Given(const std::string& name) {
+  for (const std::string& a : g_args) {
+    for (const std::string& p : {"--" + name, "-" + name, "--no" + name, "-no" + name}) {
+      if (a == p || a.rfind(p + "=", 0) == 0) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Quantize a LLaMA-family checkpoint with SpQR, GPTQ or RTN.");
+  g_args.assign(argv + 1, argv + argc);
   absl::ParseCommandLine(argc, argv);
   spqr::ModelQuantizeJob job;
-  job.model_dir = absl::GetFlag(FLAGS_model);
-  job.output_dir = absl::GetFlag(FLAGS_out);
-  job.force = absl::GetFlag(FLAGS_force);
-  job.calibration_text = absl::GetFlag(FLAGS_calibration);
-  job.nsamples = absl::GetFlag(FLAGS_nsamples);
-  job.seqlen = absl::GetFlag(FLAGS_seqlen);
-  job.seed = absl::GetFlag(FLAGS_seed);
-  job.threads = absl::GetFlag(FLAGS_threads);
-  const std::string method = absl::GetFlag(FLAGS_method);
-  if (method == "spqr") {
-    job.layer.method = spqr::SpqrLayerConfig::Method::kSpqr;
-  } else if (method == "gptq") {
-    job.layer.method = spqr::SpqrLayerConfig::Method::kGptq;
-  } else if (method == "rtn") {
-    job.layer.method = spqr::SpqrLayerConfig::Method::kRtn;
-  } else {
-    std::cerr << "error: --method must be spqr, gptq or rtn, got '" << method << "'\n";
-    return 2;
+  const std::string job_file = absl::GetFlag(FLAGS_job);
+  if (!job_file.empty()) {
+    bool ok = false;
+    const std::string text = ReadFileOrEmpty(job_file, &ok);
+    if (!ok) {
+      std::cerr << "error: cannot read job file '" << job_file << "'\n";
+      return 2;
+    }
+    absl::Status st = spqr::ApplyJobYaml(text, job_file, &job);
+    if (!st.ok()) {
+      std::cerr << "error: " << st.message() << "\n";
+      return 2;
+    }
   }
-  job.layer.wbits = absl::GetFlag(FLAGS_wbits);
-  job.layer.beta1 = absl::GetFlag(FLAGS_beta1);
-  job.layer.beta2 = absl::GetFlag(FLAGS_beta2);
-  job.layer.stats_bits = absl::GetFlag(FLAGS_stats_bits);
-  job.layer.lambda = absl::GetFlag(FLAGS_lambda);
-  job.layer.act_order = absl::GetFlag(FLAGS_act_order);
-  const std::string tau = absl::GetFlag(FLAGS_tau);
-  if (tau == "inf" || tau == "none") {
-    job.layer.tau = std::numeric_limits<double>::infinity();
-  } else {
-    char* end = nullptr;
-    job.layer.tau = std::strtod(tau.c_str(), &end);
-    if (end == tau.c_str() || *end != '\0') {
-      std::cerr << "error: --tau must be a number or 'inf', got '" << tau << "'\n";
+  // Without a job file every flag applies (its default included); with one, only explicit flags.
+  auto use = [&](const char* name) { return job_file.empty() || Given(name); };
+  if (use("model")) job.model_dir = absl::GetFlag(FLAGS_model);
+  if (use("out")) job.output_dir = absl::GetFlag(FLAGS_out);
+  if (use("force")) job.force = absl::GetFlag(FLAGS_force);
+  if (use("calibration")) job.calibration_text = absl::GetFlag(FLAGS_calibration);
+  if (use("nsamples")) job.nsamples = absl::GetFlag(FLAGS_nsamples);
+  if (use("seqlen")) job.seqlen = absl::GetFlag(FLAGS_seqlen);
+  if (use("seed")) job.seed = absl::GetFlag(FLAGS_seed);
+  if (use("threads")) job.threads = absl::GetFlag(FLAGS_threads);
+  if (use("method")) {
+    absl::Status st = spqr::ParseMethod(absl::GetFlag(FLAGS_method), &job.layer.method);
+    if (!st.ok()) {
+      std::cerr << "error: --" << st.message() << "\n";
+      return 2;
+    }
+  }
+  if (use("wbits")) job.layer.wbits = absl::GetFlag(FLAGS_wbits);
+  if (use("beta1")) job.layer.beta1 = absl::GetFlag(FLAGS_beta1);
+  if (use("beta2")) job.layer.beta2 = absl::GetFlag(FLAGS_beta2);
+  if (use("stats_bits")) job.layer.stats_bits = absl::GetFlag(FLAGS_stats_bits);
+  if (use("lambda")) job.layer.lambda = absl::GetFlag(FLAGS_lambda);
+  if (use("act_order")) job.layer.act_order = absl::GetFlag(FLAGS_act_order);
+  if (use("tau")) {
+    absl::Status st = spqr::ParseTau(absl::GetFlag(FLAGS_tau), &job.layer.tau);
+    if (!st.ok()) {
+      std::cerr << "error: --" << st.message() << "\n";
       return 2;
     }
   }
   if (job.model_dir.empty() || job.output_dir.empty() || job.calibration_text.empty()) {
-    std::cerr << "error: --model, --out and --calibration are required\n";
+    std::cerr << "error: model, out and calibration are required (flags or job file)\n";
     return 2;
   }
   auto report =

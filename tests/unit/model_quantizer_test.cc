@@ -14,6 +14,7 @@
 #include "engine/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "quantizer/block_forward.h"
+#include "quantizer/job_file.h"
 #include "quantizer/perplexity.h"
 
 namespace spqr {
@@ -214,6 +215,37 @@ TEST_F(ModelQuantizerTest, PerplexityOfQuantizedModelsTracksFp16) {
   EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), 0.05);
   EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), std::fabs(rt->mean_loss - fp->mean_loss))
       << "fp16 " << fp->mean_loss << " spqr w4 " << sp->mean_loss << " rtn w2 " << rt->mean_loss;
+}
+
+}  // namespace
+}  // namespace spqr
+
+namespace spqr {
+namespace {
+
+TEST(JobFileTest, AppliesKeysAndRejectsUnknownOnes) {
+  ModelQuantizeJob job;
+  ASSERT_TRUE(ApplyJobYaml("model: m\nout: o\ncalibration: c\nnsamples: 7\nseqlen: 64\nseed: 3\n"
+                           "method: gptq\nwbits: 4\nbeta1: 0\nbeta2: 8\nstats_bits: 16\n"
+                           "tau: inf\nlambda: 0.01\nact_order: false\nthreads: 2\nforce: true\n",
+                           "job.yaml", &job)
+                  .ok());
+  EXPECT_EQ(job.model_dir, "m");
+  EXPECT_EQ(job.nsamples, 7);
+  EXPECT_EQ(job.layer.method, SpqrLayerConfig::Method::kGptq);
+  EXPECT_EQ(job.layer.beta1, 0);
+  EXPECT_TRUE(std::isinf(job.layer.tau));
+  EXPECT_DOUBLE_EQ(job.layer.lambda, 0.01);
+  EXPECT_FALSE(job.layer.act_order);
+  EXPECT_TRUE(job.force);
+  ASSERT_TRUE(ApplyJobYaml("tau: 0.25\n", "job.yaml", &job).ok());
+  EXPECT_DOUBLE_EQ(job.layer.tau, 0.25);
+  absl::Status st = ApplyJobYaml("wbit: 3\n", "job.yaml", &job);
+  EXPECT_NE(st.message().find("unknown key 'wbit'"), std::string::npos) << st;
+  st = ApplyJobYaml("wbits: three\n", "job.yaml", &job);
+  EXPECT_NE(st.message().find("'wbits'"), std::string::npos) << st;
+  st = ApplyJobYaml("method: awq\n", "job.yaml", &job);
+  EXPECT_NE(st.message().find("spqr, gptq or rtn"), std::string::npos) << st;
 }
 
 }  // namespace

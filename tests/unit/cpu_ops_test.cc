@@ -253,6 +253,10 @@ TEST(CpuAttentionTest, PagedGqaMatchesNaiveCausalAttention) {
   StoreKv(k.data(), v.data(), seqs, shape, layer, &pool, 2);
   std::vector<float> out(5 * q_floats);
   PagedAttention(q.data(), seqs, shape, layer, pool, out.data(), 2);
+  // With 8 threads the work is split per query head instead of per GQA group: same bits.
+  std::vector<float> out_split(5 * q_floats);
+  PagedAttention(q.data(), seqs, shape, layer, pool, out_split.data(), 8);
+  EXPECT_EQ(std::memcmp(out.data(), out_split.data(), out.size() * sizeof(float)), 0);
 
   // Naive: contiguous K/V per sequence.
   std::vector<float> ka = cached_k, va = cached_v;

@@ -245,12 +245,12 @@ TEST(CpuAttentionTest, PagedGqaMatchesNaiveCausalAttention) {
   std::vector<float> cached_k = RandomFloats(5 * kv_floats, 20),
                      cached_v = RandomFloats(5 * kv_floats, 21);
   const AttentionSequence prefix[] = {{0, 5, 0, table_a.data()}};
-  StoreKv(cached_k.data(), cached_v.data(), prefix, shape, layer, &pool, 2);
+  StoreKv(cached_k.data(), cached_v.data(), prefix, shape, layer, &pool);
 
   const AttentionSequence seqs[] = {{0, 3, 5, table_a.data()}, {3, 2, 0, table_b.data()}};
   std::vector<float> k = RandomFloats(5 * kv_floats, 22), v = RandomFloats(5 * kv_floats, 23);
   std::vector<float> q = RandomFloats(5 * q_floats, 24);
-  StoreKv(k.data(), v.data(), seqs, shape, layer, &pool, 2);
+  StoreKv(k.data(), v.data(), seqs, shape, layer, &pool);
   std::vector<float> out(5 * q_floats);
   PagedAttention(q.data(), seqs, shape, layer, pool, out.data(), 2);
   // With 8 threads the work is split per query head instead of per GQA group: same bits.

@@ -10,7 +10,7 @@
 namespace spqr::cpu {
 
 void StoreKv(const float* k, const float* v, std::span<const AttentionSequence> seqs,
-             const AttentionShape& shape, int64_t layer, PagedKvPool* pool, int num_threads) {
+             const AttentionShape& shape, int64_t layer, PagedKvPool* pool) {
   const int64_t hd = shape.head_dim;
   const int64_t row_floats = shape.kv_heads * hd;
   const int64_t bs = pool->block_size();

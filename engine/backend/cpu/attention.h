@@ -27,7 +27,7 @@ struct AttentionShape {
 // Writes `k` and `v` ([rows, kv_heads * head_dim]) of every token of `seqs` into the pool at
 // `layer`, at the slot of the token's position.
 void StoreKv(const float* k, const float* v, std::span<const AttentionSequence> seqs,
-             const AttentionShape& shape, int64_t layer, PagedKvPool* pool, int num_threads);
+             const AttentionShape& shape, int64_t layer, PagedKvPool* pool);
 
 // out[row, h*head_dim..] = softmax(q_h . K^T / sqrt(head_dim)) V over positions [0, pos] of the
 // row's sequence, reading K/V of `layer` from the pool (StoreKv must have run for this step).

@@ -261,7 +261,7 @@ void CpuBackend::RunLayer(int64_t li, std::span<const AttentionSequence> seqs) {
                    c_.num_key_value_heads, hd, positions_[t], inv_freq_.data());
   }
   const AttentionShape shape{c_.num_attention_heads, c_.num_key_value_heads, hd};
-  cpu::StoreKv(k_.data(), v_.data(), seqs, shape, li, &pool_, nt);
+  cpu::StoreKv(k_.data(), v_.data(), seqs, shape, li, &pool_);
   cpu::PagedAttention(q_.data(), seqs, shape, li, pool_, attn_.data(), nt);
   cpu::PackActivations(attn_.data(), n, q_floats, &packed_);
   cpu::Linear(l.o_proj, packed_, proj_.data(), nt);

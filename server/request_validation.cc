@@ -310,22 +310,32 @@ absl::StatusOr<std::vector<ScoreSequence>> MakeScoreSequences(const v1::ScoreReq
     default: {
       const auto& pairs = request.pairs().pairs();
       for (int i = 0; i < pairs.size(); ++i) {
+        // lm-evaluation-harness's _encode_pair: trailing whitespace of the context moves to the
+        // continuation, the whole string is tokenized once, and the continuation is what follows
+        // the context's own token count. Tokenizing the continuation alone would give it a
+        // spurious word-boundary piece and score different tokens than the harness does.
+        std::string context = pairs[i].context();
+        std::string continuation = pairs[i].continuation();
+        const size_t kept = context.find_last_not_of(" \t\n\r\f\v");
+        const size_t context_len = kept == std::string::npos ? 0 : kept + 1;
+        continuation.insert(0, context, context_len, std::string::npos);
+        context.resize(context_len);
         ScoreSequence seq;
-        seq.tokens = tokenizer->Encode(pairs[i].context(), add_bos);
+        std::vector<int32_t> context_tokens;
+        if (!context.empty() || add_bos) context_tokens = tokenizer->Encode(context, add_bos);
         // An empty context without bos encodes to nothing.
-        if (pairs[i].context().empty() && !add_bos) seq.tokens.clear();
-        seq.num_context_tokens = static_cast<int32_t>(seq.tokens.size());
+        if (context.empty() && !add_bos) context_tokens.clear();
+        seq.num_context_tokens = static_cast<int32_t>(context_tokens.size());
         if (seq.num_context_tokens == 0) {
           return Invalid(absl::StrFormat(
               "pairs.pairs[%d].context is empty and add_bos is false: the first continuation "
               "token would have nothing to be scored against",
               i));
         }
-        std::vector<int32_t> continuation = tokenizer->Encode(pairs[i].continuation(), false);
-        if (continuation.empty()) {
+        seq.tokens = tokenizer->Encode(context + continuation, add_bos);
+        if (static_cast<int32_t>(seq.tokens.size()) <= seq.num_context_tokens) {
           return Invalid(absl::StrFormat("pairs.pairs[%d].continuation tokenizes to no tokens", i));
         }
-        seq.tokens.insert(seq.tokens.end(), continuation.begin(), continuation.end());
         sequences.push_back(std::move(seq));
       }
     }

@@ -356,22 +356,25 @@ class ScoreTest(unittest.TestCase):
             runner_up = first.logprobs[0].top_logprobs[1].token_id
             for candidate, is_greedy in ((token, True), (runner_up, False)):
                 piece = SP.id_to_piece(candidate)
-                # A word piece "▁word" is what the continuation "word" tokenizes to on its own.
+                # A word piece "▁word" is what the continuation " word" becomes after the context.
                 if piece.startswith("\u2581") and piece[1:].isalpha():
-                    if SP.encode(piece[1:]) == [candidate]:
+                    continuation = " " + piece[1:]
+                    if harness_split(context, continuation)[1] == [candidate]:
                         pairs.append(pb.ContinuationPair(context=context,
-                                                         continuation=piece[1:]))
+                                                         continuation=continuation))
                         expect_greedy.append(is_greedy)
-        # Longer continuations: consistency with scoring the concatenated token ids.
+        # Longer continuations, and a context whose trailing space moves to the continuation:
+        # consistency with scoring the concatenated token ids.
         pairs.append(pb.ContinuationPair(context="Once upon", continuation=" a time there was"))
+        expect_greedy.append(None)
+        pairs.append(pb.ContinuationPair(context="Once upon ", continuation="a time there was"))
         expect_greedy.append(None)
         self.assertIn(True, expect_greedy, "no context gave a word-piece greedy token")
         response = SERVER.stub.Score(pb.ScoreRequest(pairs=pb.ContinuationPairs(pairs=pairs)),
                                      timeout=60)
         self.assertEqual(len(response.pair_scores), len(pairs))
         for pair, score, greedy_expected in zip(pairs, response.pair_scores, expect_greedy):
-            ctx = [SP.bos_id()] + SP.encode(pair.context)
-            cont = SP.encode(pair.continuation)
+            ctx, cont = harness_split(pair.context, pair.continuation)
             self.assertEqual(score.num_context_tokens, len(ctx))
             self.assertEqual(score.num_continuation_tokens, len(cont))
             self.assertEqual([t.token_id for t in score.token_logprobs], cont)
@@ -390,6 +393,17 @@ class ScoreTest(unittest.TestCase):
             generated = SERVER.stub.GenerateUnary(
                 greedy(len(cont), token_ids=pb.TokenIds(ids=ctx)), timeout=60)
             self.assertEqual(score.is_greedy, list(generated.token_ids) == cont)
+
+
+def harness_split(context, continuation):
+    """lm-evaluation-harness's _encode_pair (with bos): (context tokens, continuation tokens)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = [SP.bos_id()] + SP.encode(context + continuation)
+    ctx = [SP.bos_id()] + SP.encode(context)
+    return ctx, whole[len(ctx):]
 
 
 def invalid_generate_cases():

@@ -1,6 +1,8 @@
 #include "engine/format/spqr_matmul.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/format/bit_packing.h"
+#include "engine/util/half.h"
 
 namespace spqr {
 
@@ -29,6 +31,34 @@ float Dot(const float* a, const float* b, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
+// Batch-1 row product with the decode fused into the dot product for a compile-time group width:
+// each weight is computed exactly as DequantWeight (scale * (q - zero)) in registers and
+// multiplied with x at once, in B1 independent lanes. Outliers are added afterwards as
+// residual * x (the same sum, rounded differently; within the documented bound).
+template <int B1>
+float FusedRowDot(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __restrict codes,
+                  const float* __restrict scale, const float* __restrict zero,
+                  const float* __restrict x) {
+  const int64_t groups = layer.num_groups();
+  float acc[B1] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* q = codes + g * B1;
+    const float* xg = x + g * B1;
+    const float s = scale[g], z = zero[g];
+    for (int k = 0; k < B1; ++k) {
+      const float w = s * (static_cast<float>(q[k]) - z);
+      acc[k] += w * xg[k];
+    }
+  }
+  float sum = 0.0f;
+  for (int k = 0; k < B1; ++k) sum += acc[k];
+  float sparse = 0.0f;
+  for (uint32_t k = layer.outlier_row_offsets[r]; k < layer.outlier_row_offsets[r + 1]; ++k) {
+    sparse += F16ToF32(layer.outlier_values[k]) * x[layer.outlier_col(k)];
+  }
+  return sum + sparse;
+}
+
 }  // namespace
 
 void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t batch, float* y,
@@ -46,6 +76,16 @@ void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t b
       ConvertBlockSecondLevel(layer, cached_block, second.data());
     }
     DecodeRowStats(layer, r, second.data(), scale.data(), zero.data());
+    if (batch == 1 && (layer.beta1 == 8 || layer.beta1 == 16 || layer.beta1 == 32)) {
+      UnpackBitRow(layer.weight_codes.data() + r * BitRowWords(n, layer.wbits), n, layer.wbits,
+                   codes.data());
+      const float* sc = scale.data();
+      const float* ze = zero.data();
+      y[r] = layer.beta1 == 8    ? FusedRowDot<8>(layer, r, codes.data(), sc, ze, x_perm)
+             : layer.beta1 == 16 ? FusedRowDot<16>(layer, r, codes.data(), sc, ze, x_perm)
+                                 : FusedRowDot<32>(layer, r, codes.data(), sc, ze, x_perm);
+      continue;
+    }
     // Decoding a row costs about as much as one dot product; it is done once and reused for every
     // input of the batch.
     DecodePermutedRowWithStats(layer, r, scale.data(), zero.data(), codes.data(), row_scratch);

@@ -1,11 +1,14 @@
 // CPU matrix-vector / matrix-matrix product directly on a packed SpQR layer: codes and statistics
 // are decoded on the fly one output row at a time (never the whole dense matrix), the input
-// permutation is a gather of x done once per call, and outliers are added into the decoded row.
+// permutation is a gather of x done once per call, and outliers are applied.
 //
-// Result: y[b][r] = sum_j w(r, j) * x[b][perm[j]], where w(r, j) is exactly DecodePermutedRow()
-// (so each decoded weight equals W_hat[r][perm[j]] bit for bit). Only the summation order differs
-// from a dense W_hat @ x: the sum runs over permuted positions j in blocks (see the .cc), so
-// |y - y_dense| <= ~2 * n * 2^-24 * sum_j |w(r,j) * x[b][perm[j]]|.
+// Result: y[b][r] = sum_j w(r, j) * x[b][perm[j]], where every w(r, j) is computed with exactly
+// DecodePermutedRow()'s arithmetic (so it equals W_hat[r][perm[j]] bit for bit). Only the order of
+// the sum differs from a dense W_hat @ x (batch 1 with beta1 in {8, 16, 32}: decode fused into a
+// beta1-lane dot product, outlier residuals added as a separate sparse sum; otherwise the row is
+// decoded into a buffer, outliers included, and dotted in 8 lanes), so
+// |y - y_dense| <= ~2 * n * 2^-24 * sum_j (|dense_j| + |residual_j|) * |x_j|   (tested with
+// sum_j |w_j x_j|, which equals it wherever there is no outlier).
 //
 // Single-threaded; callers split output rows across threads with SpqrMatmulRows.
 #pragma once

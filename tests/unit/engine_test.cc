@@ -601,7 +601,8 @@ TEST_F(EngineTest, WorksWithoutATokenizer) {
 
 std::string TestModelDir() { return std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model"; }
 
-std::unique_ptr<Engine> RealEngine(int32_t max_batched_tokens) {
+std::unique_ptr<Engine> RealEngine(int32_t max_batched_tokens, int32_t block_size = 16,
+                                   bool prefix_caching = true) {
   ModelLoadOptions load;
   load.backend = "cpu";
   load.num_threads = 2;
@@ -609,7 +610,8 @@ std::unique_ptr<Engine> RealEngine(int32_t max_batched_tokens) {
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return nullptr;
   EngineOptions o;
-  o.kv_block_size = 16;
+  o.kv_block_size = block_size;
+  o.enable_prefix_caching = prefix_caching;
   o.kv_cache_bytes = 8 << 20;
   o.max_batched_tokens = max_batched_tokens;
   auto engine = Engine::Create(std::move(*model), o);
@@ -694,6 +696,39 @@ TEST(RealEngineTest, ChunkedPrefillGivesTheSamePromptLogprobs) {
     EXPECT_EQ(a[i].token_id, prompt[i + 1]);
     EXPECT_NEAR(a[i].logprob, b[i].logprob, 1e-4) << "token " << i + 1;
     EXPECT_LE(a[i].logprob, 0.0f);
+  }
+}
+
+// Regression: many requests admitted in the same step (and a scoring request next to generating
+// ones) must get disjoint KV blocks; the CPU backend rejects a step in which two sequences write
+// one slot. Requests are queued faster than one step, so several are admitted together.
+TEST(RealEngineTest, ManyConcurrentRequestsAndScoringShareAStep) {
+  for (const int32_t block_size : {16, 4}) {
+    auto engine = RealEngine(/*max_batched_tokens=*/block_size == 16 ? 256 : 19, block_size);
+    ASSERT_NE(engine, nullptr);
+    const Tokenizer& tok = *engine->model().tokenizer;
+    Collector collector;
+    const std::vector<int32_t> base = tok.Encode("Once upon a time there was", true);
+    for (int round = 0; round < 3; ++round) {
+      std::vector<std::string> ids;
+      for (int i = 0; i < 16; ++i) {
+        std::vector<int32_t> prompt = base;
+        for (int k = 0; k <= (i + round) % 5; ++k) prompt.push_back(3 + i + k);
+        GenerateRequest r =
+            EngineTest::Greedy(absl::StrCat(block_size, "/", round, "/gen", i), prompt, 2 + i % 6);
+        if (i % 4 == 3) {  // a scoring request between generating ones
+          r.stopping.max_new_tokens = 0;
+          r.prompt_logprobs = true;
+        }
+        ids.push_back(r.request_id);
+        ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+      }
+      for (const std::string& id : ids) {
+        const OutputChunk last = collector.Wait(id).back();
+        EXPECT_TRUE(last.error.ok()) << id << ": " << last.error;
+        EXPECT_NE(last.finish_reason, FinishReason::kError) << id;
+      }
+    }
   }
 }
 

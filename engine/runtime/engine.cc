@@ -33,7 +33,9 @@ struct Sequence {
   OutputCallback callback;
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   int32_t prompt_len = 0;
-  int32_t num_computed = 0;  // tokens whose keys/values are in the KV cache
+  int32_t num_computed = 0;          // tokens whose keys/values are in the KV cache
+  int32_t cached_prompt_tokens = 0;  // prompt tokens reused from the prefix cache
+  PrefixMatch prefix_match;          // while waiting: this step's cached prefix of the prompt
   SamplerRng rng;
   std::unique_ptr<IncrementalDetokenizer> detokenizer;  // null without a tokenizer
   std::unique_ptr<StopStringMatcher> stop_matcher;
@@ -59,7 +61,7 @@ class Engine::Impl {
         options_(options),
         vocab_size_(vocab_size),
         num_blocks_(num_blocks),
-        allocator_(num_blocks, options.kv_block_size) {
+        allocator_(num_blocks, options.kv_block_size, options.enable_prefix_caching) {
     if (model_->tokenizer != nullptr) {
       eos_ids_ = model_->tokenizer->eos_ids();
       const Tokenizer* tokenizer = model_->tokenizer.get();
@@ -132,6 +134,12 @@ class Engine::Impl {
   void Emit(Sequence& seq, OutputChunk chunk);
   void RemoveFinished();
   void PublishStats(double step_seconds);
+  // Prompt blocks a request may take from the prefix cache: full blocks, never the last prompt
+  // token (its logits must be computed), and none for prompt_logprobs requests (every prompt
+  // position's logits are needed).
+  int32_t CacheableBlocks(const Sequence& seq) const;
+  // Looks up the cached prefix of the waiting requests that can be admitted this step.
+  void MatchPrefixes();
 
   const int32_t vocab_size_;
   const int32_t num_blocks_;
@@ -353,12 +361,47 @@ void Engine::Impl::ExpireDeadlines(absl::Time now) {
   RemoveFinished();
 }
 
+int32_t Engine::Impl::CacheableBlocks(const Sequence& seq) const {
+  if (!options_.enable_prefix_caching || seq.request.prompt_logprobs) return 0;
+  return (seq.prompt_len - 1) / options_.kv_block_size;
+}
+
+void Engine::Impl::MatchPrefixes() {
+  for (auto& s : waiting_) s->prefix_match = PrefixMatch();
+  if (!options_.enable_prefix_caching) return;
+  // Only the requests at the head of the admission order can be admitted this step (at most the
+  // free running slots), so only they are looked up.
+  const int64_t slots = options_.max_running_requests - static_cast<int64_t>(running_.size());
+  if (slots <= 0) return;
+  std::vector<Sequence*> order;
+  for (auto& s : waiting_) order.push_back(s.get());
+  std::stable_sort(order.begin(), order.end(), [](const Sequence* a, const Sequence* b) {
+    if (a->request.priority != b->request.priority) {
+      return a->request.priority > b->request.priority;
+    }
+    return a->arrival < b->arrival;
+  });
+  if (static_cast<int64_t>(order.size()) > slots) order.resize(slots);
+  for (Sequence* s : order) {
+    const int32_t max_blocks = CacheableBlocks(*s);
+    if (max_blocks > 0) s->prefix_match = allocator_.MatchPrefix(s->tokens, max_blocks);
+  }
+}
+
 bool Engine::Impl::Step() {
+  MatchPrefixes();
   std::vector<WaitingSequence> waiting;
   waiting.reserve(waiting_.size());
   for (const auto& s : waiting_) {
-    waiting.push_back({s->uid, s->request.priority, s->arrival, s->prompt_len,
-                       s->request.stopping.max_new_tokens});
+    WaitingSequence w;
+    w.id = s->uid;
+    w.priority = s->request.priority;
+    w.arrival = s->arrival;
+    w.prompt_tokens = s->prompt_len;
+    w.max_new_tokens = s->request.stopping.max_new_tokens;
+    w.cached_tokens = static_cast<int32_t>(s->prefix_match.blocks.size()) * options_.kv_block_size;
+    w.cached_evictable_blocks = s->prefix_match.evictable;
+    waiting.push_back(w);
   }
   std::vector<RunningSequence> running;
   running.reserve(running_.size());
@@ -377,7 +420,25 @@ bool Engine::Impl::Step() {
   for (auto& s : running_) by_uid[s->uid] = s.get();
   const absl::Time now = absl::Now();
   int32_t admitted = 0;
-  int64_t admitted_prompt_tokens = 0;
+  int64_t admitted_prompt_tokens = 0, cache_queries = 0, cache_hits = 0;
+  // Every admitted request first takes references on its cached prefix, so that no other
+  // admission's Reserve can evict those blocks; then each reserves its new blocks.
+  for (const ScheduledSequence& sch : plan.scheduled) {
+    if (!sch.newly_admitted) continue;
+    auto it = std::find_if(waiting_.begin(), waiting_.end(),
+                           [&](const auto& s) { return s->uid == sch.id; });
+    Sequence* seq = it->get();
+    cache_queries += CacheableBlocks(*seq);
+    if (!allocator_.AcquirePrefix(seq->uid, seq->prefix_match).ok()) {
+      seq->prefix_match = PrefixMatch();  // cannot happen (nothing changed since the lookup)
+    }
+    const int32_t cached =
+        static_cast<int32_t>(seq->prefix_match.blocks.size()) * options_.kv_block_size;
+    cache_hits += static_cast<int64_t>(seq->prefix_match.blocks.size());
+    seq->num_computed = cached;
+    seq->cached_prompt_tokens = cached;
+    seq->prefix_match = PrefixMatch();
+  }
   for (const ScheduledSequence& sch : plan.scheduled) {
     if (!sch.newly_admitted) continue;
     auto it = std::find_if(waiting_.begin(), waiting_.end(),
@@ -405,6 +466,8 @@ bool Engine::Impl::Step() {
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.prompt_tokens_total += admitted_prompt_tokens;
+    stats_.prefix_cache_queries_total += cache_queries;
+    stats_.prefix_cache_hits_total += cache_hits;
   }
 
   struct Item {
@@ -453,6 +516,8 @@ bool Engine::Impl::Step() {
   for (Item& item : items) {
     Sequence& seq = *item.seq;
     seq.num_computed += item.count;
+    // Full blocks written by now become reusable by later requests with the same prefix.
+    allocator_.CacheFullBlocks(seq.uid, seq.tokens, seq.num_computed);
     const size_t first_row = row;
     row += item.num_logits;
     if (seq.request.prompt_logprobs && item.start < seq.prompt_len) {
@@ -540,6 +605,7 @@ void Engine::Impl::Emit(Sequence& seq, OutputChunk chunk) {
   seq.sent_any_chunk = true;
   chunk.usage.prompt_tokens = seq.prompt_len;
   chunk.usage.completion_tokens = seq.completion_tokens();
+  chunk.usage.cached_prompt_tokens = seq.cached_prompt_tokens;
   if (seq.callback) seq.callback(std::move(chunk));
 }
 
@@ -600,6 +666,7 @@ void Engine::Impl::PublishStats(double step_seconds) {
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_.running_requests = static_cast<int32_t>(running_.size());
   stats_.kv_blocks_free = allocator_.num_free_blocks();
+  stats_.kv_blocks_cached = allocator_.num_evictable_blocks();
   if (step_seconds >= 0) stats_.last_step_seconds = step_seconds;
 }
 

@@ -23,6 +23,8 @@ struct EngineOptions {
   int32_t max_batched_tokens = 2048;     // tokens per step (prefill chunks + decodes)
   int32_t max_queued_requests = 256;     // waiting queue bound -> RESOURCE_EXHAUSTED beyond
   int64_t max_queued_prompt_tokens = 1 << 20;
+  // Reuse the KV blocks of earlier requests' identical full-block prompt prefixes
+  // (docs/scheduling.md): the prefill starts after the cached prefix.
   bool enable_prefix_caching = true;
 };
 
@@ -31,14 +33,15 @@ struct EngineStats {
   int32_t waiting_requests = 0;
   int32_t running_requests = 0;
   int32_t kv_blocks_total = 0;
-  int32_t kv_blocks_free = 0;
+  int32_t kv_blocks_free = 0;    // allocatable, including kv_blocks_cached
+  int32_t kv_blocks_cached = 0;  // prefix-cache blocks nobody uses now (evicted on demand)
   int32_t kv_block_size = 0;
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;
   int64_t steps_total = 0;
   int64_t preemptions_total = 0;
-  int64_t prefix_cache_queries_total = 0;  // prompt blocks looked up
-  int64_t prefix_cache_hits_total = 0;     // of which found
+  int64_t prefix_cache_queries_total = 0;  // cacheable prompt blocks of admitted requests
+  int64_t prefix_cache_hits_total = 0;     // of which reused from the cache
   double last_step_seconds = 0.0;
 };
 

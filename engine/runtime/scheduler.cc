@@ -60,20 +60,23 @@ SchedulePlan Schedule(const std::vector<WaitingSequence>& waiting,
   int32_t num_running = static_cast<int32_t>(running.size());
   bool blocked = false;
   for (const WaitingSequence* w : queue) {
-    const int32_t blocks = ReservedBlocks(w->prompt_tokens, w->max_new_tokens, config.block_size);
+    const int32_t cached_blocks = w->cached_tokens / config.block_size;
+    const int32_t blocks =
+        ReservedBlocks(w->prompt_tokens, w->max_new_tokens, config.block_size) - cached_blocks;
+    const int32_t cost = blocks + w->cached_evictable_blocks;  // free blocks it takes
     if (!blocked &&
-        (budget <= 0 || num_running >= config.max_running_requests || blocks > free_blocks)) {
+        (budget <= 0 || num_running >= config.max_running_requests || cost > free_blocks)) {
       blocked = true;
     }
     if (blocked) {
       plan.waiting.push_back(w->id);
       continue;
     }
-    const int32_t take = std::min(w->prompt_tokens, budget);
+    const int32_t take = std::min(w->prompt_tokens - cached_blocks * config.block_size, budget);
     plan.scheduled.push_back({w->id, take, true, blocks});
     budget -= take;
-    free_blocks -= blocks;
-    plan.blocks_reserved += blocks;
+    free_blocks -= cost;
+    plan.blocks_reserved += cost;
     ++num_running;
   }
   plan.num_batched_tokens = config.max_batched_tokens - budget;

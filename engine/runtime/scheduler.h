@@ -1,8 +1,9 @@
 // The step scheduler: a pure function from the engine's queues and free KV blocks to the next
 // step's plan. Policy (docs/scheduling.md explains why):
 //   - Memory: up-front reservation. A request is admitted only when blocks for
-//     prompt + max_new_tokens tokens are free, and they stay reserved until it ends, so a running
-//     sequence never runs out of KV space and nothing is ever preempted.
+//     prompt + max_new_tokens tokens are free (minus the cached prefix blocks it shares), and they
+//     stay reserved until it ends, so a running sequence never runs out of KV space and nothing is
+//     ever preempted. A cached prefix also skips its tokens' prefill.
 //   - Order: running sequences first (decodes, then unfinished prefills), then admission from the
 //     waiting queue by priority (higher first) and arrival (earlier first). Admission is strict:
 //     when the head of the queue does not fit, nobody behind it is admitted (no starvation of large
@@ -29,6 +30,11 @@ struct WaitingSequence {
   int64_t arrival = 0;  // monotonically increasing submission number
   int32_t prompt_tokens = 0;
   int32_t max_new_tokens = 0;
+  // Prefix cache: the leading prompt tokens whose blocks are cached (a multiple of block_size,
+  // less than prompt_tokens), and how many of those blocks nobody owns now. Those count among the
+  // free blocks and stop being free once the request shares them.
+  int32_t cached_tokens = 0;
+  int32_t cached_evictable_blocks = 0;
 };
 
 // An admitted sequence. Its next step processes tokens [num_computed, num_tokens): the rest of the
@@ -45,7 +51,8 @@ struct ScheduledSequence {
   int64_t id = 0;
   int32_t num_tokens = 0;         // tokens to process this step, starting at num_computed
   bool newly_admitted = false;    // came from the waiting queue this step
-  int32_t blocks_to_reserve = 0;  // for newly admitted: blocks of prompt + max_new_tokens
+  int32_t blocks_to_reserve = 0;  // for newly admitted: new blocks for prompt + max_new_tokens
+                                  // (the cached prefix's blocks are shared, not reserved)
 };
 
 struct SchedulePlan {
@@ -53,7 +60,8 @@ struct SchedulePlan {
   std::vector<int64_t> waiting;              // still waiting, in admission order
   std::vector<int64_t> idle;                 // running but not scheduled (token budget used up)
   int32_t num_batched_tokens = 0;
-  int32_t blocks_reserved = 0;  // by this step's admissions
+  int32_t blocks_reserved = 0;  // free blocks taken by this step's admissions (new blocks plus
+                                // evictable cached blocks they now share)
 };
 
 // Blocks reserved for a request for its whole life: prompt + max_new_tokens tokens.

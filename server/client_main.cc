@@ -7,6 +7,7 @@
 //     score TEXT                                  log-likelihood of a text (JSON)
 //     score --context C --continuation X [...]   log-likelihood of continuations (JSON)
 //     info                                        model information (JSON)
+//     abort REQUEST_ID                            cancels a live request; exit 0 iff found
 //     health [--service NAME]                     prints the health status; exit 0 iff SERVING
 #include <chrono>
 #include <cstdio>
@@ -32,6 +33,7 @@ constexpr char kUsage[] =
     "                  [--ignore-eos] [--unary] [--no-bos]\n"
     "  score TEXT | score --context C --continuation X [--context C2 --continuation X2 ...]\n"
     "  info\n"
+    "  abort REQUEST_ID\n"
     "  health [--service NAME]\n";
 
 constexpr double kUnaryTimeoutSeconds = 60;
@@ -222,6 +224,22 @@ int Info(spqr::v1::SpqrService::Stub& stub, const Args& args) {
   return 0;
 }
 
+int Abort(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  if (args.positional.size() != 2) {
+    std::fprintf(stderr, "spqr-client: abort takes one REQUEST_ID argument\n%s", kUsage);
+    return 2;
+  }
+  grpc::ClientContext context;
+  SetDeadline(args, &context, kUnaryTimeoutSeconds);
+  spqr::v1::AbortRequest request;
+  request.set_request_id(args.positional[1]);
+  spqr::v1::AbortResponse response;
+  grpc::Status status = stub.Abort(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  std::printf("%s\n", response.found() ? "aborted" : "not found");
+  return response.found() ? 0 : 1;
+}
+
 int Health(const std::shared_ptr<grpc::Channel>& channel, const Args& args) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
@@ -259,6 +277,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return Generate(*stub, args);
   if (command == "score") return Score(*stub, args);
   if (command == "info") return Info(*stub, args);
+  if (command == "abort") return Abort(*stub, args);
   if (command == "health") return Health(channel, args);
   std::fprintf(stderr, "spqr-client: unknown command '%s'\n%s", command.c_str(), kUsage);
   return 2;

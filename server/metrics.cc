@@ -1,6 +1,10 @@
 #include "server/metrics.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
+#include <fstream>
 #include <utility>
 
 #include "absl/strings/str_split.h"
@@ -26,6 +30,7 @@ enum MetricIndex {
   kWaiting,
   kKvUsage,
   kKvBlocks,
+  kKvCapacityBlocks,
   kPreemptions,
   kPrefixQueries,
   kPrefixHits,
@@ -33,6 +38,7 @@ enum MetricIndex {
   kLastStepSeconds,
   kModelReady,
   kInflight,
+  kResidentMemory,
   kVllmWaiting,
   kVllmRunning,
   kVllmKvUsage,
@@ -68,6 +74,8 @@ const std::vector<MetricSpec> kMetricTable = {
     {"spqr_kv_cache_usage_ratio", MetricKind::kGauge, "",
      "Fraction of KV cache blocks in use, 0 to 1."},
     {"spqr_kv_cache_blocks", MetricKind::kGauge, "state", "KV cache blocks by state (used, free)."},
+    {"spqr_kv_cache_capacity_blocks", MetricKind::kGauge, "",
+     "KV cache blocks in the pool (used + free)."},
     {"spqr_num_preemptions_total", MetricKind::kCounter, "",
      "Requests preempted (their KV cache freed, to be recomputed) for lack of KV blocks."},
     {"spqr_prefix_cache_queries_total", MetricKind::kCounter, "",
@@ -81,6 +89,8 @@ const std::vector<MetricSpec> kMetricTable = {
     {"spqr_model_ready", MetricKind::kGauge, "",
      "1 when the model is loaded, warmed up and the server accepts requests (health SERVING)."},
     {"spqr_inflight_rpcs", MetricKind::kGauge, "", "RPCs of spqr.v1.SpqrService in progress."},
+    {"spqr_process_resident_memory_bytes", MetricKind::kGauge, "",
+     "Resident memory of the server process (/proc/self/statm), in bytes."},
     {"vllm:num_requests_waiting", MetricKind::kGauge, "",
      "Same as spqr_num_requests_waiting, under vLLM's name for gateways."},
     {"vllm:num_requests_running", MetricKind::kGauge, "",
@@ -134,6 +144,14 @@ prometheus::MetricFamily EngineFamily(MetricIndex index, double value,
 
 }  // namespace
 
+double ProcessResidentMemoryBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size_pages = 0;
+  int64_t resident_pages = 0;
+  if (!(statm >> size_pages >> resident_pages)) return 0.0;
+  return static_cast<double>(resident_pages) * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
 const std::vector<MetricSpec>& MetricTable() { return kMetricTable; }
 
 absl::string_view FinishReasonLabel(FinishReason reason) {
@@ -181,6 +199,8 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
         EngineFamily(kPrefixHits, static_cast<double>(stats.prefix_cache_hits_total)),
         EngineFamily(kEngineSteps, static_cast<double>(stats.steps_total)),
         EngineFamily(kLastStepSeconds, stats.last_step_seconds),
+        EngineFamily(kKvCapacityBlocks, stats.kv_blocks_total),
+        EngineFamily(kResidentMemory, ProcessResidentMemoryBytes()),
     };
     prometheus::MetricFamily blocks = EngineFamily(kKvBlocks, used, {{"state", "used"}});
     blocks.metric.push_back(

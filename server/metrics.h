@@ -3,7 +3,7 @@
 //
 // Two sources feed them: the server records per-RPC and per-request events (status codes, finish
 // reasons, latencies), and an engine collector reads Engine::GetStats() at every scrape (queue
-// depth, running requests, KV cache usage, token counters).
+// depth, running requests, KV cache usage, token counters) and the process's resident memory.
 #pragma once
 
 #include <atomic>
@@ -35,6 +35,9 @@ struct MetricSpec {
 
 // Every metric the server exports (the vllm:* names only with metrics.vllm_compatible_names).
 const std::vector<MetricSpec>& MetricTable();
+
+// Resident set size of this process from /proc/self/statm, in bytes; 0 when unreadable.
+double ProcessResidentMemoryBytes();
 
 // "length", "eos_token", ... (the finished_reason label values).
 absl::string_view FinishReasonLabel(FinishReason reason);

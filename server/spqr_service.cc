@@ -24,7 +24,10 @@ std::optional<absl::Time> CallDeadline(const grpc::CallbackServerContext* contex
 }
 
 // The RPC status of a finished engine request (OK for normal finishes).
-grpc::Status FinalStatus(const OutputChunk& chunk, bool client_cancelled, bool draining) {
+// `aborted`: an Abort call cancelled the request; a generation then ends normally, its last
+// response carrying FINISH_REASON_CANCELLED.
+grpc::Status FinalStatus(const OutputChunk& chunk, bool client_cancelled, bool draining,
+                         bool aborted, bool has_finish_reason) {
   switch (chunk.finish_reason) {
     case FinishReason::kError:
       return chunk.error.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "engine error")
@@ -34,6 +37,11 @@ grpc::Status FinalStatus(const OutputChunk& chunk, bool client_cancelled, bool d
                           absl::StrFormat("deadline exceeded after %d generated tokens",
                                           chunk.usage.completion_tokens));
     case FinishReason::kCancelled:
+      if (aborted && !client_cancelled) {
+        if (has_finish_reason) return grpc::Status::OK;
+        return grpc::Status(grpc::StatusCode::CANCELLED,
+                            "the request was aborted by an Abort call");
+      }
       if (!client_cancelled && draining) {
         return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                             "the server is shutting down; the request was cancelled at the end "
@@ -79,7 +87,11 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
     }
     engine_request->deadline = CallDeadline(context);
     shared_->stream = this;
-    service_->EngineRequestStarted(engine_id_);
+    // Registered for Abort before the id goes out; the id goes out at once (before any token) so
+    // that the client can Abort a request that is still queued.
+    service_->EngineRequestStarted(engine_id_, client_id_, aborted_);
+    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
+    StartSendInitialMetadata();
     std::shared_ptr<Shared> shared = shared_;
     absl::Status submitted =
         engine->Submit(*std::move(engine_request),
@@ -87,10 +99,12 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
     if (!submitted.ok()) {
       service_->EngineRequestDone(engine_id_);
       shared_->stream = nullptr;
-      FinishEarly(ToGrpcStatus(submitted));
+      FinishEarly(service_->SubmitFailed(submitted, context));
       return;
     }
     submitted_ = true;
+    // An Abort that came between the registration and Submit found no engine request to cancel.
+    if (aborted_->load()) engine->Cancel(engine_id_);
     Logf(LogLevel::kDebug, "Generate %s (client id %s) submitted", engine_id_, client_id_);
   }
 
@@ -138,8 +152,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
         shared->last_token_time = now;
       }
       if (chunk.finished) {
-        stream->service_->metrics()->RecordRequestFinished(chunk);
-        stream->service_->EngineRequestDone(stream->engine_id_);
+        stream->service_->EngineRequestFinished(stream->engine_id_, chunk);
       }
       shared->pending.push_back(std::move(chunk));
       if (shared->pumping) return;
@@ -173,7 +186,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
         if (final) shared_->stream = nullptr;
       }
       if (final) {
-        grpc::Status status = FinalStatus(final_chunk, client_cancelled_, service_->draining());
+        grpc::Status status = FinalStatus(final_chunk, client_cancelled_, service_->draining(),
+                                          aborted_->load(), /*has_finish_reason=*/true);
         if (client_gone_ && status.ok()) {
           status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
         }
@@ -209,6 +223,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
   bool submitted_ = false;
   std::atomic<bool> client_cancelled_{false};
   std::atomic<bool> client_gone_{false};
+  const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
   v1::GenerateResponse response_;  // the one write in flight
 };
 
@@ -236,7 +251,9 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     shared_->call = this;
     shared_->shape = ResponseShapeOf(request);
     shared_->response.set_request_id(client_id_);
-    service_->EngineRequestStarted(engine_id_);
+    service_->EngineRequestStarted(engine_id_, client_id_, aborted_);
+    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
+    StartSendInitialMetadata();
     std::shared_ptr<Shared> shared = shared_;
     absl::Status submitted =
         engine->Submit(*std::move(engine_request),
@@ -244,10 +261,11 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     if (!submitted.ok()) {
       service_->EngineRequestDone(engine_id_);
       shared_->call = nullptr;
-      FinishWith(ToGrpcStatus(submitted));
+      FinishWith(service_->SubmitFailed(submitted, context));
       return;
     }
     submitted_ = true;
+    if (aborted_->load()) engine->Cancel(engine_id_);  // Abort raced with Submit
   }
 
   void OnCancel() override {
@@ -290,9 +308,9 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
       shared->call = nullptr;
       call->response_->Swap(&shared->response);
     }
-    call->service_->metrics()->RecordRequestFinished(chunk);
-    call->service_->EngineRequestDone(call->engine_id_);
-    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining()),
+    call->service_->EngineRequestFinished(call->engine_id_, chunk);
+    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining(),
+                                 call->aborted_->load(), /*has_finish_reason=*/true),
                      FinishDetail(chunk));
   }
 
@@ -306,6 +324,7 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
   std::shared_ptr<Shared> shared_;
   std::string engine_id_;
   std::string client_id_;
+  const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
   bool submitted_ = false;
   std::atomic<bool> client_cancelled_{false};
 };
@@ -346,23 +365,24 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
     }
     const std::optional<absl::Time> deadline = CallDeadline(context);
     size_t submitted = 0;
-    absl::Status submit_error;
+    grpc::Status submit_error;
     for (size_t i = 0; i < n; ++i) {
       GenerateRequest engine_request = MakeScoreEngineRequest(
           shared_->sequences[i], request.top_logprobs(), request.priority(), engine_ids_[i]);
       engine_request.deadline = deadline;
-      service_->EngineRequestStarted(engine_ids_[i]);
+      service_->EngineRequestStarted(engine_ids_[i], response_->request_id(), aborted_);
       std::shared_ptr<Shared> shared = shared_;
       absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
         Deliver(shared, i, std::move(chunk));
       });
       if (!s.ok()) {
         service_->EngineRequestDone(engine_ids_[i]);
-        submit_error = s;
+        submit_error = service_->SubmitFailed(s, context);
         break;
       }
       ++submitted;
       submitted_.store(submitted);
+      if (aborted_->load()) engine->Cancel(engine_ids_[i]);  // Abort raced with Submit
     }
     if (submit_error.ok()) return;
     // Some sequence could not be queued: stop the others and fail the call once they ended.
@@ -370,14 +390,14 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
     bool finish_now = false;
     {
       absl::MutexLock lock(&shared_->mu);
-      shared_->error = ToGrpcStatus(submit_error);
+      shared_->error = submit_error;
       shared_->remaining -= static_cast<int>(n - submitted);
       if (shared_->remaining == 0) {
         shared_->call = nullptr;
         finish_now = true;
       }
     }
-    if (finish_now) FinishWith(ToGrpcStatus(submit_error));
+    if (finish_now) FinishWith(submit_error);
   }
 
   void OnCancel() override {
@@ -409,9 +429,9 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       if (!chunk.prompt_logprobs.empty()) shared->results[index] = std::move(chunk.prompt_logprobs);
       if (!chunk.finished) return;
       ScoreCall* self = shared->call;
-      self->service_->metrics()->RecordRequestFinished(chunk);
-      self->service_->EngineRequestDone(self->engine_ids_[index]);
-      grpc::Status status = FinalStatus(chunk, self->client_cancelled_, self->service_->draining());
+      self->service_->EngineRequestFinished(self->engine_ids_[index], chunk);
+      grpc::Status status = FinalStatus(chunk, self->client_cancelled_, self->service_->draining(),
+                                        self->aborted_->load(), /*has_finish_reason=*/false);
       if (!status.ok() && shared->error.ok()) {
         shared->error = status;
         // One failed: the others are useless now.
@@ -491,6 +511,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   std::atomic<size_t> submitted_{0};
   bool pairs_ = false;
   std::atomic<bool> client_cancelled_{false};
+  const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 }  // namespace
@@ -598,9 +619,57 @@ void SpqrServiceImpl::CallDone() {
   --inflight_calls_;
 }
 
-void SpqrServiceImpl::EngineRequestStarted(const std::string& engine_id) {
+void SpqrServiceImpl::EngineRequestStarted(const std::string& engine_id,
+                                           const std::string& client_id,
+                                           std::shared_ptr<std::atomic<bool>> aborted) {
   absl::MutexLock lock(&mu_);
-  live_engine_ids_.insert(engine_id);
+  live_engine_ids_[engine_id] = LiveRequest{client_id, std::move(aborted)};
+}
+
+void SpqrServiceImpl::EngineRequestFinished(const std::string& engine_id,
+                                            const OutputChunk& final_chunk) {
+  metrics_->RecordRequestFinished(final_chunk);
+  drain_rate_.RecordCompletion(absl::Now());
+  EngineRequestDone(engine_id);
+}
+
+grpc::Status SpqrServiceImpl::SubmitFailed(const absl::Status& status,
+                                           grpc::CallbackServerContext* context) {
+  if (status.code() != absl::StatusCode::kResourceExhausted) return ToGrpcStatus(status);
+  Engine* engine = engine_.load();
+  const EngineStats stats = engine->GetStats();
+  const EngineOptions& options = engine->options();
+  // The queue has room again once enough waiting requests were scheduled; each finished request
+  // frees a place in the batch for one of them.
+  const bool count_bound = stats.waiting_requests >= options.max_queued_requests;
+  const int64_t needed =
+      count_bound ? int64_t{stats.waiting_requests} - options.max_queued_requests + 1 : 1;
+  const int64_t pushback_ms = drain_rate_.PushbackMs(needed, absl::Now());
+  context->AddTrailingMetadata(kRetryPushbackKey, absl::StrCat(pushback_ms));
+  const std::string bound =
+      count_bound ? absl::StrFormat("engine.max_queued_requests = %d", options.max_queued_requests)
+                  : absl::StrFormat("engine.max_queued_prompt_tokens = %d",
+                                    options.max_queued_prompt_tokens);
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      absl::StrFormat("the engine's waiting queue is full (%s): %s; retry in about "
+                                      "%d ms (trailing metadata %s)",
+                                      bound, status.message(), pushback_ms, kRetryPushbackKey));
+}
+
+bool SpqrServiceImpl::Abort(const std::string& client_id) {
+  std::vector<std::string> engine_ids;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [engine_id, live] : live_engine_ids_) {
+      if (live.client_id != client_id) continue;
+      if (live.aborted != nullptr) live.aborted->store(true);
+      engine_ids.push_back(engine_id);
+    }
+  }
+  Engine* engine = engine_.load();
+  if (engine == nullptr) return false;
+  for (const std::string& id : engine_ids) engine->Cancel(id);
+  return !engine_ids.empty();
 }
 
 void SpqrServiceImpl::EngineRequestDone(const std::string& engine_id) {
@@ -623,7 +692,7 @@ void SpqrServiceImpl::CancelAll() {
   std::vector<std::string> ids;
   {
     absl::MutexLock lock(&mu_);
-    ids.assign(live_engine_ids_.begin(), live_engine_ids_.end());
+    for (const auto& [engine_id, live] : live_engine_ids_) ids.push_back(engine_id);
   }
   Engine* engine = engine_.load();
   if (engine == nullptr) return;
@@ -645,6 +714,24 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::Score(grpc::CallbackServerContext* co
                                                  const v1::ScoreRequest* request,
                                                  v1::ScoreResponse* response) {
   return new ScoreCall(this, context, *request, response);
+}
+
+grpc::ServerUnaryReactor* SpqrServiceImpl::Abort(grpc::CallbackServerContext* context,
+                                                 const v1::AbortRequest* request,
+                                                 v1::AbortResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status status = ToGrpcStatus(CheckAccepting());
+  if (status.ok() && request->request_id().empty()) {
+    status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: must not be empty");
+  }
+  if (status.ok()) {
+    response->set_found(Abort(request->request_id()));
+    Logf(LogLevel::kInfo, "Abort %s %s", request->request_id(),
+         response->found() ? "cancelled the live request" : "found no live request");
+  }
+  metrics_->RecordRpc("Abort", GrpcCodeName(status.error_code()));
+  reactor->Finish(status);
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerContext* context,

@@ -7,7 +7,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <set>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
@@ -16,9 +17,14 @@
 #include "engine/runtime/engine.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
+#include "server/retry_pushback.h"
 #include "spqr/v1/spqr.grpc.pb.h"
 
 namespace spqr {
+
+// Initial metadata of Generate and GenerateUnary: the request's id (the client's or the one the
+// server assigned), sent before the first token so that a client can Abort a request still queued.
+inline constexpr char kRequestIdMetadataKey[] = "spqr-request-id";
 
 // "OK", "INVALID_ARGUMENT", ... for a gRPC status code.
 const char* GrpcCodeName(grpc::StatusCode code);
@@ -55,6 +61,13 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const v1::AbortRequest* request,
+                                  v1::AbortResponse* response) override;
+
+  // Cancels every live engine request whose client-visible id is `client_id` and marks it
+  // aborted. Returns whether there was one.
+  bool Abort(const std::string& client_id);
 
   // Used by the call reactors (spqr_service.cc).
   Engine* engine() const { return engine_.load(); }
@@ -68,8 +81,17 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
   void CallStarted();
   void CallDone();
-  void EngineRequestStarted(const std::string& engine_id);
+  // `client_id` is what Abort matches; `aborted` is set when an Abort call cancels the request.
+  void EngineRequestStarted(const std::string& engine_id, const std::string& client_id,
+                            std::shared_ptr<std::atomic<bool>> aborted);
+  // Submit failed: forget the request.
   void EngineRequestDone(const std::string& engine_id);
+  // The final chunk arrived: metrics, the drain-rate estimate, and forget the request.
+  void EngineRequestFinished(const std::string& engine_id, const OutputChunk& final_chunk);
+  // The RPC status for a failed Engine::Submit. RESOURCE_EXHAUSTED gets a message naming the
+  // queue bound that was hit and the trailing metadata grpc-retry-pushback-ms (when the queue
+  // would have room at the recent completion rate).
+  grpc::Status SubmitFailed(const absl::Status& status, grpc::CallbackServerContext* context);
   // A call ended: the spqr_requests_total metric and one log line with both ids.
   void RecordCallEnd(const char* method, const std::string& engine_id, const std::string& client_id,
                      const grpc::Status& status, const std::string& detail);
@@ -82,9 +104,16 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> next_id_{0};
 
+  DrainRateEstimator drain_rate_;
+
+  struct LiveRequest {
+    std::string client_id;
+    std::shared_ptr<std::atomic<bool>> aborted;
+  };
   absl::Mutex mu_;
   int64_t inflight_calls_ ABSL_GUARDED_BY(mu_) = 0;
-  std::set<std::string> live_engine_ids_ ABSL_GUARDED_BY(mu_);
+  // Keyed by engine id (unique); client ids may repeat.
+  std::map<std::string, LiveRequest> live_engine_ids_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace spqr

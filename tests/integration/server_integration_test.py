@@ -198,7 +198,7 @@ class HealthAndReflectionTest(unittest.TestCase):
             responses[1].file_descriptor_response.file_descriptor_proto[0])
         self.assertEqual(descriptor.package, "spqr.v1")
         methods = {m.name for s in descriptor.service for m in s.method}
-        self.assertEqual(methods, {"Generate", "GenerateUnary", "Score", "GetModelInfo"})
+        self.assertEqual(methods, {"Generate", "GenerateUnary", "Score", "GetModelInfo", "Abort"})
 
 
 class ModelInfoTest(unittest.TestCase):
@@ -556,6 +556,65 @@ class CancellationTest(unittest.TestCase):
         self.assert_generation_settles(tokens_before, (self.BACKGROUND + 1) * LONG)
 
 
+class AbortTest(unittest.TestCase):
+    """Abort cancels a live request by its id, from another call (background streams slow every
+    step down, as in CancellationTest, so the aborted request cannot finish first)."""
+
+    BACKGROUND = CancellationTest.BACKGROUND
+    wait_for = CancellationTest.wait_for
+    start_background = CancellationTest.start_background
+
+    def test_abort_by_server_assigned_id_ends_the_stream_cancelled(self):
+        aborts_before = SERVER.metric("spqr_requests_total", {"method": "Abort", "code": "OK"})
+        calls = self.start_background()
+        try:
+            call = SERVER.stub.Generate(greedy(LONG, text="Tell me a long story"), timeout=120)
+            # The server-assigned id arrives before any token, in the initial metadata.
+            request_id = dict(call.initial_metadata())["spqr-request-id"]
+            self.assertRegex(request_id, r"^r\d+$")
+            first = next(call)
+            self.assertEqual(first.request_id, request_id)
+            response = SERVER.stub.Abort(pb.AbortRequest(request_id=request_id), timeout=10)
+            self.assertTrue(response.found)
+            rest = list(call)  # ends normally (status OK)
+            last = rest[-1] if rest else first
+            self.assertEqual(last.finish_reason, pb.FINISH_REASON_CANCELLED)
+            self.assertLess(last.usage.completion_tokens, LONG)
+            self.assertEqual(call.code(), grpc.StatusCode.OK)
+            # Finished: a second Abort finds nothing.
+            self.assertFalse(SERVER.stub.Abort(pb.AbortRequest(request_id=request_id),
+                                               timeout=10).found)
+        finally:
+            for c in calls:
+                c.cancel()
+        self.assertTrue(self.wait_for(lambda: SERVER.metric(
+            "spqr_requests_total", {"method": "Abort", "code": "OK"}) - aborts_before >= 2))
+
+    def test_abort_unary_by_client_id_and_unknown_ids(self):
+        calls = self.start_background()
+        try:
+            future = SERVER.stub.GenerateUnary.future(
+                greedy(LONG, text="Tell me a long story", request_id="abort-me.1"), timeout=120)
+            # Python's unary calls see the initial metadata only with the response, so the
+            # client-chosen id is aborted as soon as the server knows it.
+            self.assertTrue(self.wait_for(lambda: SERVER.stub.Abort(
+                pb.AbortRequest(request_id="abort-me.1"), timeout=10).found))
+            response = future.result()
+            self.assertEqual(response.request_id, "abort-me.1")
+            self.assertEqual(response.finish_reason, pb.FINISH_REASON_CANCELLED)
+            self.assertLess(response.usage.completion_tokens, LONG)
+            self.assertEqual(len(response.token_ids), response.usage.completion_tokens)
+        finally:
+            for c in calls:
+                c.cancel()
+        self.assertFalse(SERVER.stub.Abort(pb.AbortRequest(request_id="no-such-id"),
+                                           timeout=10).found)
+        with self.assertRaises(grpc.RpcError) as error:
+            SERVER.stub.Abort(pb.AbortRequest(), timeout=10)
+        self.assertEqual(error.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("request_id", error.exception.details())
+
+
 class MetricsTest(unittest.TestCase):
 
     def test_metrics_names_help_and_counters(self):
@@ -584,6 +643,18 @@ class MetricsTest(unittest.TestCase):
         self.assertGreaterEqual(SERVER.metric("spqr_e2e_request_latency_seconds_count"), 2)
         self.assertEqual(SERVER.metric("spqr_model_ready"), 1)
         self.assertGreater(SERVER.metric("spqr_kv_cache_blocks", {"state": "free"}), 0)
+        self.assertEqual(SERVER.metric("spqr_kv_cache_capacity_blocks"),
+                         SERVER.metric("spqr_kv_cache_blocks", {"state": "free"}) +
+                         SERVER.metric("spqr_kv_cache_blocks", {"state": "used"}))
+        self.assertEqual(SERVER.metric("spqr_kv_cache_capacity_blocks"),
+                         SERVER.stub.GetModelInfo(pb.GetModelInfoRequest(),
+                                                  timeout=10).limits.kv_blocks_total)
+        # The server's own resident memory: the model plus the 16 MiB KV pool at least.
+        with open(f"/proc/{SERVER.proc.pid}/statm") as f:
+            rss_pages = int(f.read().split()[1])
+        rss = SERVER.metric("spqr_process_resident_memory_bytes")
+        self.assertGreater(rss, 16 << 20)
+        self.assertLess(abs(rss - rss_pages * os.sysconf("SC_PAGE_SIZE")), 64 << 20)
         self.assertIn("vllm:num_requests_waiting", text)
 
 
@@ -618,6 +689,9 @@ class ClientBinaryTest(unittest.TestCase):
 
         result = self.run_client("health")
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "SERVING"))
+
+        result = self.run_client("abort", "no-such-request")
+        self.assertEqual((result.returncode, result.stdout.strip()), (1, "not found"))
 
         result = self.run_client("generate", "x", "--top-p", "2")
         self.assertEqual(result.returncode, 1)
@@ -680,6 +754,14 @@ class OverloadTest(unittest.TestCase):
                     codes.append(error.code())
                     if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                         self.assertIn("queue", error.details())
+                        self.assertIn("engine.max_queued_requests = 1", error.details())
+                        # The retry hint: time until the queue has room, in [10 ms, 60 s].
+                        trailing = dict(error.trailing_metadata())
+                        self.assertIn("grpc-retry-pushback-ms", trailing)
+                        pushback = int(trailing["grpc-retry-pushback-ms"])
+                        self.assertGreaterEqual(pushback, 10)
+                        self.assertLessEqual(pushback, 60000)
+                        self.assertIn(f"retry in about {pushback} ms", error.details())
             self.assertGreaterEqual(codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED), 6, codes)
             self.assertGreaterEqual(server.metric("spqr_requests_total", {
                 "method": "GenerateUnary", "code": "RESOURCE_EXHAUSTED"}), 6)

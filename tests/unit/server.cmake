@@ -7,3 +7,8 @@ if(TARGET spqr_server_lib)
   spqr_add_gtest(server_metrics_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_metrics_test.cc
                  LIBS spqr_server_lib prometheus-cpp::core LABELS unit)
 endif()
+if(TARGET spqr_server_lib)
+  spqr_add_gtest(server_retry_pushback_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_retry_pushback_test.cc
+                 LIBS spqr_server_lib LABELS unit)
+endif()

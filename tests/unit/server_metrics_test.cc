@@ -73,6 +73,19 @@ TEST(ServerMetricsTest, EveryMetricIsExported) {
   EXPECT_NE(text.find("spqr_inter_token_latency_seconds_count 2"), std::string::npos);
 }
 
+TEST(ServerMetricsTest, ResidentMemoryIsThisProcesssSize) {
+  // A gtest binary with its libraries resident takes more than 1 MiB and less than 16 GiB.
+  const double rss = ProcessResidentMemoryBytes();
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_LT(rss, 16.0 * (1 << 30));
+  ServerMetrics metrics(/*vllm_compatible_names=*/false);
+  for (const prometheus::MetricFamily& f : metrics.engine_collector()->Collect()) {
+    if (f.name == "spqr_process_resident_memory_bytes") {
+      EXPECT_GT(f.metric.front().gauge.value, 1 << 20);
+    }
+  }
+}
+
 TEST(ServerMetricsTest, VllmNamesAreOptional) {
   ServerMetrics metrics(/*vllm_compatible_names=*/false);
   for (const prometheus::MetricFamily& f : metrics.engine_collector()->Collect()) {

@@ -202,5 +202,37 @@ TEST(SchedulerTest, DecodesBeforePrefillsByPriority) {
   EXPECT_EQ(got, (std::vector<std::pair<int64_t, int32_t>>{{2, 1}, {1, 1}, {3, 20}, {0, 2}}));
 }
 
+// A cached prompt prefix is neither reserved again nor prefilled; its blocks that nobody owns
+// count among the free blocks and are taken by the admission.
+TEST(SchedulerTest, CachedPrefixShrinksReservationAndPrefill) {
+  SchedulerConfig config;
+  config.block_size = 4;
+  config.max_batched_tokens = 64;
+  WaitingSequence w;
+  w.id = 7;
+  w.prompt_tokens = 17;  // 5 blocks with 3 new tokens
+  w.max_new_tokens = 3;
+  w.cached_tokens = 8;  // 2 cached blocks, one of them unowned
+  w.cached_evictable_blocks = 1;
+  SchedulePlan plan = Schedule({w}, {}, /*free_blocks=*/4, config);
+  ASSERT_EQ(plan.scheduled.size(), 1u);
+  EXPECT_EQ(plan.scheduled[0].num_tokens, 9) << "prefill starts after the cached prefix";
+  EXPECT_EQ(plan.scheduled[0].blocks_to_reserve, 3);
+  EXPECT_EQ(plan.blocks_reserved, 4) << "3 new blocks + 1 revived cached block";
+  // One free block less and it no longer fits (the revived block is one of the free ones).
+  plan = Schedule({w}, {}, /*free_blocks=*/3, config);
+  EXPECT_TRUE(plan.scheduled.empty());
+  EXPECT_EQ(plan.waiting, std::vector<int64_t>{7});
+  // Without the cache the same request needs all 5 blocks.
+  w.cached_tokens = 0;
+  w.cached_evictable_blocks = 0;
+  plan = Schedule({w}, {}, /*free_blocks=*/4, config);
+  EXPECT_TRUE(plan.scheduled.empty());
+  plan = Schedule({w}, {}, /*free_blocks=*/5, config);
+  ASSERT_EQ(plan.scheduled.size(), 1u);
+  EXPECT_EQ(plan.scheduled[0].num_tokens, 17);
+  EXPECT_EQ(plan.scheduled[0].blocks_to_reserve, 5);
+}
+
 }  // namespace
 }  // namespace spqr

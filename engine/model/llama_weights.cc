@@ -1,6 +1,9 @@
 #include "engine/model/llama_weights.h"
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -9,6 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "engine/format/spqr_model.h"
+#include "engine/format/spqr_tensors.h"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
@@ -25,7 +30,10 @@ bool IsFloatType(DType dtype) {
 // Looks up one tensor and checks it is floating point with exactly `shape`.
 class Binder {
  public:
-  explicit Binder(const Checkpoint& checkpoint) : checkpoint_(checkpoint) {}
+  // `spqr_model`: the checkpoint is an SpQR model directory, so projections stored packed
+  // ("<prefix>.spqr_meta" present) are bound as SpQR layers.
+  Binder(const Checkpoint& checkpoint, bool spqr_model)
+      : checkpoint_(checkpoint), spqr_model_(spqr_model) {}
 
   absl::StatusOr<TensorView> Tensor(const std::string& name, std::vector<int64_t> shape) const {
     ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Require(name));
@@ -55,7 +63,19 @@ class Binder {
     LinearTensors linear;
     linear.out_features = out;
     linear.in_features = in;
-    ASSIGN_OR_RETURN(linear.weight, Tensor(prefix + ".weight", {out, in}));
+    const TensorLookup lookup = [this](const std::string& name) { return checkpoint_.Find(name); };
+    if (spqr_model_ && HasSpqrLayer(lookup, prefix)) {
+      ASSIGN_OR_RETURN(PackedSpqrLayer packed, SpqrLayerFromTensors(lookup, prefix));
+      if (packed.out_features != out || packed.in_features != in) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("SpQR layer '", prefix, "' in ", checkpoint_.dir(), ": expected shape ",
+                         ShapeString({out, in}), ", found ",
+                         ShapeString({packed.out_features, packed.in_features})));
+      }
+      linear.spqr = std::make_shared<const PackedSpqrLayer>(std::move(packed));
+    } else {
+      ASSIGN_OR_RETURN(linear.weight, Tensor(prefix + ".weight", {out, in}));
+    }
     const std::string bias_name = prefix + ".bias";
     if (with_bias) {
       ASSIGN_OR_RETURN(linear.bias, Tensor(bias_name, {out}));
@@ -70,7 +90,20 @@ class Binder {
 
  private:
   const Checkpoint& checkpoint_;
+  const bool spqr_model_;
 };
+
+// The quantization_config of the checkpoint's config.json, nullopt for a dense checkpoint (or a
+// directory without config.json: the caller loaded the config some other way).
+absl::StatusOr<std::optional<SpqrQuantizationInfo>> ReadQuantizationConfig(
+    const Checkpoint& checkpoint) {
+  const std::filesystem::path path = std::filesystem::path(checkpoint.dir()) / "config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::optional<SpqrQuantizationInfo>();
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseSpqrQuantizationConfig(text.str(), path.string());
+}
 
 // A tensor of layer >= num_hidden_layers means config.json and the weights disagree (a config
 // of a smaller model next to bigger weights); running would silently drop layers.
@@ -95,7 +128,11 @@ absl::Status CheckNoExtraLayers(const Checkpoint& checkpoint, const ModelConfig&
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
     std::shared_ptr<const Checkpoint> checkpoint, const ModelConfig& config) {
   if (checkpoint == nullptr) return absl::InvalidArgumentError("BindLlamaWeights: no checkpoint");
-  const Binder bind(*checkpoint);
+  ASSIGN_OR_RETURN(const std::optional<SpqrQuantizationInfo> quantization,
+                   ReadQuantizationConfig(*checkpoint));
+  // Corruption anywhere in a shard is reported before any tensor is interpreted.
+  if (quantization) RETURN_IF_ERROR(VerifyShardChecksums(*checkpoint, *quantization));
+  const Binder bind(*checkpoint, quantization.has_value());
   const int64_t hidden = config.hidden_size;
   const int64_t q_dim = config.num_attention_heads * config.head_dim;
   const int64_t kv_dim = config.num_key_value_heads * config.head_dim;

@@ -1,11 +1,14 @@
 #include "engine/runtime/model.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
+#include "engine/format/spqr_model.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/status_macros.h"
 
@@ -15,6 +18,34 @@ namespace {
 // Lower-case safetensors dtype name of the embedding, the dtype every dense weight shares.
 std::string DenseWeightDtype(const LlamaWeights& weights) {
   return absl::AsciiStrToLower(std::string(DTypeName(weights.embed_tokens.dtype)));
+}
+
+// Fills the SpQR fields of `info` from config.json's quantization_config (the weights were bound
+// with the same block, so a malformed one has already been refused).
+absl::Status FillQuantizationInfo(const std::string& dir, QuantizationInfo* info) {
+  const std::string path = (std::filesystem::path(dir) / "config.json").string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSIGN_OR_RETURN(const std::optional<SpqrQuantizationInfo> q,
+                   ParseSpqrQuantizationConfig(text.str(), path));
+  if (!q) return absl::OkStatus();
+  info->method = q->method;
+  info->format_version = q->format_version;
+  info->bits_per_param_formula = q->avg_bits_formula;
+  info->bits_per_param_real = q->avg_bits_real;
+  info->wbits = q->wbits;
+  info->beta1 = q->beta1;
+  info->beta2 = q->beta2;
+  info->stats_bits = q->stats_bits;
+  info->outlier_share = q->outlier_share;
+  info->tau = q->tau;
+  info->lambda = q->lambda;
+  info->act_order = q->act_order;
+  info->quantizer_version = q->quantizer_version;
+  info->calibration = q->calibration;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
@@ -67,6 +98,7 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
 
   model->quantization.method = "none";
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
+  RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));
   ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options));
   return model;
 }

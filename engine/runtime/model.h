@@ -18,10 +18,25 @@ struct ModelLoadOptions {
 };
 
 // Everything about how the weights are stored, for GetModelInfo. Dense checkpoints report their
-// dtype; SpQR models (later) fill the quantization fields.
+// dtype; SpQR model directories fill the quantization fields from config.json's
+// quantization_config (docs/model-format.md); they stay 0 / empty for dense checkpoints.
 struct QuantizationInfo {
   std::string method = "none";  // "none", "spqr", "gptq", "rtn"
-  std::string weight_dtype;     // "bf16", "f16", "f32" for dense checkpoints
+  std::string weight_dtype;     // "bf16", "f16", "f32" for dense checkpoints; dtype of the
+                                // unquantized tensors (embeddings, norms, lm_head) otherwise
+  int format_version = 0;       // "spqr-format" version of the directory
+  double bits_per_param_formula = 0.0;  // the paper's average bits per parameter
+  double bits_per_param_real = 0.0;     // real payload bytes * 8 / quantized parameters
+  int wbits = 0;
+  int beta1 = 0;               // columns per first-level statistics group
+  int beta2 = 0;               // rows per second-level block
+  int stats_bits = 0;          // 16 = unquantized (fp16) statistics
+  double outlier_share = 0.0;  // outliers / quantized parameters
+  double tau = 0.0;            // outlier threshold (infinity: no outliers)
+  double lambda = 0.0;         // Hessian damping
+  bool act_order = false;
+  std::string quantizer_version;
+  std::string calibration;  // "file=..., nsamples=..., seqlen=..., seed=..."
 };
 
 struct LoadedModel {

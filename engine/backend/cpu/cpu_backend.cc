@@ -14,6 +14,7 @@
 #include "engine/backend/cpu/paged_kv_pool.h"
 #include "engine/backend/cpu/rms_norm.h"
 #include "engine/backend/cpu/rope.h"
+#include "engine/backend/cpu/spqr_linear.h"
 #include "engine/backend/cpu/swiglu.h"
 #include "engine/util/status_macros.h"
 
@@ -62,7 +63,16 @@ absl::Status CheckLinear(const LinearTensors& l, int64_t out, int64_t in, bool w
         absl::StrFormat("%s: out_features/in_features %d/%d, expected %d/%d", what, l.out_features,
                         l.in_features, out, in));
   }
-  RETURN_IF_ERROR(CheckTensor(l.weight, {out, in}, what + ".weight"));
+  if (l.spqr != nullptr) {
+    // Packed SpQR layer: validated when bound (SpqrLayerFromTensors); only the shape is rechecked.
+    if (l.spqr->out_features != out || l.spqr->in_features != in) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: SpQR layer is %dx%d, expected %dx%d", what, l.spqr->out_features,
+          l.spqr->in_features, out, in));
+    }
+  } else {
+    RETURN_IF_ERROR(CheckTensor(l.weight, {out, in}, what + ".weight"));
+  }
   if (l.bias) RETURN_IF_ERROR(CheckTensor(*l.bias, {out}, what + ".bias"));
   if (want_bias && !l.bias) {
     return absl::InvalidArgumentError(
@@ -117,6 +127,7 @@ absl::Status CheckWeights(const LlamaWeights& w) {
 }
 
 int64_t LinearBytes(const LinearTensors& l) {
+  if (l.spqr != nullptr) return cpu::SpqrLinearBytes(l);
   return static_cast<int64_t>(l.weight.nbytes + (l.bias ? l.bias->nbytes : 0));
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/backend/cpu/spqr_linear.h"
 
 namespace spqr::cpu {
 
@@ -149,6 +150,7 @@ void Linear(const LinearTensors& layer, const PackedActivations& x, float* y, in
   const int64_t num_tiles = (out_features + kRowTile - 1) / kRowTile;
   const TensorView& weight = layer.weight;
   if (num_tokens == 0) return;
+  if (layer.spqr != nullptr) return SpqrLinear(layer, x, y, num_threads);  // packed SpQR layer
   if (num_tokens <= kMaxTokens) {
     switch (weight.dtype) {
       case DType::kF16:

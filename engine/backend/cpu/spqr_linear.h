@@ -1,0 +1,27 @@
+// CPU linear layer over a packed SpQR layer (LinearTensors::spqr): y = x W_hat^T (+ b) computed by
+// the format module's packed kernel (engine/format/spqr_matmul.h), which decodes weight codes and
+// bilevel statistics on the fly, applies the outliers and reads the inputs through the act-order
+// permutation (one gather per token per call). The dense W_hat is never materialized.
+//
+// Threading: output rows are split into chunks (a multiple of beta2, so each chunk converts a
+// second-level block once) that OpenMP threads take dynamically.
+//
+// Batch independence: y[t, r] does not depend on the other tokens of the call. Where the packed
+// kernel has a fused batch-1 path (beta1 in {8, 16, 32}) every token goes through it, one token at
+// a time per row chunk (the chunk's packed rows stay in cache across the tokens); otherwise a row
+// is decoded once and dotted with every token, which is also per-token identical.
+#pragma once
+
+#include "engine/backend/cpu/linear.h"
+#include "engine/model/llama_weights.h"
+
+namespace spqr::cpu {
+
+// Requires layer.spqr != nullptr and x.in_features == layer.in_features; y holds
+// x.num_tokens * layer.out_features floats.
+void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y, int num_threads);
+
+// Bytes of the packed layer the kernel reads per call (codes, statistics, outliers, permutation).
+int64_t SpqrLinearBytes(const LinearTensors& layer);
+
+}  // namespace spqr::cpu

@@ -1,0 +1,3 @@
+# Serving SpQR model directories on the CPU backend (quantizes the test model at test time).
+spqr_add_gtest(spqr_serving_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_serving_test.cc
+               LIBS spqr_quantizer_lib spqr_engine_runtime LABELS unit quantizer)

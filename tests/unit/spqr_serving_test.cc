@@ -27,7 +27,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu/linear.h"
 #include "engine/format/spqr_layer.h"
+#include "engine/format/spqr_matmul.h"
 #include "engine/format/spqr_tensors.h"
 #include "engine/model/safetensors.h"
 #include "engine/runtime/engine.h"
@@ -228,6 +230,36 @@ TEST_F(SpqrServingTest, LogitsEqualTheDenseModelOfTheReferenceDecode) {
   float source_diff = 0.0f;
   for (size_t i = 0; i < a.size(); ++i) source_diff = std::max(source_diff, std::fabs(a[i] - c[i]));
   EXPECT_GT(source_diff, 100 * max_diff);
+}
+
+// The CPU kernel over T tokens gives every token exactly the format's batch-1 product
+// (SpqrMatmul with batch 1), bit for bit, for every projection of the model: the batched decode
+// shares each decoded row across tokens without changing any token's arithmetic.
+TEST_F(SpqrServingTest, CpuKernelIsBitIdenticalToTheFormatsBatchOneProduct) {
+  auto model = Load(SpqrDir());
+  ASSERT_NE(model, nullptr);
+  const DecoderLayerWeights& l = model->weights->layers[1];
+  for (const LinearTensors* lin :
+       {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+    ASSERT_NE(lin->spqr, nullptr);
+    const int64_t n = lin->in_features, m = lin->out_features;
+    for (int64_t num_tokens : {1, 3, 7}) {
+      std::vector<float> x(static_cast<size_t>(num_tokens * n));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i) + 0.1f);
+      cpu::PackedActivations packed;
+      cpu::PackActivations(x.data(), num_tokens, n, &packed);
+      std::vector<float> y(static_cast<size_t>(num_tokens * m));
+      cpu::Linear(*lin, packed, y.data(), 2);
+      for (int64_t t = 0; t < num_tokens; ++t) {
+        std::vector<float> want(static_cast<size_t>(m));
+        ASSERT_TRUE(SpqrMatmul(*lin->spqr, x.data() + t * n, 1, want.data()).ok());
+        for (int64_t r = 0; r < m; ++r) {
+          ASSERT_EQ(y[t * m + r], want[r])
+              << "token " << t << " of " << num_tokens << ", row " << r;
+        }
+      }
+    }
+  }
 }
 
 // Collects one request's chunks.

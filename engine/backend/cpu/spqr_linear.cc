@@ -4,8 +4,10 @@
 #include <vector>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/format/bit_packing.h"
 #include "engine/format/spqr_layer.h"
 #include "engine/format/spqr_matmul.h"
+#include "engine/util/half.h"
 
 namespace spqr::cpu {
 namespace {
@@ -13,9 +15,100 @@ namespace {
 // Output rows per work item before rounding up to a multiple of beta2: enough work to amortize the
 // per-item setup, small enough that 2..16 threads balance on a few-hundred-row projection.
 constexpr int64_t kRowsPerItem = 32;
+// Tokens whose products share one decode of a row: NT x B1 accumulators stay in registers.
+constexpr int kMaxTileTokens = 4;
 
-bool HasFusedBatchOnePath(const PackedSpqrLayer& layer) {
-  return layer.beta1 == 8 || layer.beta1 == 16 || layer.beta1 == 32;
+// Row r times NT tokens with the decode fused into the product, each weight computed once and used
+// for all NT tokens. Per token this is exactly the format's batch-1 FusedRowDot (engine/format/
+// spqr_matmul.cc): the same B1 lane accumulators in the same order, the same lane sum, then the
+// outlier residuals as a separate sparse sum. So y[t][r] does not depend on the other tokens and
+// equals SpqrMatmulRows(batch = 1) bit for bit (tested in spqr_serving_test).
+template <int B1, int NT>
+void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __restrict codes,
+                  const float* __restrict scale, const float* __restrict zero,
+                  const float* __restrict x, int64_t n, float* __restrict y, int64_t y_stride) {
+  const int64_t groups = layer.num_groups();
+  float acc[NT][B1] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* q = codes + g * B1;
+    const float s = scale[g], z = zero[g];
+    float w[B1];
+    for (int k = 0; k < B1; ++k) w[k] = s * (static_cast<float>(q[k]) - z);
+    for (int t = 0; t < NT; ++t) {
+      const float* xg = x + t * n + g * B1;
+      for (int k = 0; k < B1; ++k) acc[t][k] += w[k] * xg[k];
+    }
+  }
+  const uint32_t o_begin = layer.outlier_row_offsets[r], o_end = layer.outlier_row_offsets[r + 1];
+  for (int t = 0; t < NT; ++t) {
+    float sum = 0.0f;
+    for (int k = 0; k < B1; ++k) sum += acc[t][k];
+    float sparse = 0.0f;
+    const float* xt = x + t * n;
+    for (uint32_t k = o_begin; k < o_end; ++k) {
+      sparse += F16ToF32(layer.outlier_values[k]) * xt[layer.outlier_col(k)];
+    }
+    y[t * y_stride + r] = sum + sparse;
+  }
+}
+
+using FusedRowTileFn = void (*)(const PackedSpqrLayer&, int64_t, const uint8_t*, const float*,
+                                const float*, const float*, int64_t, float*, int64_t);
+
+template <int B1>
+constexpr FusedRowTileFn kFusedTiles[kMaxTileTokens] = {FusedRowTile<B1, 1>, FusedRowTile<B1, 2>,
+                                                        FusedRowTile<B1, 3>, FusedRowTile<B1, 4>};
+
+const FusedRowTileFn* FusedTilesFor(int beta1) {
+  switch (beta1) {
+    case 8:
+      return kFusedTiles<8>;
+    case 16:
+      return kFusedTiles<16>;
+    case 32:
+      return kFusedTiles<32>;
+    default:
+      return nullptr;  // no fused path: decode each row once, then dot (SpqrMatmulRows)
+  }
+}
+
+// Per-thread decode state, reused across calls.
+struct RowDecodeScratch {
+  std::vector<float> second, scale, zero, row;
+  std::vector<uint8_t> codes;
+  void Reserve(const PackedSpqrLayer& layer) {
+    const size_t groups = static_cast<size_t>(layer.num_groups());
+    const size_t n = static_cast<size_t>(layer.in_features);
+    if (second.size() < groups * 4) second.resize(groups * 4);
+    if (scale.size() < groups) scale.resize(groups);
+    if (zero.size() < groups) zero.resize(groups);
+    if (row.size() < n) row.resize(n);
+    if (codes.size() < n) codes.resize(n);
+  }
+};
+
+// Rows [r0, r1) of the fused path for all tokens.
+void FusedRows(const PackedSpqrLayer& layer, const FusedRowTileFn* tiles, const float* x_perm,
+               int64_t num_tokens, float* y, int64_t r0, int64_t r1, RowDecodeScratch* scratch) {
+  const int64_t n = layer.in_features;
+  const bool bilevel = layer.stats_bits != kFp16Stats;
+  const int64_t words_per_row = BitRowWords(n, layer.wbits);
+  int64_t cached_block = -1;
+  for (int64_t r = r0; r < r1; ++r) {
+    // Second-level values are shared by beta2 consecutive rows: convert them once per block.
+    if (bilevel && r / layer.beta2 != cached_block) {
+      cached_block = r / layer.beta2;
+      ConvertBlockSecondLevel(layer, cached_block, scratch->second.data());
+    }
+    DecodeRowStats(layer, r, scratch->second.data(), scratch->scale.data(), scratch->zero.data());
+    UnpackBitRow(layer.weight_codes.data() + r * words_per_row, n, layer.wbits,
+                 scratch->codes.data());
+    for (int64_t t0 = 0; t0 < num_tokens; t0 += kMaxTileTokens) {
+      const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, num_tokens - t0));
+      tiles[nt - 1](layer, r, scratch->codes.data(), scratch->scale.data(), scratch->zero.data(),
+                    x_perm + t0 * n, n, y + t0 * layer.out_features, layer.out_features);
+    }
+  }
 }
 
 }  // namespace
@@ -37,22 +130,22 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
   const int64_t beta2 = packed.stats_bits == kFp16Stats ? 1 : std::max(1, packed.beta2);
   const int64_t rows_per_item = (kRowsPerItem + beta2 - 1) / beta2 * beta2;
   const int64_t items = (m + rows_per_item - 1) / rows_per_item;
-  const bool per_token = num_tokens > 1 && HasFusedBatchOnePath(packed);
+  const FusedRowTileFn* tiles = FusedTilesFor(packed.beta1);
   const float* xp = x_perm.data();
 #pragma omp parallel num_threads(num_threads)
   {
-    thread_local std::vector<float> row_scratch;
-    if (row_scratch.size() < static_cast<size_t>(n)) row_scratch.resize(n);
+    thread_local RowDecodeScratch scratch;
+    scratch.Reserve(packed);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t r0 = item * rows_per_item;
       const int64_t r1 = std::min(m, r0 + rows_per_item);
-      if (per_token) {
-        for (int64_t t = 0; t < num_tokens; ++t) {
-          SpqrMatmulRows(packed, xp + t * n, 1, y + t * m, m, r0, r1, row_scratch.data());
-        }
+      if (tiles != nullptr) {
+        FusedRows(packed, tiles, xp, num_tokens, y, r0, r1, &scratch);
       } else {
-        SpqrMatmulRows(packed, xp, num_tokens, y, m, r0, r1, row_scratch.data());
+        // Decode-then-dot: the row is decoded once for all tokens and every token's dot product
+        // is the same whatever the batch, so this path is batch independent too.
+        SpqrMatmulRows(packed, xp, num_tokens, y, m, r0, r1, scratch.row.data());
       }
     }
   }

@@ -6,10 +6,12 @@
 // Threading: output rows are split into chunks (a multiple of beta2, so each chunk converts a
 // second-level block once) that OpenMP threads take dynamically.
 //
-// Batch independence: y[t, r] does not depend on the other tokens of the call. Where the packed
-// kernel has a fused batch-1 path (beta1 in {8, 16, 32}) every token goes through it, one token at
-// a time per row chunk (the chunk's packed rows stay in cache across the tokens); otherwise a row
-// is decoded once and dotted with every token, which is also per-token identical.
+// Batch independence: y[t, r] does not depend on the other tokens of the call. With beta1 in
+// {8, 16, 32} each packed row is decoded once per call and its weights, computed in registers,
+// feed up to 4 tokens at a time with exactly the per-token arithmetic of the format's fused
+// batch-1 kernel (so every token equals SpqrMatmulRows(batch = 1) bit for bit); other group widths
+// decode a row once into a buffer and dot it with every token (SpqrMatmulRows), also per-token
+// identical.
 #pragma once
 
 #include "engine/backend/cpu/linear.h"

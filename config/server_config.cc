@@ -52,6 +52,50 @@ std::vector<ConfigKey> MakeKeys() {
        0,
        {"debug", "info", "warning", "error"},
        {"log_level"}},
+      {SPQR_CONFIG_KEY(server.max_concurrent_streams),
+       "most concurrent calls (HTTP/2 streams) per client connection (0 = no limit)",
+       0,
+       kMaxInt32,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.tls.cert_file),
+       "PEM certificate chain of the server; set (with key_file) to serve TLS instead of "
+       "plaintext",
+       0,
+       0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.tls.key_file),
+       "PEM private key of server.tls.cert_file",
+       0,
+       0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.tls.client_ca_file),
+       "PEM CA bundle client certificates are verified against (mTLS)",
+       0,
+       0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.tls.require_client_cert),
+       "refuse clients without a certificate signed by server.tls.client_ca_file",
+       0,
+       0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.auth.api_keys_file),
+       "file of API keys, one per line; when set (or api_keys_env), spqr.v1 calls need "
+       "'authorization: Bearer <key>'",
+       0,
+       0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.auth.api_keys_env),
+       "name of an environment variable holding comma-separated API keys",
+       0,
+       0,
+       {},
+       {}},
       {SPQR_CONFIG_KEY(metrics.enabled), "serve Prometheus metrics over HTTP", 0, 0, {}, {}},
       {SPQR_CONFIG_KEY(metrics.address), "address the metrics endpoint binds to", 0, 0, {}, {}},
       {SPQR_CONFIG_KEY(metrics.port),
@@ -391,6 +435,20 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.server.listen.find(':') == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrFormat("server.listen must be host:port, got '%s'", config.server.listen));
+  }
+  const TlsSection& tls = config.server.tls;
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "server.tls.cert_file and server.tls.key_file must be set together");
+  }
+  if (tls.cert_file.empty() && (!tls.client_ca_file.empty() || tls.require_client_cert)) {
+    return absl::InvalidArgumentError(
+        "server.tls.client_ca_file and server.tls.require_client_cert need server.tls.cert_file "
+        "and server.tls.key_file");
+  }
+  if (tls.require_client_cert && tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "server.tls.require_client_cert needs server.tls.client_ca_file");
   }
   if (config.model.dir.empty()) {
     return absl::InvalidArgumentError("model.dir must name the model directory");

@@ -21,12 +21,29 @@
 
 namespace spqr {
 
+// TLS of the gRPC port (empty cert_file: plaintext).
+struct TlsSection {
+  std::string cert_file;             // PEM certificate chain of the server
+  std::string key_file;              // PEM private key of cert_file
+  std::string client_ca_file;        // PEM CA bundle that client certificates are verified against
+  bool require_client_cert = false;  // mTLS: refuse clients without a certificate of client_ca_file
+};
+
+// API keys: clients send "authorization: Bearer <key>" metadata.
+struct AuthSection {
+  std::string api_keys_file;  // one key per line ('#' comments, blank lines ignored)
+  std::string api_keys_env;   // name of an environment variable holding comma-separated keys
+};
+
 // The gRPC endpoint and process behaviour.
 struct ServerSection {
   std::string listen = "127.0.0.1:50051";
   double drain_timeout_seconds = 30.0;
   int64_t max_message_bytes = 16 << 20;
   std::string log_level = "info";
+  int32_t max_concurrent_streams = 0;  // per HTTP/2 connection; 0 = gRPC's default (no limit)
+  TlsSection tls;
+  AuthSection auth;
 };
 
 // The Prometheus endpoint.

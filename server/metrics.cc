@@ -39,6 +39,7 @@ enum MetricIndex {
   kModelReady,
   kInflight,
   kResidentMemory,
+  kUnauthenticated,
   kVllmWaiting,
   kVllmRunning,
   kVllmKvUsage,
@@ -91,6 +92,8 @@ const std::vector<MetricSpec> kMetricTable = {
     {"spqr_inflight_rpcs", MetricKind::kGauge, "", "RPCs of spqr.v1.SpqrService in progress."},
     {"spqr_process_resident_memory_bytes", MetricKind::kGauge, "",
      "Resident memory of the server process (/proc/self/statm), in bytes."},
+    {"spqr_unauthenticated_requests_total", MetricKind::kCounter, "method,reason",
+     "Calls refused with UNAUTHENTICATED, by method and reason (missing or invalid API key)."},
     {"vllm:num_requests_waiting", MetricKind::kGauge, "",
      "Same as spqr_num_requests_waiting, under vLLM's name for gateways."},
     {"vllm:num_requests_running", MetricKind::kGauge, "",
@@ -235,6 +238,14 @@ ServerMetrics::ServerMetrics(bool vllm_compatible_names)
       AddHistogram(kRequestGenerationTokens, registry, TokenCountBuckets());
   ready_ = &Register(prometheus::BuildGauge(), kModelReady, registry).Add({});
   inflight_ = &Register(prometheus::BuildGauge(), kInflight, registry).Add({});
+  unauthenticated_ = &Register(prometheus::BuildCounter(), kUnauthenticated, registry);
+  // Exported at 0 from the start, so that rate() and alerts see the series before the first
+  // refusal (prometheus-cpp exports no family without children).
+  for (const char* method : {"Generate", "GenerateUnary", "Score", "GetModelInfo", "Abort"}) {
+    for (const char* reason : {"missing", "invalid"}) {
+      unauthenticated_->Add({{"method", method}, {"reason", reason}});
+    }
+  }
 }
 
 ServerMetrics::~ServerMetrics() = default;
@@ -269,6 +280,11 @@ void ServerMetrics::RecordInterTokenLatency(int tokens, double seconds) {
   // A chunk of several tokens spreads its wait evenly over them.
   const double per_token = seconds / tokens;
   for (int i = 0; i < tokens; ++i) itl_->Observe(per_token);
+}
+
+void ServerMetrics::RecordUnauthenticated(absl::string_view method, absl::string_view reason) {
+  unauthenticated_->Add({{"method", std::string(method)}, {"reason", std::string(reason)}})
+      .Increment();
 }
 
 void ServerMetrics::RpcStarted() { inflight_->Increment(); }

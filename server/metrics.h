@@ -58,6 +58,8 @@ class ServerMetrics {
   void RecordRequestFinished(const OutputChunk& final_chunk);
   // `tokens` tokens arrived `seconds` after the previous tokens of the same request.
   void RecordInterTokenLatency(int tokens, double seconds);
+  // A call was refused with UNAUTHENTICATED; `reason` is "missing" or "invalid".
+  void RecordUnauthenticated(absl::string_view method, absl::string_view reason);
   // In-flight RPC gauge.
   void RpcStarted();
   void RpcEnded();
@@ -73,6 +75,7 @@ class ServerMetrics {
   std::shared_ptr<EngineCollector> engine_collector_;
   prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
   prometheus::Family<prometheus::Counter>* finished_ = nullptr;
+  prometheus::Family<prometheus::Counter>* unauthenticated_ = nullptr;
   prometheus::Histogram* ttft_ = nullptr;
   prometheus::Histogram* itl_ = nullptr;
   prometheus::Histogram* e2e_ = nullptr;

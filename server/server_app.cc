@@ -5,18 +5,23 @@
 
 #include <cstdio>
 #include <exception>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "engine/util/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "server/api_keys.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/spqr_service.h"
@@ -101,7 +106,37 @@ absl::Status WarmUp(Engine& engine) {
   return absl::OkStatus();
 }
 
+// The whole of a PEM file named by config key `key`.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view key) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open (", key, ")"));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a PEM file (", key, ")"));
+  }
+  return text.str();
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsSection& tls) {
+  if (tls.cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      tls.require_client_cert      ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+      : tls.client_ca_file.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                   : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(tls.cert_file, "server.tls.cert_file"));
+  ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(tls.key_file, "server.tls.key_file"));
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.client_ca_file.empty()) {
+    ASSIGN_OR_RETURN(options.pem_root_certs,
+                     ReadPemFile(tls.client_ca_file, "server.tls.client_ca_file"));
+  }
+  return grpc::SslServerCredentials(options);
+}
 
 EngineOptions ToEngineOptions(const ServerConfig& config) {
   EngineOptions options;
@@ -129,11 +164,26 @@ absl::Status RunServer(const ServerConfig& config) {
   ServerMetrics metrics(config.metrics.vllm_compatible_names);
   SpqrServiceImpl service(config, &metrics);
 
+  absl::StatusOr<ApiKeys> api_keys =
+      ApiKeys::Load(config.server.auth.api_keys_file, config.server.auth.api_keys_env);
+  if (!api_keys.ok()) return api_keys.status();
+  if (api_keys->enabled()) {
+    Logf(LogLevel::kInfo, "API keys required for spqr.v1 calls (%d keys)", api_keys->size());
+  }
+  service.SetApiKeys(*std::move(api_keys));
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(config.server.tls);
+  if (!credentials.ok()) return credentials.status();
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(config.server.listen, grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(config.server.listen, *credentials, &bound_port);
+  if (config.server.max_concurrent_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               config.server.max_concurrent_streams);
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.RegisterService(&service);

@@ -2,10 +2,14 @@
 // warm-up, signal handling and graceful drain.
 #pragma once
 
+#include <memory>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "config/server_config.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/model.h"
+#include "grpcpp/security/server_credentials.h"
 
 namespace spqr {
 
@@ -13,8 +17,15 @@ namespace spqr {
 EngineOptions ToEngineOptions(const ServerConfig& config);
 ModelLoadOptions ToModelLoadOptions(const ServerConfig& config);
 
+// The gRPC port's credentials: plaintext without server.tls.cert_file, else TLS with that
+// certificate, verifying client certificates against client_ca_file when set (mTLS; required
+// with require_client_cert). Errors name the unreadable or non-PEM file and its key.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsSection& tls);
+
 // Runs the server until SIGTERM or SIGINT, then drains and returns OK (exit code 0). Startup
-// failures (port in use, model not loadable, warm-up failed) return an error naming the cause.
+// failures (port in use, model not loadable, warm-up failed, TLS or API key files unreadable)
+// return an error naming the cause.
 //
 // Start-up order: bind the gRPC port with health NOT_SERVING and print "listening on HOST:PORT",
 // start the metrics endpoint and print "metrics on HOST:PORT", load the model, create the engine,

@@ -72,8 +72,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
       : service_(service), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
     shape_ = ResponseShapeOf(request);
-    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
-      FinishEarly(ToGrpcStatus(s));
+    if (grpc::Status s = service_->Admit(context, "Generate"); !s.ok()) {
+      FinishEarly(s);
       return;
     }
     Engine* engine = service_->engine();
@@ -234,8 +234,8 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
                     const v1::GenerateRequest& request, v1::GenerateResponse* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
-      FinishWith(ToGrpcStatus(s));
+    if (grpc::Status s = service_->Admit(context, "GenerateUnary"); !s.ok()) {
+      FinishWith(s);
       return;
     }
     Engine* engine = service_->engine();
@@ -337,8 +337,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
             const v1::ScoreRequest& request, v1::ScoreResponse* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
-      FinishWith(ToGrpcStatus(s));
+    if (grpc::Status s = service_->Admit(context, "Score"); !s.ok()) {
+      FinishWith(s);
       return;
     }
     Engine* engine = service_->engine();
@@ -595,6 +595,33 @@ void SpqrServiceImpl::RecordCallEnd(const char* method, const std::string& engin
   }
 }
 
+void SpqrServiceImpl::SetApiKeys(ApiKeys keys) { api_keys_ = std::move(keys); }
+
+grpc::Status SpqrServiceImpl::Authenticate(const grpc::CallbackServerContext* context,
+                                           const char* method) {
+  if (!api_keys_.enabled()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    metrics_->RecordUnauthenticated(method, "missing");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "this server needs an API key: send the metadata "
+                        "\"authorization: Bearer <key>\"");
+  }
+  if (!api_keys_.Accepts(absl::string_view(it->second.data(), it->second.size()))) {
+    metrics_->RecordUnauthenticated(method, "invalid");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "the API key in the authorization metadata is not valid");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status SpqrServiceImpl::Admit(const grpc::CallbackServerContext* context,
+                                    const char* method) {
+  if (grpc::Status s = Authenticate(context, method); !s.ok()) return s;
+  return ToGrpcStatus(CheckAccepting());
+}
+
 absl::Status SpqrServiceImpl::CheckAccepting() const {
   if (draining_.load()) {
     return absl::UnavailableError("the server is shutting down and accepts no new requests");
@@ -720,7 +747,7 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::Abort(grpc::CallbackServerContext* co
                                                  const v1::AbortRequest* request,
                                                  v1::AbortResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  grpc::Status status = ToGrpcStatus(CheckAccepting());
+  grpc::Status status = Admit(context, "Abort");
   if (status.ok() && request->request_id().empty()) {
     status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: must not be empty");
   }
@@ -739,9 +766,10 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
                                                         v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Engine* engine = engine_.load();
-  if (engine == nullptr) {
-    metrics_->RecordRpc("GetModelInfo", "UNAVAILABLE");
-    reactor->Finish(ToGrpcStatus(CheckAccepting()));
+  if (grpc::Status status = Admit(context, "GetModelInfo"); !status.ok() || engine == nullptr) {
+    if (status.ok()) status = ToGrpcStatus(CheckAccepting());
+    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(status.error_code()));
+    reactor->Finish(status);
     return reactor;
   }
   const LoadedModel& model = engine->model();

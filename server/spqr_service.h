@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "config/server_config.h"
 #include "engine/runtime/engine.h"
+#include "server/api_keys.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/retry_pushback.h"
@@ -76,6 +77,13 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   bool draining() const { return draining_.load(); }
   // UNAVAILABLE while not loaded or draining, else OK.
   absl::Status CheckAccepting() const;
+  // Keys that calls must present (none: every call is allowed). Set before serving.
+  void SetApiKeys(ApiKeys keys);
+  // UNAUTHENTICATED (counted in spqr_unauthenticated_requests_total) when API keys are configured
+  // and the call's "authorization" metadata holds none of them, else OK.
+  grpc::Status Authenticate(const grpc::CallbackServerContext* context, const char* method);
+  // Authenticate, then CheckAccepting: the first check of every call.
+  grpc::Status Admit(const grpc::CallbackServerContext* context, const char* method);
   // A fresh engine request id ("r17").
   std::string NextEngineId();
   // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
@@ -105,6 +113,7 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   std::atomic<int64_t> next_id_{0};
 
   DrainRateEstimator drain_rate_;
+  ApiKeys api_keys_;  // written before serving
 
   struct LiveRequest {
     std::string client_id;

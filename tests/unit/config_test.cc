@@ -1,5 +1,6 @@
 // Tests of config/server_config: the key table, the reference YAML file, YAML and flag loading.
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -83,8 +84,9 @@ TEST(ReferenceFileTest, EveryKeyHasACommentAbove) {
   std::string line, previous;
   int keys = 0;
   while (std::getline(lines, line)) {
-    // A key line of a section: two spaces of indent, then "name:".
-    if (line.size() > 2 && line.substr(0, 2) == "  " && line[2] != ' ' && line[2] != '#') {
+    // A key line: indented "name: value" (an indented "name:" alone opens a nested section).
+    static const std::regex key_line("^ +[a-z_]+: *[^ #].*$");
+    if (std::regex_match(line, key_line)) {
       ++keys;
       EXPECT_NE(previous.find('#'), std::string::npos) << "no comment above: " << line;
     }
@@ -197,6 +199,36 @@ TEST(CommandLineTest, CrossKeyValidation) {
   absl::StatusOr<ServerCommandLine> parsed =
       ParseServerCommandLine({"--limits.max_new_tokens=10", "--limits.default_max_new_tokens=20"});
   EXPECT_THAT(parsed.status().message(), HasSubstr("limits.default_max_new_tokens"));
+}
+
+TEST(CommandLineTest, TlsKeysMustBeConsistent) {
+  auto parse = [](std::vector<std::string> flags) {
+    flags.push_back("--model=/m");
+    return ParseServerCommandLine(flags).status();
+  };
+  EXPECT_TRUE(parse({"--server.tls.cert_file=c.pem", "--server.tls.key_file=k.pem"}).ok());
+  EXPECT_TRUE(parse({"--server.tls.cert_file=c.pem", "--server.tls.key_file=k.pem",
+                     "--server.tls.client_ca_file=ca.pem", "--server.tls.require_client_cert"})
+                  .ok());
+  absl::Status half = parse({"--server.tls.cert_file=c.pem"});
+  EXPECT_EQ(half.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(half.message().find("server.tls.key_file"), std::string::npos) << half;
+  absl::Status no_ca = parse({"--server.tls.cert_file=c.pem", "--server.tls.key_file=k.pem",
+                              "--server.tls.require_client_cert"});
+  EXPECT_NE(no_ca.message().find("server.tls.client_ca_file"), std::string::npos) << no_ca;
+  absl::Status no_tls = parse({"--server.tls.client_ca_file=ca.pem"});
+  EXPECT_NE(no_tls.message().find("server.tls.cert_file"), std::string::npos) << no_tls;
+}
+
+TEST(ConfigYamlTest, NestedSectionsLoad) {
+  ServerConfig config;
+  ASSERT_TRUE(ApplyConfigYaml("server:\n  max_concurrent_streams: 8\n  tls:\n    cert_file: c\n"
+                              "  auth:\n    api_keys_env: KEYS\n",
+                              "t.yaml", &config)
+                  .ok());
+  EXPECT_EQ(config.server.max_concurrent_streams, 8);
+  EXPECT_EQ(config.server.tls.cert_file, "c");
+  EXPECT_EQ(config.server.auth.api_keys_env, "KEYS");
 }
 
 TEST(CommandLineTest, HelpListsEveryKey) {

@@ -58,6 +58,7 @@ TEST(ServerMetricsTest, EveryMetricIsExported) {
   metrics.RecordRequestFinished(final_chunk);
   metrics.RecordRpc("Generate", "OK");
   metrics.RecordInterTokenLatency(2, 0.01);
+  metrics.RecordUnauthenticated("Generate", "missing");
   std::vector<prometheus::MetricFamily> families = metrics.registry()->Collect();
   for (const prometheus::MetricFamily& f : metrics.engine_collector()->Collect()) {
     families.push_back(f);
@@ -71,6 +72,9 @@ TEST(ServerMetricsTest, EveryMetricIsExported) {
   EXPECT_NE(text.find("spqr_request_finished_total{finished_reason=\"length\"} 1"),
             std::string::npos);
   EXPECT_NE(text.find("spqr_inter_token_latency_seconds_count 2"), std::string::npos);
+  EXPECT_NE(
+      text.find("spqr_unauthenticated_requests_total{method=\"Generate\",reason=\"missing\"} 1"),
+      std::string::npos);
 }
 
 TEST(ServerMetricsTest, ResidentMemoryIsThisProcesssSize) {

@@ -1,0 +1,298 @@
+#!/usr/bin/python3
+"""Integration test of spqr-server's transport security and access control: TLS, mTLS, API keys
+and the per-connection stream limit. Starts the real binary on 127.0.0.1 (ephemeral ports) with
+throwaway certificates that openssl makes in a temporary folder.
+
+  /usr/bin/python3 tests/integration/server_integration_security_test.py \
+      --server build/server/spqr-server --model tests/data/test-model --stubs build/python_stubs
+"""
+import argparse
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+ARGS = None
+WAIT_S = 90
+CERTS = None  # folder of the generated certificates
+LONG = 480
+
+
+def parse_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--stubs", required=True)
+    return parser.parse_known_args()
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], cwd=CERTS, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(name):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "1",
+            "-subj", f"/CN={name}")
+
+
+def make_cert(name, ca, san=None):
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+    ext = os.path.join(CERTS, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", ext)
+
+
+def read(name):
+    with open(os.path.join(CERTS, name), "rb") as f:
+        return f.read()
+
+
+def setUpModule():
+    global CERTS
+    CERTS = tempfile.mkdtemp(prefix="spqr-certs-")
+    make_ca("ca")
+    make_ca("other-ca")
+    make_cert("server", "ca", san="DNS:localhost,IP:127.0.0.1")
+    make_cert("client", "ca")
+    make_cert("intruder", "other-ca")
+
+
+def tearDownModule():
+    shutil.rmtree(CERTS, ignore_errors=True)
+
+
+class Server:
+    """A spqr-server child; waits for "ready" (health is not reachable in plaintext under TLS)."""
+
+    def __init__(self, flags, env=None, expect_ready=True):
+        cmd = [ARGS.server, "--model", ARGS.model, "--listen", "127.0.0.1:0",
+               "--metrics.address", "127.0.0.1", "--metrics_port", "0",
+               "--engine.kv_cache_bytes", str(16 << 20), *flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines = queue.Queue()
+        self.stderr = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append),
+                         daemon=True).start()
+        if not expect_ready:
+            return
+        self.port = int(self.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
+        self.metrics_port = int(self.wait_for(r"^metrics on 127\.0\.0\.1:(\d+)$").group(1))
+        self.wait_for(r"^ready$")
+        self.address = f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _pump(stream, sink):
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    def wait_for(self, pattern):
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = re.match(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no /{pattern}/; stderr:\n" + "\n".join(self.stderr[-20:]))
+
+    def metric(self, name, labels):
+        want = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                key, _, value = line.rpartition(" ")
+                if key == want:
+                    return float(value)
+        return 0.0
+
+    def tls_channel(self, cert=None):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read("ca.pem"),
+            private_key=read(f"{cert}.key") if cert else None,
+            certificate_chain=read(f"{cert}.pem") if cert else None)
+        return grpc.secure_channel(self.address, credentials,
+                                   options=[("grpc.ssl_target_name_override", "localhost")])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def info(channel, metadata=None):
+    return spqr_pb2_grpc.SpqrServiceStub(channel).GetModelInfo(
+        pb.GetModelInfoRequest(), timeout=10, metadata=metadata)
+
+
+def greedy(max_new_tokens, text):
+    return pb.GenerateRequest(text=text, sampling=pb.SamplingParams(temperature=0.0),
+                              stopping=pb.Stopping(max_new_tokens=max_new_tokens,
+                                                   ignore_eos=True))
+
+
+class TlsTest(unittest.TestCase):
+
+    def test_tls_server_refuses_plaintext_and_serves_tls(self):
+        server = Server(["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+                         "--server.tls.key_file", os.path.join(CERTS, "server.key")])
+        try:
+            with grpc.insecure_channel(server.address) as plain:
+                with self.assertRaises(grpc.RpcError) as error:
+                    info(plain)
+                self.assertEqual(error.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            with server.tls_channel() as channel:
+                self.assertEqual(info(channel).limits.kv_block_size > 0, True)
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10)
+                self.assertEqual(health.status, health_pb2.HealthCheckResponse.SERVING)
+                responses = list(spqr_pb2_grpc.SpqrServiceStub(channel).Generate(
+                    greedy(4, "over TLS"), timeout=60))
+                self.assertEqual(responses[-1].usage.completion_tokens, 4)
+        finally:
+            server.kill()
+
+    def test_mtls_requires_a_client_certificate_of_the_configured_ca(self):
+        server = Server(["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+                         "--server.tls.key_file", os.path.join(CERTS, "server.key"),
+                         "--server.tls.client_ca_file", os.path.join(CERTS, "ca.pem"),
+                         "--server.tls.require_client_cert"])
+        try:
+            for cert in [None, "intruder"]:
+                with server.tls_channel(cert) as channel:
+                    with self.assertRaises(grpc.RpcError, msg=f"client cert {cert}") as error:
+                        info(channel)
+                    self.assertEqual(error.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            with server.tls_channel("client") as channel:
+                self.assertGreater(info(channel).limits.kv_blocks_total, 0)
+        finally:
+            server.kill()
+
+    def test_unreadable_certificate_fails_start_up_naming_it(self):
+        server = Server(["--server.tls.cert_file", os.path.join(CERTS, "missing.pem"),
+                         "--server.tls.key_file", os.path.join(CERTS, "server.key")],
+                        expect_ready=False)
+        try:
+            self.assertEqual(server.proc.wait(timeout=WAIT_S), 1)
+            time.sleep(0.2)  # let the stderr pump catch up
+            self.assertIn("missing.pem", "\n".join(server.stderr))
+            self.assertIn("server.tls.cert_file", "\n".join(server.stderr))
+        finally:
+            server.kill()
+
+
+class ApiKeyTest(unittest.TestCase):
+
+    def test_keys_from_file_and_environment(self):
+        key_file = os.path.join(CERTS, "keys.txt")
+        with open(key_file, "w") as f:
+            f.write("# operators\nfile-key-123\n\n")
+        server = Server(["--server.auth.api_keys_file", key_file,
+                         "--server.auth.api_keys_env", "SPQR_TEST_API_KEYS"],
+                        env={"SPQR_TEST_API_KEYS": "env-key-1, env-key-2"})
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                for metadata, reason in [(None, "missing"),
+                                         ([("authorization", "Bearer file-key-12")], "invalid"),
+                                         ([("authorization", "file-key-123")], "invalid")]:
+                    with self.assertRaises(grpc.RpcError) as error:
+                        info(channel, metadata)
+                    self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                    self.assertIn("API key", error.exception.details())
+                self.assertEqual(server.metric("spqr_unauthenticated_requests_total",
+                                               {"method": "GetModelInfo", "reason": "missing"}), 1)
+                self.assertEqual(server.metric("spqr_unauthenticated_requests_total",
+                                               {"method": "GetModelInfo", "reason": "invalid"}), 2)
+                for key in ["file-key-123", "env-key-1", "env-key-2"]:
+                    self.assertGreater(
+                        info(channel, [("authorization", f"Bearer {key}")]).limits.kv_blocks_total,
+                        0)
+                stub = spqr_pb2_grpc.SpqrServiceStub(channel)
+                with self.assertRaises(grpc.RpcError) as error:
+                    list(stub.Generate(greedy(4, "no key"), timeout=60))
+                self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                responses = list(stub.Generate(greedy(4, "key"), timeout=60,
+                                               metadata=[("authorization", "bearer env-key-2")]))
+                self.assertEqual(responses[-1].usage.completion_tokens, 4)
+                # Health and reflection stay open (load balancers and tools probe them).
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10)
+                self.assertEqual(health.status, health_pb2.HealthCheckResponse.SERVING)
+                reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+                answers = list(reflection.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+                names = {s.name for s in answers[0].list_services_response.service}
+                self.assertIn("spqr.v1.SpqrService", names)
+        finally:
+            server.kill()
+
+    def test_unset_key_variable_fails_start_up_naming_it(self):
+        env = dict(os.environ)
+        env.pop("SPQR_TEST_UNSET_KEYS", None)
+        result = subprocess.run([ARGS.server, "--model", ARGS.model, "--listen", "127.0.0.1:0",
+                                 "--metrics_port", "0", "--server.auth.api_keys_env",
+                                 "SPQR_TEST_UNSET_KEYS"], capture_output=True, text=True,
+                                timeout=WAIT_S, env=env)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("SPQR_TEST_UNSET_KEYS", result.stderr)
+
+
+class StreamLimitTest(unittest.TestCase):
+
+    def test_one_connection_holds_at_most_max_concurrent_streams(self):
+        server = Server(["--server.max_concurrent_streams", "2"])
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = spqr_pb2_grpc.SpqrServiceStub(channel)
+                calls = [stub.Generate(greedy(LONG, f"stream {i}"), timeout=120)
+                         for i in range(6)]
+                peak = 0
+                url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+                results = []
+                collector = threading.Thread(
+                    target=lambda: results.extend(list(c)[-1] for c in calls), daemon=True)
+                collector.start()
+                while collector.is_alive():
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        text = response.read().decode()
+                    inflight = float(re.search(r"^spqr_inflight_rpcs (\S+)$", text, re.M)[1])
+                    peak = max(peak, inflight)
+                    time.sleep(0.01)
+                collector.join()
+            # Every stream ran to the end, never more than two at once.
+            self.assertEqual([r.finish_reason for r in results], [pb.FINISH_REASON_LENGTH] * 6)
+            self.assertEqual(peak, 2)
+        finally:
+            server.kill()
+
+
+if __name__ == "__main__":
+    ARGS, rest = parse_args()
+    sys.path.insert(0, ARGS.stubs)
+    import grpc  # noqa: E402
+    import health_pb2  # noqa: E402
+    import health_pb2_grpc  # noqa: E402
+    import reflection_pb2  # noqa: E402
+    import reflection_pb2_grpc  # noqa: E402
+    from spqr.v1 import spqr_pb2 as pb  # noqa: E402
+    from spqr.v1 import spqr_pb2_grpc  # noqa: E402
+    unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

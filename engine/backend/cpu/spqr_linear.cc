@@ -1,6 +1,7 @@
 #include "engine/backend/cpu/spqr_linear.h"
 
 #include <algorithm>
+#include <cstring>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -27,13 +28,20 @@ constexpr int kMaxTileTokens = 4;
 // spqr_matmul.cc): the same B1 lane accumulators in the same order, the same lane sum, then the
 // outlier residuals as a separate sparse sum. So y[t][r] does not depend on the other tokens and
 // equals SpqrMatmulRows(batch = 1) bit for bit (tested in spqr_serving_test).
-template <int B1, int NT>
+template <int B1, int NT, bool kPackedCodes>
 void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __restrict codes,
                   const float* __restrict scale, const float* __restrict zero,
                   const float* __restrict x, int64_t n, float* __restrict y, int64_t y_stride) {
   const int64_t groups = layer.num_groups();
   float acc[NT][B1] = {};
 #if defined(__AVX2__) && defined(__FMA__)
+  // Codes straight from the packed bit row (wbits <= 4, `codes` = the row's bytes with at least 3
+  // readable bytes past the row): 8 codes are exactly wbits bytes, so one 32-bit load holds them
+  // and a per-lane variable shift extracts them into 8 int32 lanes, with no byte buffer between.
+  const int wbits = layer.wbits;
+  const __m256i shifts =
+      _mm256_mullo_epi32(_mm256_set1_epi32(wbits), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i code_mask = _mm256_set1_epi32((1 << wbits) - 1);
   // The compiler does not vectorize the scalar loop below (byte -> float conversions), so the same
   // operations are spelled out 8 lanes at a time: per lane exactly one subtraction, one
   // multiplication and one fused multiply-add, as the scalar loop compiles to with FMA available
@@ -47,9 +55,16 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
     const __m256 s = _mm256_set1_ps(scale[g]), z = _mm256_set1_ps(zero[g]);
     __m256 w[kV];
     for (int v = 0; v < kV; ++v) {
-      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * v));
-      const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q8));
-      w[v] = _mm256_mul_ps(s, _mm256_sub_ps(qf, z));
+      __m256i qi;
+      if constexpr (kPackedCodes) {
+        uint32_t bits;
+        std::memcpy(&bits, codes + (g * (B1 / 8) + v) * wbits, sizeof(bits));
+        qi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(bits)), shifts),
+                              code_mask);
+      } else {
+        qi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * v)));
+      }
+      w[v] = _mm256_mul_ps(s, _mm256_sub_ps(_mm256_cvtepi32_ps(qi), z));
     }
     for (int t = 0; t < NT; ++t) {
       const float* xg = x + t * n + g * B1;
@@ -88,27 +103,58 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
 using FusedRowTileFn = void (*)(const PackedSpqrLayer&, int64_t, const uint8_t*, const float*,
                                 const float*, const float*, int64_t, float*, int64_t);
 
-template <int B1>
-constexpr FusedRowTileFn kFusedTiles[kMaxTileTokens] = {FusedRowTile<B1, 1>, FusedRowTile<B1, 2>,
-                                                        FusedRowTile<B1, 3>, FusedRowTile<B1, 4>};
+template <int B1, bool P>
+constexpr FusedRowTileFn kFusedTiles[kMaxTileTokens] = {
+    FusedRowTile<B1, 1, P>, FusedRowTile<B1, 2, P>, FusedRowTile<B1, 3, P>, FusedRowTile<B1, 4, P>};
 
-const FusedRowTileFn* FusedTilesFor(int beta1) {
-  switch (beta1) {
+// Whether the tiles read codes straight from the packed row (see FusedRowTile).
+bool ReadsPackedCodes(const PackedSpqrLayer& layer) {
+#if defined(__AVX2__) && defined(__FMA__)
+  return layer.wbits <= 4;
+#else
+  return false;
+#endif
+}
+
+const FusedRowTileFn* FusedTilesFor(const PackedSpqrLayer& layer) {
+  const bool packed = ReadsPackedCodes(layer);
+  switch (layer.beta1) {
     case 8:
-      return kFusedTiles<8>;
+      return packed ? kFusedTiles<8, true> : kFusedTiles<8, false>;
     case 16:
-      return kFusedTiles<16>;
+      return packed ? kFusedTiles<16, true> : kFusedTiles<16, false>;
     case 32:
-      return kFusedTiles<32>;
+      return packed ? kFusedTiles<32, true> : kFusedTiles<32, false>;
     default:
       return nullptr;  // no fused path: decode each row once, then dot (SpqrMatmulRows)
+  }
+}
+
+// DecodeRowStats's arithmetic (scale = s0 * (q - s1), zero = s2 * (q - s3)) with the statistic
+// codes unpacked a row at a time instead of read one by one, which the compiler vectorizes.
+void DecodeRowStatsFast(const PackedSpqrLayer& layer, int64_t r, const float* block_second,
+                        uint8_t* code_buf, float* scale, float* zero) {
+  if (layer.stats_bits == kFp16Stats) {
+    DecodeRowStats(layer, r, block_second, scale, zero);
+    return;
+  }
+  const int64_t groups = layer.num_groups();
+  const int64_t words = BitRowWords(groups, layer.stats_bits);
+  uint8_t* __restrict qs = code_buf;
+  uint8_t* __restrict qz = code_buf + groups;
+  UnpackBitRow(layer.scale_codes.data() + r * words, groups, layer.stats_bits, qs);
+  UnpackBitRow(layer.zero_codes.data() + r * words, groups, layer.stats_bits, qz);
+  const float* __restrict sl = block_second;
+  for (int64_t g = 0; g < groups; ++g) {
+    scale[g] = sl[g * 4] * (static_cast<float>(qs[g]) - sl[g * 4 + 1]);
+    zero[g] = sl[g * 4 + 2] * (static_cast<float>(qz[g]) - sl[g * 4 + 3]);
   }
 }
 
 // Per-thread decode state, reused across calls.
 struct RowDecodeScratch {
   std::vector<float> second, scale, zero, row;
-  std::vector<uint8_t> codes;
+  std::vector<uint8_t> codes, stat_codes;
   void Reserve(const PackedSpqrLayer& layer) {
     const size_t groups = static_cast<size_t>(layer.num_groups());
     const size_t n = static_cast<size_t>(layer.in_features);
@@ -116,7 +162,8 @@ struct RowDecodeScratch {
     if (scale.size() < groups) scale.resize(groups);
     if (zero.size() < groups) zero.resize(groups);
     if (row.size() < n) row.resize(n);
-    if (codes.size() < n) codes.resize(n);
+    if (codes.size() < n + 8) codes.resize(n + 8);  // + room for a padded packed row copy
+    if (stat_codes.size() < 2 * groups) stat_codes.resize(2 * groups);
   }
 };
 
@@ -126,6 +173,7 @@ void FusedRows(const PackedSpqrLayer& layer, const FusedRowTileFn* tiles, const 
   const int64_t n = layer.in_features;
   const bool bilevel = layer.stats_bits != kFp16Stats;
   const int64_t words_per_row = BitRowWords(n, layer.wbits);
+  const bool packed_codes = ReadsPackedCodes(layer);
   int64_t cached_block = -1;
   for (int64_t r = r0; r < r1; ++r) {
     // Second-level values are shared by beta2 consecutive rows: convert them once per block.
@@ -133,13 +181,25 @@ void FusedRows(const PackedSpqrLayer& layer, const FusedRowTileFn* tiles, const 
       cached_block = r / layer.beta2;
       ConvertBlockSecondLevel(layer, cached_block, scratch->second.data());
     }
-    DecodeRowStats(layer, r, scratch->second.data(), scratch->scale.data(), scratch->zero.data());
-    UnpackBitRow(layer.weight_codes.data() + r * words_per_row, n, layer.wbits,
-                 scratch->codes.data());
+    DecodeRowStatsFast(layer, r, scratch->second.data(), scratch->stat_codes.data(),
+                       scratch->scale.data(), scratch->zero.data());
+    const uint32_t* row_words = layer.weight_codes.data() + r * words_per_row;
+    const uint8_t* codes = scratch->codes.data();
+    if (packed_codes) {
+      if (r + 1 < layer.out_features) {
+        // The next row's words follow, so the tile's 4-byte loads past this row stay in bounds.
+        codes = reinterpret_cast<const uint8_t*>(row_words);
+      } else {
+        std::memcpy(scratch->codes.data(), row_words, words_per_row * sizeof(uint32_t));
+        std::memset(scratch->codes.data() + words_per_row * sizeof(uint32_t), 0, 4);
+      }
+    } else {
+      UnpackBitRow(row_words, n, layer.wbits, scratch->codes.data());
+    }
     for (int64_t t0 = 0; t0 < num_tokens; t0 += kMaxTileTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, num_tokens - t0));
-      tiles[nt - 1](layer, r, scratch->codes.data(), scratch->scale.data(), scratch->zero.data(),
-                    x_perm + t0 * n, n, y + t0 * layer.out_features, layer.out_features);
+      tiles[nt - 1](layer, r, codes, scratch->scale.data(), scratch->zero.data(), x_perm + t0 * n,
+                    n, y + t0 * layer.out_features, layer.out_features);
     }
   }
 }
@@ -163,7 +223,7 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
   const int64_t beta2 = packed.stats_bits == kFp16Stats ? 1 : std::max(1, packed.beta2);
   const int64_t rows_per_item = (kRowsPerItem + beta2 - 1) / beta2 * beta2;
   const int64_t items = (m + rows_per_item - 1) / rows_per_item;
-  const FusedRowTileFn* tiles = FusedTilesFor(packed.beta1);
+  const FusedRowTileFn* tiles = FusedTilesFor(packed);
   const float* xp = x_perm.data();
 #pragma omp parallel num_threads(num_threads)
   {

@@ -130,6 +130,23 @@ const FusedRowTileFn* FusedTilesFor(const PackedSpqrLayer& layer) {
   }
 }
 
+// ConvertBlockSecondLevel with F16C where available: fp16 -> fp32 is exact, so the values are the
+// same as F16ToF32's (the layer was validated to hold finite values only).
+void ConvertBlockSecondLevelFast(const PackedSpqrLayer& layer, int64_t block, float* out) {
+#if defined(__F16C__)
+  const int64_t count = layer.num_groups() * 4;
+  const uint16_t* src = layer.second_level.data() + block * count;
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < count; ++i) out[i] = F16ToF32(src[i]);
+#else
+  ConvertBlockSecondLevel(layer, block, out);
+#endif
+}
+
 // DecodeRowStats's arithmetic (scale = s0 * (q - s1), zero = s2 * (q - s3)) with the statistic
 // codes unpacked a row at a time instead of read one by one, which the compiler vectorizes.
 void DecodeRowStatsFast(const PackedSpqrLayer& layer, int64_t r, const float* block_second,
@@ -179,7 +196,7 @@ void FusedRows(const PackedSpqrLayer& layer, const FusedRowTileFn* tiles, const 
     // Second-level values are shared by beta2 consecutive rows: convert them once per block.
     if (bilevel && r / layer.beta2 != cached_block) {
       cached_block = r / layer.beta2;
-      ConvertBlockSecondLevel(layer, cached_block, scratch->second.data());
+      ConvertBlockSecondLevelFast(layer, cached_block, scratch->second.data());
     }
     DecodeRowStatsFast(layer, r, scratch->second.data(), scratch->stat_codes.data(),
                        scratch->scale.data(), scratch->zero.data());

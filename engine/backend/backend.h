@@ -22,11 +22,11 @@ struct KvPoolShape {
 };
 
 // One sequence's share of a step: `tokens` are new tokens at positions
-// [start_pos, start_pos + tokens.size()); keys/values of positions [0, start_pos) are already in the
-// pool. `block_table[i]` is the physical block holding positions [i*block_size, (i+1)*block_size);
-// it must cover start_pos + tokens.size() positions. Logits are produced for the last `num_logits`
-// tokens of the chunk (1 for a decode or final prefill chunk, tokens.size() for prompt scoring,
-// 0 for a prefill chunk that is not the last).
+// [start_pos, start_pos + tokens.size()); keys/values of positions [0, start_pos) are already in
+// the pool. `block_table[i]` is the physical block holding positions [i*block_size,
+// (i+1)*block_size); it must cover start_pos + tokens.size() positions. Logits are produced for the
+// last `num_logits` tokens of the chunk (1 for a decode or final prefill chunk, tokens.size() for
+// prompt scoring, 0 for a prefill chunk that is not the last).
 struct SequenceStep {
   std::span<const int32_t> tokens;
   int32_t start_pos = 0;

@@ -45,7 +45,8 @@ struct ModelConfig {
 };
 
 // Parses config.json text. `source` names the file in error messages.
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
+                                             const std::string& source);
 
 // Reads `dir`/config.json and, when present, `dir`/generation_config.json (bos/eos overrides).
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);

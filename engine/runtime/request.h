@@ -14,14 +14,14 @@
 namespace spqr {
 
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 = greedy (argmax)
-  int32_t top_k = 0;         // 0 = off
-  float top_p = 1.0f;        // 1 = off
-  float min_p = 0.0f;        // 0 = off; keep tokens with p >= min_p * p_max
-  std::optional<uint64_t> seed;       // same seed + same request -> same tokens
-  float repetition_penalty = 1.0f;    // CTRL-style, over prompt and generated tokens; 1 = off
-  float presence_penalty = 0.0f;      // OpenAI-style, over generated tokens
-  float frequency_penalty = 0.0f;     // OpenAI-style, over generated tokens
+  float temperature = 1.0f;         // 0 = greedy (argmax)
+  int32_t top_k = 0;                // 0 = off
+  float top_p = 1.0f;               // 1 = off
+  float min_p = 0.0f;               // 0 = off; keep tokens with p >= min_p * p_max
+  std::optional<uint64_t> seed;     // same seed + same request -> same tokens
+  float repetition_penalty = 1.0f;  // CTRL-style, over prompt and generated tokens; 1 = off
+  float presence_penalty = 0.0f;    // OpenAI-style, over generated tokens
+  float frequency_penalty = 0.0f;   // OpenAI-style, over generated tokens
 };
 
 struct StoppingParams {
@@ -38,10 +38,10 @@ struct GenerateRequest {
   std::vector<int32_t> prompt_tokens;  // already tokenized (bos included if wanted)
   SamplingParams sampling;
   StoppingParams stopping;
-  bool logprobs = false;        // logprob of each chosen token
-  int32_t top_logprobs = 0;     // plus this many most likely alternatives per position
-  bool prompt_logprobs = false; // logprob and greedy flag of every prompt token after the first
-  int32_t priority = 0;         // higher runs first (ties: arrival order)
+  bool logprobs = false;         // logprob of each chosen token
+  int32_t top_logprobs = 0;      // plus this many most likely alternatives per position
+  bool prompt_logprobs = false;  // logprob and greedy flag of every prompt token after the first
+  int32_t priority = 0;          // higher runs first (ties: arrival order)
   std::optional<absl::Time> deadline;  // the engine finishes the request with kDeadline after it
 };
 
@@ -64,8 +64,8 @@ struct TopLogprob {
 
 struct TokenLogprob {
   int32_t token_id = 0;
-  float logprob = 0.0f;        // log-softmax of the raw logits (before sampling transforms)
-  bool is_greedy = false;      // token_id is the argmax
+  float logprob = 0.0f;         // log-softmax of the raw logits (before sampling transforms)
+  bool is_greedy = false;       // token_id is the argmax
   std::vector<TopLogprob> top;  // top_logprobs alternatives, most likely first
 };
 
@@ -77,25 +77,25 @@ struct Usage {
 
 // Timings the engine measured for one request; filled on the final chunk.
 struct RequestTimings {
-  absl::Duration queue_time;          // submit -> first scheduled
+  absl::Duration queue_time;           // submit -> first scheduled
   absl::Duration time_to_first_token;  // submit -> first generated token
-  absl::Duration e2e;                 // submit -> finish
+  absl::Duration e2e;                  // submit -> finish
 };
 
 // A piece of a request's output. Chunks arrive in order; exactly one has finished = true, and it
 // is the last.
 struct OutputChunk {
-  std::vector<int32_t> token_ids;        // newly generated tokens
-  std::vector<TokenLogprob> logprobs;    // parallel to token_ids when logprobs was asked for
-  std::string text;                      // newly completed UTF-8 text (stop strings held back)
+  std::vector<int32_t> token_ids;             // newly generated tokens
+  std::vector<TokenLogprob> logprobs;         // parallel to token_ids when logprobs was asked for
+  std::string text;                           // newly completed UTF-8 text (stop strings held back)
   std::vector<TokenLogprob> prompt_logprobs;  // once, in the first chunk, when asked for
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_string;       // which stop string matched (kStopString)
-  int32_t stop_token_id = -1;    // which token stopped it (kEos / kStopToken)
-  absl::Status error;            // set with kError
-  Usage usage;                   // cumulative
-  RequestTimings timings;        // on the final chunk
+  std::string stop_string;     // which stop string matched (kStopString)
+  int32_t stop_token_id = -1;  // which token stopped it (kEos / kStopToken)
+  absl::Status error;          // set with kError
+  Usage usage;                 // cumulative
+  RequestTimings timings;      // on the final chunk
 };
 
 // Called on the engine thread for every chunk; must not block (hand the chunk to another thread).

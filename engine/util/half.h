@@ -55,9 +55,9 @@ inline uint16_t F32ToF16(float f) {
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;    // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;   // overflow (incl. inf) after rounding
-  if (abs < 0x33000001u) return sign;              // rounds to zero
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (incl. inf) after rounding
+  if (abs < 0x33000001u) return sign;             // rounds to zero
   const int32_t exp = static_cast<int32_t>(abs >> 23) - 127 + 15;
   uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
   if (exp <= 0) {  // subnormal result

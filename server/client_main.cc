@@ -1,6 +1,8 @@
 // spqr-client: a command-line client of spqr-server.
 //
-//   spqr-client [--address HOST:PORT] [--timeout SECONDS] COMMAND ...
+//   spqr-client [--address HOST:PORT] [--timeout SECONDS] [--api-key KEY] [--ca-cert PEM
+//               [--client-cert PEM --client-key PEM] [--tls-server-name NAME]] COMMAND ...
+//   (--api-key defaults to $SPQR_API_KEY; --ca-cert switches to TLS)
 //     generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
 //                     [--seed S] [--repetition-penalty R] [--stop STRING]... [--ignore-eos]
 //                     [--unary] [--no-bos]        streams the generated text to stdout
@@ -11,8 +13,11 @@
 //     health [--service NAME]                     prints the health status; exit 0 iff SERVING
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,7 +32,10 @@
 namespace {
 
 constexpr char kUsage[] =
-    "usage: spqr-client [--address HOST:PORT] [--timeout SECONDS] COMMAND ...\n"
+    "usage: spqr-client [--address HOST:PORT] [--timeout SECONDS] [--api-key KEY]\n"
+    "                   [--ca-cert PEM [--client-cert PEM --client-key PEM]\n"
+    "                   [--tls-server-name NAME]] COMMAND ...\n"
+    "  (--api-key defaults to $SPQR_API_KEY; --ca-cert connects with TLS)\n"
     "  generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
     "                  [--min-p P] [--seed S] [--repetition-penalty R] [--stop STRING]...\n"
     "                  [--ignore-eos] [--unary] [--no-bos]\n"
@@ -108,14 +116,29 @@ int Fail(const grpc::Status& status) {
 }
 
 // --timeout SECONDS; unary commands default to `fallback_seconds` so that a dead server cannot
-// hang them (0: no deadline).
+// hang them (0: no deadline). Also sends the API key (--api-key, else $SPQR_API_KEY) if any.
 void SetDeadline(const Args& args, grpc::ClientContext* context, double fallback_seconds = 0) {
+  std::string api_key = args.Get("api_key");
+  if (api_key.empty()) {
+    const char* env = std::getenv("SPQR_API_KEY");
+    if (env != nullptr) api_key = env;
+  }
+  if (!api_key.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", api_key));
   double seconds = fallback_seconds;
   ParseNumber(args, "timeout", &seconds);
   if (seconds > 0) {
     context->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   }
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::stringstream text;
+  text << in.rdbuf();
+  *out = text.str();
+  return true;
 }
 
 void PrintJson(const google::protobuf::Message& message) {
@@ -270,8 +293,28 @@ int main(int argc, char** argv) {
   const std::string address = args.Get("address", "127.0.0.1:50051");
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(64 << 20);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (args.Has("ca_cert")) {
+    grpc::SslCredentialsOptions tls;
+    std::string error_file;
+    if (!ReadFile(args.Get("ca_cert"), &tls.pem_root_certs)) error_file = args.Get("ca_cert");
+    if (args.Has("client_cert") && !ReadFile(args.Get("client_cert"), &tls.pem_cert_chain)) {
+      error_file = args.Get("client_cert");
+    }
+    if (args.Has("client_key") && !ReadFile(args.Get("client_key"), &tls.pem_private_key)) {
+      error_file = args.Get("client_key");
+    }
+    if (!error_file.empty()) {
+      std::fprintf(stderr, "spqr-client: cannot read %s\n", error_file.c_str());
+      return 2;
+    }
+    credentials = grpc::SslCredentials(tls);
+    if (args.Has("tls_server_name")) {
+      channel_args.SetSslTargetNameOverride(args.Get("tls_server_name"));
+    }
+  }
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), channel_args);
+      grpc::CreateCustomChannel(address, credentials, channel_args);
   auto stub = spqr::v1::SpqrService::NewStub(channel);
   const std::string& command = args.positional[0];
   if (command == "generate") return Generate(*stub, args);

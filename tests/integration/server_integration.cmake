@@ -10,10 +10,10 @@ endif()
 
 # TLS, mTLS, API keys and the per-connection stream limit (throwaway certificates from openssl).
 find_program(SPQR_OPENSSL openssl)
-if(TARGET spqr-server AND SPQR_OPENSSL)
+if(TARGET spqr-server AND TARGET spqr-client AND SPQR_OPENSSL)
   add_test(NAME server_integration_security
            COMMAND ${SPQR_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/server_integration_security_test.py
-                   --server $<TARGET_FILE:spqr-server>
+                   --server $<TARGET_FILE:spqr-server> --client $<TARGET_FILE:spqr-client>
                    --model ${SPQR_ROOT}/tests/data/test-model --stubs ${SPQR_PYTHON_STUBS_DIR})
   set_tests_properties(server_integration_security PROPERTIES LABELS integration TIMEOUT 300)
 endif()

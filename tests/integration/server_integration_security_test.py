@@ -4,7 +4,8 @@ and the per-connection stream limit. Starts the real binary on 127.0.0.1 (epheme
 throwaway certificates that openssl makes in a temporary folder.
 
   /usr/bin/python3 tests/integration/server_integration_security_test.py \
-      --server build/server/spqr-server --model tests/data/test-model --stubs build/python_stubs
+      --server build/server/spqr-server --model tests/data/test-model --stubs build/python_stubs \
+      --client build/server/spqr-client
 """
 import argparse
 import os
@@ -30,6 +31,7 @@ def parse_args():
     parser.add_argument("--server", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--stubs", required=True)
+    parser.add_argument("--client", default="", help="spqr-client binary (its TLS/key flags)")
     return parser.parse_known_args()
 
 
@@ -254,6 +256,45 @@ class ApiKeyTest(unittest.TestCase):
                                 timeout=WAIT_S, env=env)
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertIn("SPQR_TEST_UNSET_KEYS", result.stderr)
+
+
+class ClientBinaryTest(unittest.TestCase):
+
+    def test_client_speaks_mtls_and_sends_the_api_key(self):
+        if not ARGS.client:
+            self.skipTest("no --client")
+        key_file = os.path.join(CERTS, "client-keys.txt")
+        with open(key_file, "w") as f:
+            f.write("client-binary-key\n")
+        server = Server(["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+                         "--server.tls.key_file", os.path.join(CERTS, "server.key"),
+                         "--server.tls.client_ca_file", os.path.join(CERTS, "ca.pem"),
+                         "--server.tls.require_client_cert",
+                         "--server.auth.api_keys_file", key_file])
+        try:
+            tls = ["--address", server.address, "--timeout", "30",
+                   "--ca-cert", os.path.join(CERTS, "ca.pem"), "--tls-server-name", "localhost",
+                   "--client-cert", os.path.join(CERTS, "client.pem"),
+                   "--client-key", os.path.join(CERTS, "client.key")]
+            env = {k: v for k, v in os.environ.items() if k != "SPQR_API_KEY"}
+
+            def client(*args, extra_env=None):
+                return subprocess.run([ARGS.client, *args], capture_output=True, text=True,
+                                      timeout=60, env={**env, **(extra_env or {})})
+            result = client(*tls, "info")
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("API key", result.stderr)
+            result = client(*tls, "--api-key", "client-binary-key", "info")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            result = client(*tls, "generate", "hi", "--max-new-tokens", "3",
+                            extra_env={"SPQR_API_KEY": "client-binary-key"})
+            self.assertEqual(result.returncode, 0, result.stderr)
+            # Plaintext against the TLS port fails.
+            result = client("--address", server.address, "--timeout", "10",
+                            "--api-key", "client-binary-key", "info")
+            self.assertEqual(result.returncode, 1)
+        finally:
+            server.kill()
 
 
 class StreamLimitTest(unittest.TestCase):

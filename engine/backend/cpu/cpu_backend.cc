@@ -66,9 +66,9 @@ absl::Status CheckLinear(const LinearTensors& l, int64_t out, int64_t in, bool w
   if (l.spqr != nullptr) {
     // Packed SpQR layer: validated when bound (SpqrLayerFromTensors); only the shape is rechecked.
     if (l.spqr->out_features != out || l.spqr->in_features != in) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: SpQR layer is %dx%d, expected %dx%d", what, l.spqr->out_features,
-          l.spqr->in_features, out, in));
+      return absl::InvalidArgumentError(absl::StrFormat("%s: SpQR layer is %dx%d, expected %dx%d",
+                                                        what, l.spqr->out_features,
+                                                        l.spqr->in_features, out, in));
     }
   } else {
     RETURN_IF_ERROR(CheckTensor(l.weight, {out, in}, what + ".weight"));

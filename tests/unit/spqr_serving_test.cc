@@ -139,6 +139,19 @@ class SpqrServingTest : public ::testing::Test {
     ASSERT_GT(report->outliers, 0);
     const absl::Status st = WriteDequantizedModel(job.output_dir, (*root_ / "dense").string());
     ASSERT_TRUE(st.ok()) << st;
+    // Variants that take the kernel's other paths: 5-bit codes (unpacked to bytes first) with
+    // fp16 statistics, and a group width without a fused path (beta1 = 64: decode, then dot).
+    job.layer.wbits = 5;
+    job.layer.stats_bits = kFp16Stats;
+    job.output_dir = (*root_ / "w5_fp16stats").string();
+    auto w5 = QuantizeModel(job, [](const std::string&) {});
+    ASSERT_TRUE(w5.ok()) << w5.status();
+    job.layer.wbits = 3;
+    job.layer.stats_bits = 3;
+    job.layer.beta1 = 64;
+    job.output_dir = (*root_ / "beta1_64").string();
+    auto b64 = QuantizeModel(job, [](const std::string&) {});
+    ASSERT_TRUE(b64.ok()) << b64.status();
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
@@ -235,8 +248,11 @@ TEST_F(SpqrServingTest, LogitsEqualTheDenseModelOfTheReferenceDecode) {
 // The CPU kernel over T tokens gives every token exactly the format's batch-1 product
 // (SpqrMatmul with batch 1), bit for bit, for every projection of the model: the batched decode
 // shares each decoded row across tokens without changing any token's arithmetic.
-TEST_F(SpqrServingTest, CpuKernelIsBitIdenticalToTheFormatsBatchOneProduct) {
-  auto model = Load(SpqrDir());
+class SpqrKernelPathTest : public SpqrServingTest,
+                           public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(SpqrKernelPathTest, CpuKernelIsBitIdenticalToTheFormatsBatchOneProduct) {
+  auto model = Load((*root_ / GetParam()).string());
   ASSERT_NE(model, nullptr);
   const DecoderLayerWeights& l = model->weights->layers[1];
   for (const LinearTensors* lin :
@@ -261,6 +277,9 @@ TEST_F(SpqrServingTest, CpuKernelIsBitIdenticalToTheFormatsBatchOneProduct) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, SpqrKernelPathTest,
+                         ::testing::Values("spqr", "w5_fp16stats", "beta1_64"));
 
 // Collects one request's chunks.
 struct Collected {

@@ -73,17 +73,20 @@ absl::StatusOr<ApiKeys> ApiKeys::Load(const std::string& file, const std::string
   return FromList(keys);
 }
 
-bool ApiKeys::Accepts(absl::string_view authorization) const {
+int ApiKeys::Find(absl::string_view authorization) const {
   absl::string_view presented = authorization;
   // The scheme is case-insensitive (RFC 7235); the key is not.
   if (presented.size() < 7 || !absl::EqualsIgnoreCase(presented.substr(0, 7), "bearer ")) {
-    return false;
+    return -1;
   }
   presented.remove_prefix(7);
   presented = absl::StripAsciiWhitespace(presented);
-  bool accepted = false;
-  for (const std::string& key : keys_) accepted |= ConstantTimeEquals(presented, key);
-  return accepted;
+  int found = -1;
+  for (size_t i = 0; i < keys_.size(); ++i) {
+    // No early exit: every key is compared whatever matched before.
+    if (ConstantTimeEquals(presented, keys_[i])) found = static_cast<int>(i);
+  }
+  return found;
 }
 
 }  // namespace spqr

@@ -30,7 +30,9 @@ class ApiKeys {
   // Whether the value of an "authorization" header ("Bearer <key>") holds one of the keys.
   // Every key is compared in full whatever matches, so the time taken does not reveal how much
   // of a key a guess got right.
-  bool Accepts(absl::string_view authorization) const;
+  bool Accepts(absl::string_view authorization) const { return Find(authorization) >= 0; }
+  // The index of the key that `authorization` holds, -1 for none (same constant-time walk).
+  int Find(absl::string_view authorization) const;
 
  private:
   std::vector<std::string> keys_;

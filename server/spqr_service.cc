@@ -89,7 +89,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
     shared_->stream = this;
     // Registered for Abort before the id goes out; the id goes out at once (before any token) so
     // that the client can Abort a request that is still queued.
-    service_->EngineRequestStarted(engine_id_, client_id_, aborted_);
+    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
     context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
     StartSendInitialMetadata();
     std::shared_ptr<Shared> shared = shared_;
@@ -251,7 +251,7 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
     shared_->call = this;
     shared_->shape = ResponseShapeOf(request);
     shared_->response.set_request_id(client_id_);
-    service_->EngineRequestStarted(engine_id_, client_id_, aborted_);
+    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
     context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
     StartSendInitialMetadata();
     std::shared_ptr<Shared> shared = shared_;
@@ -370,7 +370,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       GenerateRequest engine_request = MakeScoreEngineRequest(
           shared_->sequences[i], request.top_logprobs(), request.priority(), engine_ids_[i]);
       engine_request.deadline = deadline;
-      service_->EngineRequestStarted(engine_ids_[i], response_->request_id(), aborted_);
+      service_->EngineRequestStarted(engine_ids_[i], response_->request_id(),
+                                     service_->CallerKey(context), aborted_);
       std::shared_ptr<Shared> shared = shared_;
       absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
         Deliver(shared, i, std::move(chunk));
@@ -623,10 +624,10 @@ void SpqrServiceImpl::CallDone() {
 }
 
 void SpqrServiceImpl::EngineRequestStarted(const std::string& engine_id,
-                                           const std::string& client_id,
+                                           const std::string& client_id, int owner_key,
                                            std::shared_ptr<std::atomic<bool>> aborted) {
   absl::MutexLock lock(&mu_);
-  live_engine_ids_[engine_id] = LiveRequest{client_id, std::move(aborted)};
+  live_engine_ids_[engine_id] = LiveRequest{client_id, owner_key, std::move(aborted)};
 }
 
 void SpqrServiceImpl::EngineRequestFinished(const std::string& engine_id,
@@ -659,12 +660,20 @@ grpc::Status SpqrServiceImpl::SubmitFailed(const absl::Status& status,
                                       bound, status.message(), pushback_ms, kRetryPushbackKey));
 }
 
-bool SpqrServiceImpl::Abort(const std::string& client_id) {
+int SpqrServiceImpl::CallerKey(const grpc::CallbackServerContext* context) const {
+  if (!api_keys_.enabled()) return -1;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) return -1;
+  return api_keys_.Find(absl::string_view(it->second.data(), it->second.size()));
+}
+
+bool SpqrServiceImpl::Abort(const std::string& client_id, int caller_key) {
   std::vector<std::string> engine_ids;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [engine_id, live] : live_engine_ids_) {
-      if (live.client_id != client_id) continue;
+      if (live.client_id != client_id || live.owner_key != caller_key) continue;
       if (live.aborted != nullptr) live.aborted->store(true);
       engine_ids.push_back(engine_id);
     }
@@ -728,7 +737,7 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::Abort(grpc::CallbackServerContext* co
     status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: must not be empty");
   }
   if (status.ok()) {
-    response->set_found(Abort(request->request_id()));
+    response->set_found(Abort(request->request_id(), CallerKey(context)));
     Logf(LogLevel::kInfo, "Abort %s %s", request->request_id(),
          response->found() ? "cancelled the live request" : "found no live request");
   }

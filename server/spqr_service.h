@@ -66,9 +66,12 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
                                   const v1::AbortRequest* request,
                                   v1::AbortResponse* response) override;
 
-  // Cancels every live engine request whose client-visible id is `client_id` and marks it
-  // aborted. Returns whether there was one.
-  bool Abort(const std::string& client_id);
+  // Cancels every live engine request whose client-visible id is `client_id` and whose call
+  // presented the API key `caller_key` (see CallerKey), and marks it aborted. Returns whether
+  // there was one. With API keys a caller can only abort requests made with its own key.
+  bool Abort(const std::string& client_id, int caller_key);
+  // The index of the API key the call presented; -1 without API keys (everyone is one owner).
+  int CallerKey(const grpc::CallbackServerContext* context) const;
 
   // Used by the call reactors (spqr_service.cc).
   Engine* engine() const { return engine_.load(); }
@@ -89,9 +92,10 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
   void CallStarted();
   void CallDone();
-  // `client_id` is what Abort matches; `aborted` is set when an Abort call cancels the request.
+  // `client_id` and `owner_key` are what Abort matches; `aborted` is set when an Abort call cancels
+  // the request.
   void EngineRequestStarted(const std::string& engine_id, const std::string& client_id,
-                            std::shared_ptr<std::atomic<bool>> aborted);
+                            int owner_key, std::shared_ptr<std::atomic<bool>> aborted);
   // Submit failed: forget the request.
   void EngineRequestDone(const std::string& engine_id);
   // The final chunk arrived: metrics, the drain-rate estimate, and forget the request.
@@ -117,6 +121,7 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
 
   struct LiveRequest {
     std::string client_id;
+    int owner_key = -1;  // CallerKey of the call that made it
     std::shared_ptr<std::atomic<bool>> aborted;
   };
   absl::Mutex mu_;

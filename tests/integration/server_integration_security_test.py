@@ -247,6 +247,36 @@ class ApiKeyTest(unittest.TestCase):
         finally:
             server.kill()
 
+    def test_abort_only_cancels_requests_made_with_the_same_key(self):
+        key_file = os.path.join(CERTS, "abort-keys.txt")
+        with open(key_file, "w") as f:
+            f.write("owner-key\nother-key\n")
+        server = Server(["--server.auth.api_keys_file", key_file])
+        owner = [("authorization", "Bearer owner-key")]
+        other = [("authorization", "Bearer other-key")]
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = spqr_pb2_grpc.SpqrServiceStub(channel)
+                # Background streams make every step slower, so the target cannot finish first.
+                background = [stub.Generate(greedy(LONG, f"background {i}"), timeout=120,
+                                            metadata=owner) for i in range(12)]
+                for call in background:
+                    next(call)
+                call = stub.Generate(greedy(LONG, "target"), timeout=120, metadata=owner)
+                request_id = dict(call.initial_metadata())["spqr-request-id"]
+                self.assertFalse(stub.Abort(pb.AbortRequest(request_id=request_id), timeout=10,
+                                            metadata=other).found)
+                with self.assertRaises(grpc.RpcError) as error:
+                    stub.Abort(pb.AbortRequest(request_id=request_id), timeout=10)
+                self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                self.assertTrue(stub.Abort(pb.AbortRequest(request_id=request_id), timeout=10,
+                                           metadata=owner).found)
+                self.assertEqual(list(call)[-1].finish_reason, pb.FINISH_REASON_CANCELLED)
+                for c in background:
+                    c.cancel()
+        finally:
+            server.kill()
+
     def test_unset_key_variable_fails_start_up_naming_it(self):
         env = dict(os.environ)
         env.pop("SPQR_TEST_UNSET_KEYS", None)

@@ -39,6 +39,9 @@ TEST(ApiKeysTest, BearerSchemeIsRequiredAndCaseInsensitive) {
   EXPECT_FALSE(keys.Accepts("Bearer "));
   EXPECT_FALSE(keys.Accepts("Bearer k2"));
   EXPECT_FALSE(keys.Accepts(""));
+  EXPECT_EQ(keys.Find("Bearer k1"), 0);
+  EXPECT_EQ(keys.Find("Bearer key-two"), 1);
+  EXPECT_EQ(keys.Find("Bearer k3"), -1);
 }
 
 TEST(ApiKeysTest, NoSourcesMeansAuthOff) {

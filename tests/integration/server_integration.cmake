@@ -17,3 +17,13 @@ if(TARGET spqr-server AND TARGET spqr-client AND SPQR_OPENSSL)
                    --model ${SPQR_ROOT}/tests/data/test-model --stubs ${SPQR_PYTHON_STUBS_DIR})
   set_tests_properties(server_integration_security PROPERTIES LABELS integration TIMEOUT 300)
 endif()
+
+# Serving runtime through the real server: batching equals solo, cancel/deadline/Abort free their
+# KV blocks, prefix cache hits on a repeated prompt (issue 4).
+if(TARGET spqr-server AND TARGET spqr-client)
+  add_test(NAME server_integration_runtime
+           COMMAND ${SPQR_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/server_runtime_test.py
+                   --server $<TARGET_FILE:spqr-server> --client $<TARGET_FILE:spqr-client>
+                   --model ${SPQR_ROOT}/tests/data/test-model --stubs ${SPQR_PYTHON_STUBS_DIR})
+  set_tests_properties(server_integration_runtime PROPERTIES LABELS integration TIMEOUT 300)
+endif()

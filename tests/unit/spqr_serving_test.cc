@@ -121,10 +121,7 @@ std::vector<float> PrefillLogits(Backend& backend, const std::vector<int32_t>& t
 
 class SpqrServingTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() / ("spqr_serving_" + std::to_string(getpid())));
-    fs::remove_all(*root_);
-    fs::create_directories(*root_);
+  static ModelQuantizeJob BaseJob() {
     ModelQuantizeJob job;
     job.model_dir = kSourceModel;
     job.calibration_text = kText;
@@ -134,24 +131,18 @@ class SpqrServingTest : public ::testing::Test {
     job.seed = 5;
     job.threads = 1;
     job.layer.tau = 0.2;  // some outliers, so the kernel's outlier path is exercised
+    return job;
+  }
+  static void SetUpTestSuite() {
+    root_ = new fs::path(fs::temp_directory_path() / ("spqr_serving_" + std::to_string(getpid())));
+    fs::remove_all(*root_);
+    fs::create_directories(*root_);
+    ModelQuantizeJob job = BaseJob();
     auto report = QuantizeModel(job, [](const std::string&) {});
     ASSERT_TRUE(report.ok()) << report.status();
     ASSERT_GT(report->outliers, 0);
     const absl::Status st = WriteDequantizedModel(job.output_dir, (*root_ / "dense").string());
     ASSERT_TRUE(st.ok()) << st;
-    // Variants that take the kernel's other paths: 5-bit codes (unpacked to bytes first) with
-    // fp16 statistics, and a group width without a fused path (beta1 = 64: decode, then dot).
-    job.layer.wbits = 5;
-    job.layer.stats_bits = kFp16Stats;
-    job.output_dir = (*root_ / "w5_fp16stats").string();
-    auto w5 = QuantizeModel(job, [](const std::string&) {});
-    ASSERT_TRUE(w5.ok()) << w5.status();
-    job.layer.wbits = 3;
-    job.layer.stats_bits = 3;
-    job.layer.beta1 = 64;
-    job.output_dir = (*root_ / "beta1_64").string();
-    auto b64 = QuantizeModel(job, [](const std::string&) {});
-    ASSERT_TRUE(b64.ok()) << b64.status();
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
@@ -249,7 +240,26 @@ TEST_F(SpqrServingTest, LogitsEqualTheDenseModelOfTheReferenceDecode) {
 // (SpqrMatmul with batch 1), bit for bit, for every projection of the model: the batched decode
 // shares each decoded row across tokens without changing any token's arithmetic.
 class SpqrKernelPathTest : public SpqrServingTest,
-                           public ::testing::WithParamInterface<const char*> {};
+                           public ::testing::WithParamInterface<const char*> {
+ protected:
+  static void SetUpTestSuite() {
+    SpqrServingTest::SetUpTestSuite();
+    ModelQuantizeJob job = BaseJob();
+    // Variants that take the kernel's other paths: 5-bit codes (unpacked to bytes first) with
+    // fp16 statistics, and a group width without a fused path (beta1 = 64: decode, then dot).
+    job.layer.wbits = 5;
+    job.layer.stats_bits = kFp16Stats;
+    job.output_dir = (*root_ / "w5_fp16stats").string();
+    auto w5 = QuantizeModel(job, [](const std::string&) {});
+    ASSERT_TRUE(w5.ok()) << w5.status();
+    job.layer.wbits = 3;
+    job.layer.stats_bits = 3;
+    job.layer.beta1 = 64;
+    job.output_dir = (*root_ / "beta1_64").string();
+    auto b64 = QuantizeModel(job, [](const std::string&) {});
+    ASSERT_TRUE(b64.ok()) << b64.status();
+  }
+};
 
 TEST_P(SpqrKernelPathTest, CpuKernelIsBitIdenticalToTheFormatsBatchOneProduct) {
   auto model = Load((*root_ / GetParam()).string());

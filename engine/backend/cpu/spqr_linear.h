@@ -3,6 +3,11 @@
 // bilevel statistics on the fly, applies the outliers and reads the inputs through the act-order
 // permutation (one gather per token per call). The dense W_hat is never materialized.
 //
+// Speed (AVX2+FMA builds): for wbits <= 4 the weight codes are read straight from the packed bit
+// row (one 32-bit load per 8 codes, per-lane shifts), weights are formed 8 lanes at a time in
+// registers, statistics codes are unpacked a row at a time and second-level fp16 values converted
+// with F16C; every one of these computes the same values as the format's reference decode.
+//
 // Threading: output rows are split into chunks (a multiple of beta2, so each chunk converts a
 // second-level block once) that OpenMP threads take dynamically.
 //

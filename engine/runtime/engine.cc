@@ -498,8 +498,31 @@ bool Engine::Impl::Step() {
   }
   if (items.empty()) return false;
 
+  StepRecord record;
+  record.sequences = static_cast<int32_t>(items.size());
+  for (const Item& item : items) {
+    // A decode feeds back the one generated token that is not in the KV cache yet; anything
+    // else (prompt chunks, recomputation after a preemption) is prefill work.
+    const bool decode = item.count == 1 && item.start >= item.seq->prompt_len &&
+                        item.start + 1 == static_cast<int32_t>(item.seq->tokens.size());
+    (decode ? record.decode_tokens : record.prefill_tokens) += item.count;
+  }
+  const absl::Time forward_start = absl::Now();
+  // Reports the step however Step() returns from here on.
+  struct ReportStep {
+    const EngineOptions& options;
+    StepRecord& record;
+    absl::Time start;
+    ~ReportStep() {
+      if (!options.step_observer) return;
+      record.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+      options.step_observer(record);
+    }
+  } report{options_, record, forward_start};
+
   StepOutput out;
   const absl::Status forward = model_->backend->Forward(step, &out);
+  record.ok = forward.ok();
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.steps_total;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -15,6 +16,15 @@
 #include "engine/runtime/request.h"
 
 namespace spqr {
+
+// What one engine step (a batched forward pass and the sampling after it) did, for step metrics.
+struct StepRecord {
+  double seconds = 0.0;        // backend forward + logprobs + sampling and chunk emission
+  int32_t prefill_tokens = 0;  // prompt tokens (and tokens recomputed after a preemption)
+  int32_t decode_tokens = 0;   // one per sequence that fed back its last generated token
+  int32_t sequences = 0;       // sequences in the step
+  bool ok = true;              // false when the backend's forward step failed
+};
 
 struct EngineOptions {
   int32_t kv_block_size = 16;
@@ -26,6 +36,10 @@ struct EngineOptions {
   // Reuse the KV blocks of earlier requests' identical full-block prompt prefixes
   // (docs/scheduling.md): the prefill starts after the cached prefix.
   bool enable_prefix_caching = true;
+  // Called on the engine thread after every step that ran a forward pass (warm-up excluded),
+  // failed ones included. It must be thread-safe with respect to its own state, fast, and must
+  // not block or call back into the engine. Empty: no step records.
+  std::function<void(const StepRecord&)> step_observer;
 };
 
 // Point-in-time counters for metrics and GetModelInfo. Cumulative counters only grow.

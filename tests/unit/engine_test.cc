@@ -289,9 +289,12 @@ TEST_F(EngineTest, QueueBoundsGiveResourceExhausted) {
 
 TEST_F(EngineTest, CancelFinishesAndFreesBlocks) {
   auto engine = MakeEngine();
+  // Paused, the engine cannot finish 200 tokens before the cancel lands (it did on a fast run).
+  control_->Pause();
   ASSERT_TRUE(engine->Submit(Greedy("c", Prompt(10, 1), 200), collector_.For("c")).ok());
   engine->Cancel("c");
   engine->Cancel("unknown");  // ignored
+  control_->Resume();
   const auto chunks = collector_.Wait("c");
   EXPECT_EQ(chunks.back().finish_reason, FinishReason::kCancelled);
   EXPECT_LT(Tokens(chunks).size(), 200u);

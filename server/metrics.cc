@@ -36,6 +36,8 @@ enum MetricIndex {
   kPrefixHits,
   kEngineSteps,
   kLastStepSeconds,
+  kStepDuration,
+  kStepTokens,
   kModelReady,
   kInflight,
   kResidentMemory,
@@ -87,6 +89,12 @@ const std::vector<MetricSpec> kMetricTable = {
      "Engine steps (batched forward passes) run."},
     {"spqr_engine_last_step_seconds", MetricKind::kGauge, "",
      "Duration of the engine's most recent step."},
+    {"spqr_engine_step_duration_seconds", MetricKind::kHistogram, "kind",
+     "Duration of each engine step (forward pass and sampling), by kind: prefill, decode, or mixed "
+     "(both in one batch)."},
+    {"spqr_engine_step_tokens", MetricKind::kHistogram, "kind",
+     "Tokens fed to each engine step (prompt chunks plus one per decoding sequence), by step "
+     "kind."},
     {"spqr_model_ready", MetricKind::kGauge, "",
      "1 when the model is loaded, warmed up and the server accepts requests (health SERVING)."},
     {"spqr_inflight_rpcs", MetricKind::kGauge, "", "RPCs of spqr.v1.SpqrService in progress."},
@@ -107,6 +115,13 @@ const MetricSpec& Spec(MetricIndex index) { return kMetricTable[index]; }
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.25,  0.5,
           0.75,  1.0,    2.5,   5.0,  7.5,   10.0, 20.0,  40.0, 80.0, 160.0, 640.0};
+}
+
+// Steps of small models and batches take well under a millisecond.
+prometheus::Histogram::BucketBoundaries StepDurationBuckets() {
+  prometheus::Histogram::BucketBoundaries buckets = {0.0001, 0.00025, 0.0005};
+  for (double b : LatencyBuckets()) buckets.push_back(b);
+  return buckets;
 }
 
 prometheus::Histogram::BucketBoundaries TokenCountBuckets() {
@@ -236,6 +251,16 @@ ServerMetrics::ServerMetrics(bool vllm_compatible_names)
   request_prompt_tokens_ = AddHistogram(kRequestPromptTokens, registry, TokenCountBuckets());
   request_generation_tokens_ =
       AddHistogram(kRequestGenerationTokens, registry, TokenCountBuckets());
+  prometheus::Family<prometheus::Histogram>& step_duration =
+      Register(prometheus::BuildHistogram(), kStepDuration, registry);
+  prometheus::Family<prometheus::Histogram>& step_tokens =
+      Register(prometheus::BuildHistogram(), kStepTokens, registry);
+  // All kinds exist from the start, so that dashboards see every series before the first step.
+  for (int kind = 0; kind < kStepKinds; ++kind) {
+    const prometheus::Labels labels = {{"kind", std::string(kStepKindLabels[kind])}};
+    step_duration_[kind] = &step_duration.Add(labels, StepDurationBuckets());
+    step_tokens_[kind] = &step_tokens.Add(labels, TokenCountBuckets());
+  }
   ready_ = &Register(prometheus::BuildGauge(), kModelReady, registry).Add({});
   inflight_ = &Register(prometheus::BuildGauge(), kInflight, registry).Add({});
   unauthenticated_ = &Register(prometheus::BuildCounter(), kUnauthenticated, registry);
@@ -280,6 +305,12 @@ void ServerMetrics::RecordInterTokenLatency(int tokens, double seconds) {
   // A chunk of several tokens spreads its wait evenly over them.
   const double per_token = seconds / tokens;
   for (int i = 0; i < tokens; ++i) itl_->Observe(per_token);
+}
+
+void ServerMetrics::RecordStep(const StepRecord& step) {
+  const int kind = step.decode_tokens == 0 ? 0 : (step.prefill_tokens == 0 ? 1 : 2);
+  step_duration_[kind]->Observe(step.seconds);
+  step_tokens_[kind]->Observe(step.prefill_tokens + step.decode_tokens);
 }
 
 void ServerMetrics::RecordUnauthenticated(absl::string_view method, absl::string_view reason) {

@@ -58,6 +58,8 @@ class ServerMetrics {
   void RecordRequestFinished(const OutputChunk& final_chunk);
   // `tokens` tokens arrived `seconds` after the previous tokens of the same request.
   void RecordInterTokenLatency(int tokens, double seconds);
+  // One engine step ran (EngineOptions::step_observer); thread-safe, never blocks for long.
+  void RecordStep(const StepRecord& step);
   // A call was refused with UNAUTHENTICATED; `reason` is "missing" or "invalid".
   void RecordUnauthenticated(absl::string_view method, absl::string_view reason);
   // In-flight RPC gauge.
@@ -70,6 +72,9 @@ class ServerMetrics {
 
  private:
   class EngineCollector;
+  // Step kinds, the `kind` label of the step histograms: no decode tokens, no prefill tokens, both.
+  static constexpr int kStepKinds = 3;
+  static constexpr absl::string_view kStepKindLabels[kStepKinds] = {"prefill", "decode", "mixed"};
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<EngineCollector> engine_collector_;
@@ -82,6 +87,8 @@ class ServerMetrics {
   prometheus::Histogram* queue_time_ = nullptr;
   prometheus::Histogram* request_prompt_tokens_ = nullptr;
   prometheus::Histogram* request_generation_tokens_ = nullptr;
+  prometheus::Histogram* step_duration_[kStepKinds] = {};
+  prometheus::Histogram* step_tokens_[kStepKinds] = {};
   prometheus::Gauge* ready_ = nullptr;
   prometheus::Gauge* inflight_ = nullptr;
 };

@@ -225,8 +225,12 @@ absl::Status RunServer(const ServerConfig& config) {
     return absl::Status(model.status().code(),
                         absl::StrCat("loading the model: ", model.status().message()));
   }
-  absl::StatusOr<std::unique_ptr<Engine>> engine =
-      Engine::Create(*std::move(model), ToEngineOptions(config));
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(*std::move(model), [&] {
+    EngineOptions options = ToEngineOptions(config);
+    // `metrics` outlives the engine (declared first in this function).
+    options.step_observer = [&metrics](const StepRecord& step) { metrics.RecordStep(step); };
+    return options;
+  }());
   if (!engine.ok()) {
     server->Shutdown();
     return absl::Status(engine.status().code(),

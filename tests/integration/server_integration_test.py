@@ -642,6 +642,18 @@ class MetricsTest(unittest.TestCase):
         self.assertGreaterEqual(SERVER.metric("spqr_inter_token_latency_seconds_count"), 8)
         self.assertGreaterEqual(SERVER.metric("spqr_e2e_request_latency_seconds_count"), 2)
         self.assertEqual(SERVER.metric("spqr_model_ready"), 1)
+        # Each request prefilled its prompt and then decoded 4 tokens, alone or beside others.
+        # The observer runs after the step counter grows: read the histograms first.
+        step_kinds = [{"kind": k} for k in ("prefill", "decode", "mixed")]
+        observed = sum(SERVER.metric("spqr_engine_step_duration_seconds_count", k)
+                       for k in step_kinds)
+        step_tokens = sum(SERVER.metric("spqr_engine_step_tokens_sum", k) for k in step_kinds)
+        decode_steps = (SERVER.metric("spqr_engine_step_tokens_count", {"kind": "decode"}) +
+                        SERVER.metric("spqr_engine_step_tokens_count", {"kind": "mixed"}))
+        self.assertGreaterEqual(observed, 10)
+        self.assertLessEqual(observed, SERVER.metric("spqr_engine_steps_total"))
+        self.assertGreaterEqual(decode_steps, 4)
+        self.assertGreaterEqual(step_tokens, observed)
         self.assertGreater(SERVER.metric("spqr_kv_cache_blocks", {"state": "free"}), 0)
         self.assertEqual(SERVER.metric("spqr_kv_cache_capacity_blocks"),
                          SERVER.metric("spqr_kv_cache_blocks", {"state": "free"}) +

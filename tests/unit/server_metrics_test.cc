@@ -77,6 +77,29 @@ TEST(ServerMetricsTest, EveryMetricIsExported) {
       std::string::npos);
 }
 
+TEST(ServerMetricsTest, StepsAreCountedByKind) {
+  ServerMetrics metrics(/*vllm_compatible_names=*/false);
+  metrics.RecordStep({.seconds = 0.002, .prefill_tokens = 24, .decode_tokens = 0, .sequences = 1});
+  metrics.RecordStep({.seconds = 0.0003, .prefill_tokens = 0, .decode_tokens = 3, .sequences = 3});
+  metrics.RecordStep({.seconds = 0.0004, .prefill_tokens = 0, .decode_tokens = 2, .sequences = 2});
+  metrics.RecordStep({.seconds = 0.004, .prefill_tokens = 10, .decode_tokens = 2, .sequences = 3});
+  const std::string text = prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+  for (const char* expected : {
+           "spqr_engine_step_duration_seconds_count{kind=\"prefill\"} 1",
+           "spqr_engine_step_duration_seconds_count{kind=\"decode\"} 2",
+           "spqr_engine_step_duration_seconds_count{kind=\"mixed\"} 1",
+           "spqr_engine_step_duration_seconds_sum{kind=\"mixed\"} 0.004",
+           "spqr_engine_step_duration_seconds_bucket{kind=\"decode\",le=\"0.0005\"} 2",
+           "spqr_engine_step_duration_seconds_bucket{kind=\"decode\",le=\"0.00025\"} 0",
+           "spqr_engine_step_tokens_sum{kind=\"prefill\"} 24",
+           "spqr_engine_step_tokens_sum{kind=\"decode\"} 5",
+           "spqr_engine_step_tokens_sum{kind=\"mixed\"} 12",
+           "spqr_engine_step_tokens_bucket{kind=\"decode\",le=\"2\"} 1",
+       }) {
+    EXPECT_NE(text.find(expected), std::string::npos) << expected << "\n" << text;
+  }
+}
+
 TEST(ServerMetricsTest, ResidentMemoryIsThisProcesssSize) {
   // A gtest binary with its libraries resident takes more than 1 MiB and less than 16 GiB.
   const double rss = ProcessResidentMemoryBytes();

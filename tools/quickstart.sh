@@ -3,13 +3,27 @@
 # default model in the background, waits until it is healthy, and shows a demo Generate call.
 # The server keeps running afterwards (its PID and log are printed); stop it with
 #   kill $(cat build/spqr-server.pid)
-# Environment: SPQR_MODEL (model dir), SPQR_PORT (50051), SPQR_METRICS_PORT (9464).
+# By default it serves the SpQR-compressed version of the embedded reference model
+# (models/reference, trained by tools/train/), made by spqr-quantize on first run into
+# models/reference-spqr-w4 (near-lossless configuration: w4, beta1 = beta2 = 16, 3-bit statistics,
+# tau 0.2). Environment: SPQR_MODEL (serve this model dir instead), SPQR_PORT (50051),
+# SPQR_METRICS_PORT (9464).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 bash tools/build.sh
 BUILD_DIR=${BUILD_DIR:-build}
-MODEL=${SPQR_MODEL:-tests/data/test-model}
+if [[ -n "${SPQR_MODEL:-}" ]]; then
+  MODEL=$SPQR_MODEL
+else
+  MODEL=models/reference-spqr-w4
+  if [[ ! -f "$MODEL/config.json" ]]; then
+    echo "quickstart: quantizing models/reference -> $MODEL (first run only)"
+    "$BUILD_DIR/quantizer/spqr-quantize" --model models/reference --out "$MODEL" \
+      --calibration models/reference/calibration.txt --method spqr --wbits 4 --beta1 16 \
+      --beta2 16 --stats_bits 3 --tau 0.2 --nsamples 32 --seqlen 512 --seed 0
+  fi
+fi
 PORT=${SPQR_PORT:-50051}
 METRICS_PORT=${SPQR_METRICS_PORT:-9464}
 ADDR="127.0.0.1:${PORT}"
@@ -36,7 +50,7 @@ done
 "$BUILD_DIR/server/spqr-client" --address "$ADDR" health
 "$BUILD_DIR/server/spqr-client" --address "$ADDR" info
 echo "== demo: streaming Generate"
-"$BUILD_DIR/server/spqr-client" --address "$ADDR" generate "The GNU General Public License is" \
+"$BUILD_DIR/server/spqr-client" --address "$ADDR" generate "The kernel's memory allocator" \
   --max-new-tokens 48 --temperature 0.7 --seed 1
 echo
 echo "quickstart: server answering on $ADDR (gRPC) and http://127.0.0.1:${METRICS_PORT}/metrics"

@@ -29,6 +29,17 @@ class StepObserverTest : public EngineTest {
     std::lock_guard<std::mutex> lock(mu_);
     return records_;
   }
+  // The final chunk is emitted inside the step, before its record: once every request has its
+  // final chunk, waits until each step counted so far has reported.
+  std::vector<StepRecord> RecordsOfAllSteps(const Engine& engine) {
+    for (int i = 0; i < 5000; ++i) {
+      const std::vector<StepRecord> records = Records();
+      if (static_cast<int64_t>(records.size()) >= engine.GetStats().steps_total) return records;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    ADD_FAILURE() << "steps without a record";
+    return Records();
+  }
 
   std::mutex mu_;
   std::vector<StepRecord> records_;  // guarded by mu_
@@ -42,7 +53,7 @@ TEST_F(StepObserverTest, ReportsPrefillChunksThenOneDecodeTokenPerStep) {
   ASSERT_TRUE(engine->Submit(Greedy("a", Prompt(30, 1), 5), collector_.For("a")).ok());
   EXPECT_EQ(Tokens(collector_.Wait("a")).size(), 5u);
   ExpectAllBlocksFree(*engine);
-  const std::vector<StepRecord> records = Records();
+  const std::vector<StepRecord> records = RecordsOfAllSteps(*engine);
   ASSERT_EQ(records.size(), 6u);
   EXPECT_EQ(records[0].prefill_tokens, 24);
   EXPECT_EQ(records[1].prefill_tokens, 6);
@@ -92,7 +103,7 @@ TEST_F(StepObserverTest, MixedStepCountsBothKinds) {
   ExpectAllBlocksFree(*engine);
   int32_t prefill = 0, decode = 0;
   bool mixed = false;
-  for (const StepRecord& r : Records()) {
+  for (const StepRecord& r : RecordsOfAllSteps(*engine)) {
     prefill += r.prefill_tokens;
     decode += r.decode_tokens;
     if (r.prefill_tokens > 0 && r.decode_tokens > 0) {
@@ -110,7 +121,7 @@ TEST_F(StepObserverTest, FailedForwardIsReportedNotOk) {
   control_->fail = true;
   ASSERT_TRUE(engine->Submit(Greedy("a", Prompt(6, 1), 3), collector_.For("a")).ok());
   EXPECT_EQ(collector_.Wait("a").back().finish_reason, FinishReason::kError);
-  const std::vector<StepRecord> records = Records();
+  const std::vector<StepRecord> records = RecordsOfAllSteps(*engine);
   ASSERT_EQ(records.size(), 1u);
   EXPECT_FALSE(records[0].ok);
   EXPECT_EQ(records[0].prefill_tokens, 6);

@@ -3,9 +3,29 @@
 #include <algorithm>
 #include <string>
 
+#include "server/model_info.h"
 #include "server/spqr_service.h"
 
 namespace spqr {
+
+void FillQuantization(const QuantizationInfo& info, v1::Quantization* out) {
+  out->Clear();
+  out->set_method(info.method);
+  out->set_weight_dtype(info.weight_dtype);
+  out->set_format_version(info.format_version);
+  out->set_bits_per_param_formula(info.bits_per_param_formula);
+  out->set_bits_per_param_real(info.bits_per_param_real);
+  out->set_wbits(info.wbits);
+  out->set_beta1(info.beta1);
+  out->set_beta2(info.beta2);
+  out->set_stats_bits(info.stats_bits);
+  out->set_outlier_share(info.outlier_share);
+  out->set_tau(info.tau);
+  out->set_hessian_damping(info.lambda);
+  out->set_act_order(info.act_order);
+  out->set_quantizer_version(info.quantizer_version);
+  out->set_calibration(info.calibration);
+}
 
 RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& engine) {
   const LoadedModel& model = engine.model();
@@ -63,8 +83,7 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
   arch->set_tie_word_embeddings(c.tie_word_embeddings);
   arch->set_attention_bias(c.attention_bias);
   arch->set_torch_dtype(c.torch_dtype);
-  response->mutable_quantization()->set_method(model.quantization.method);
-  response->mutable_quantization()->set_weight_dtype(model.quantization.weight_dtype);
+  FillQuantization(model.quantization, response->mutable_quantization());
   response->set_bos_token_id(model.tokenizer ? model.tokenizer->bos_id() : c.bos_token_id);
   if (model.tokenizer) {
     for (int32_t id : model.tokenizer->eos_ids()) response->add_eos_token_ids(id);

@@ -16,3 +16,7 @@ if(TARGET spqr_server_lib)
   spqr_add_gtest(server_api_keys_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_api_keys_test.cc
                  LIBS spqr_server_lib LABELS unit)
 endif()
+if(TARGET spqr_server_lib)
+  spqr_add_gtest(server_model_info_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_model_info_test.cc
+                 LIBS spqr_server_lib LABELS unit)
+endif()

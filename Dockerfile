@@ -11,8 +11,11 @@
 #   SPQR_CUDA_ARCHITECTURES  GPU architectures compiled for ("90" = H100/H200; add "80;86;89" for
 #                            A100, A10/RTX 30x0, L4/RTX 40x0 at the price of a longer build)
 #   JOBS                     parallel compile jobs (default: all cores of the build machine)
-#   DEFAULT_MODEL            model directory of the repository baked in as /opt/spqr/models/default
-#                            (when it does not exist, the generated test model tests/data/test-model)
+#   DEFAULT_MODEL            model directory of the repository baked in as /opt/spqr/models/default:
+#                            a dense checkpoint with a calibration.txt (the reference model) is
+#                            quantized with spqr-quantize exactly as tools/quickstart.sh does; a SpQR
+#                            or other dense directory is copied as is; when it does not exist, the
+#                            generated test model tests/data/test-model is copied
 # What was and was not verified about this file: docs/deployment.md, "Container image".
 
 ARG CUDA_VERSION=13.0.1
@@ -21,7 +24,7 @@ ARG CUDA_VERSION=13.0.1
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS builder
 ARG SPQR_CUDA_ARCHITECTURES=90
 ARG JOBS=
-ARG DEFAULT_MODEL=models/default
+ARG DEFAULT_MODEL=models/reference
 ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src
 # Dependencies in their own layer, so source edits do not reinstall them.
@@ -47,7 +50,12 @@ RUN set -eu; \
       fi; \
     done; \
     cp config/spqr-server.yaml /opt/spqr/config/spqr-server.yaml; \
-    if [ -f "$DEFAULT_MODEL/config.json" ]; then \
+    if [ -f "$DEFAULT_MODEL/calibration.txt" ] && \
+       ! grep -q quantization_config "$DEFAULT_MODEL/config.json"; then \
+      /opt/spqr/bin/spqr-quantize --model "$DEFAULT_MODEL" --out /opt/spqr/models/default \
+        --calibration "$DEFAULT_MODEL/calibration.txt" --method spqr --wbits 4 --beta1 16 \
+        --beta2 16 --stats_bits 3 --tau 0.2 --nsamples 32 --seqlen 512 --seed 0; \
+    elif [ -f "$DEFAULT_MODEL/config.json" ]; then \
       cp -r "$DEFAULT_MODEL" /opt/spqr/models/default; \
     else \
       cp -r tests/data/test-model /opt/spqr/models/default; \

@@ -56,7 +56,7 @@ struct MetricsSection {
 
 // Which model to serve and where it runs.
 struct ModelSection {
-  std::string dir = "models/default";
+  std::string dir = "models/reference";
   std::string backend = "auto";
   int32_t threads = 0;
 };

@@ -72,20 +72,14 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
       : service_(service), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
     shape_ = ResponseShapeOf(request);
-    if (grpc::Status s = service_->Admit(context, "Generate"); !s.ok()) {
+    absl::StatusOr<GenerateRequest> engine_request;
+    if (grpc::Status s = service_->AdmitGenerate(context, "Generate", request, &engine_request,
+                                                 &engine_id_, &client_id_);
+        !s.ok()) {
       FinishEarly(s);
       return;
     }
     Engine* engine = service_->engine();
-    engine_id_ = service_->NextEngineId();
-    client_id_ = request.request_id().empty() ? engine_id_ : request.request_id();
-    absl::StatusOr<GenerateRequest> engine_request =
-        MakeEngineRequest(request, engine->model().tokenizer.get(), service_->limits(), engine_id_);
-    if (!engine_request.ok()) {
-      FinishEarly(ToGrpcStatus(engine_request.status()));
-      return;
-    }
-    engine_request->deadline = CallDeadline(context);
     shared_->stream = this;
     // Registered for Abort before the id goes out; the id goes out at once (before any token) so
     // that the client can Abort a request that is still queued.
@@ -234,20 +228,14 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
                     const v1::GenerateRequest& request, v1::GenerateResponse* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    if (grpc::Status s = service_->Admit(context, "GenerateUnary"); !s.ok()) {
+    absl::StatusOr<GenerateRequest> engine_request;
+    if (grpc::Status s = service_->AdmitGenerate(context, "GenerateUnary", request, &engine_request,
+                                                 &engine_id_, &client_id_);
+        !s.ok()) {
       FinishWith(s);
       return;
     }
     Engine* engine = service_->engine();
-    engine_id_ = service_->NextEngineId();
-    client_id_ = request.request_id().empty() ? engine_id_ : request.request_id();
-    absl::StatusOr<GenerateRequest> engine_request =
-        MakeEngineRequest(request, engine->model().tokenizer.get(), service_->limits(), engine_id_);
-    if (!engine_request.ok()) {
-      FinishWith(ToGrpcStatus(engine_request.status()));
-      return;
-    }
-    engine_request->deadline = CallDeadline(context);
     shared_->call = this;
     shared_->shape = ResponseShapeOf(request);
     shared_->response.set_request_id(client_id_);
@@ -610,6 +598,20 @@ absl::Status SpqrServiceImpl::CheckAccepting() const {
 }
 
 std::string SpqrServiceImpl::NextEngineId() { return absl::StrCat("r", next_id_.fetch_add(1)); }
+
+grpc::Status SpqrServiceImpl::AdmitGenerate(const grpc::CallbackServerContext* context,
+                                            const char* method, const v1::GenerateRequest& request,
+                                            absl::StatusOr<GenerateRequest>* engine_request,
+                                            std::string* engine_id, std::string* client_id) {
+  if (grpc::Status s = Admit(context, method); !s.ok()) return s;
+  *engine_id = NextEngineId();
+  *client_id = request.request_id().empty() ? *engine_id : request.request_id();
+  *engine_request =
+      MakeEngineRequest(request, engine()->model().tokenizer.get(), limits(), *engine_id);
+  if (!engine_request->ok()) return ToGrpcStatus(engine_request->status());
+  (*engine_request)->deadline = CallDeadline(context);
+  return grpc::Status::OK;
+}
 
 void SpqrServiceImpl::CallStarted() {
   metrics_->RpcStarted();

@@ -89,6 +89,13 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   grpc::Status Admit(const grpc::CallbackServerContext* context, const char* method);
   // A fresh engine request id ("r17").
   std::string NextEngineId();
+  // The admission shared by Generate and GenerateUnary: Admit, a fresh engine id, the
+  // client-visible id (the request's, else the engine id) and the engine request with the call's
+  // deadline. A non-OK status is what the call must finish with.
+  grpc::Status AdmitGenerate(const grpc::CallbackServerContext* context, const char* method,
+                             const v1::GenerateRequest& request,
+                             absl::StatusOr<GenerateRequest>* engine_request,
+                             std::string* engine_id, std::string* client_id);
   // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
   void CallStarted();
   void CallDone();

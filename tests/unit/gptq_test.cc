@@ -44,7 +44,9 @@ TEST(HessianTest, PreparedFactorIsUpperCholeskyOfDampedInverse) {
     for (int64_t j = 0; j < n; ++j) {
       hp(i, j) = h[prep->perm[i] * n + prep->perm[j]] + (i == j ? lambda * mean_diag : 0.0);
       u(i, j) = prep->inv_chol[i * n + j];
-      if (j < i) EXPECT_EQ(u(i, j), 0.0);
+      if (j < i) {
+        EXPECT_EQ(u(i, j), 0.0);
+      }
     }
     EXPECT_EQ(prep->inv_chol_diag[i], prep->inv_chol[i * n + i]);
   }

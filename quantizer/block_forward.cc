@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 
 #include "engine/backend/cpu/rope.h"
@@ -12,6 +13,10 @@ namespace spqr {
 namespace {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// Scratch with Eigen's alignment: a vectorized reduction (the softmax normalizer) peels
+// differently for differently aligned data, so unaligned scratch would make the sums, and with
+// them the forward, depend on where malloc put the buffer.
+using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 // y [tokens][out] = x [tokens][in] W^T + b.
 void Project(const DenseLinear& l, const float* x, int64_t tokens, float* y) {
@@ -39,6 +44,44 @@ void RmsNormRows(const float* x, int64_t tokens, int64_t hidden, const std::vect
 
 void Accumulate(const BlockHessians* h, int which, const float* x, int64_t tokens) {
   if (h != nullptr && h->inputs[which] != nullptr) h->inputs[which]->AddBatch(x, tokens);
+}
+
+// Query rows per score block: a block of rows only multiplies the keys up to its last row, so the
+// GEMMs skip all masked (future) keys but those inside the diagonal block.
+constexpr int64_t kAttentionRowBlock = 64;
+
+// Causal softmax attention of one query head over its KV head, as GEMMs:
+//   S = scale * Q K^T (masked to keys s <= t), P = row softmax(S), O = P V.
+// q, out: [tokens] rows of hd floats at stride q_stride; k, v: rows at stride kv_stride.
+// `scores` is scratch (grown as needed).
+void AttendHead(const float* q, int64_t q_stride, const float* k, const float* v, int64_t kv_stride,
+                int64_t tokens, int64_t hd, float scale, float* out, AlignedFloats* scores) {
+  using Strided = Eigen::OuterStride<>;
+  using ConstRows = Eigen::Map<const RowMat, 0, Strided>;
+  const int64_t block = std::min(kAttentionRowBlock, tokens);
+  if (scores->size() < static_cast<size_t>(block * tokens)) {
+    scores->resize(static_cast<size_t>(block * tokens));
+  }
+  for (int64_t r0 = 0; r0 < tokens; r0 += block) {
+    const int64_t rows = std::min(block, tokens - r0), keys = r0 + rows;
+    ConstRows qm(q + r0 * q_stride, rows, hd, Strided(q_stride));
+    ConstRows km(k, keys, hd, Strided(kv_stride));
+    ConstRows vm(v, keys, hd, Strided(kv_stride));
+    Eigen::Map<RowMat> s(scores->data(), rows, keys);
+    s.noalias() = qm * km.transpose();
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t visible = r0 + i + 1;  // keys 0..t
+      float* row = scores->data() + i * keys;
+      Eigen::Map<Eigen::ArrayXf> p(row, visible);
+      p *= scale;
+      p = (p - p.maxCoeff()).exp();
+      // The normalizer in double, as the scalar implementation had it.
+      p *= static_cast<float>(1.0 / p.cast<double>().sum());
+      std::fill(row + visible, row + keys, 0.0f);
+    }
+    Eigen::Map<RowMat, 0, Strided> om(out + r0 * q_stride, rows, hd, Strided(q_stride));
+    om.noalias() = s * vm;
+  }
 }
 
 }  // namespace
@@ -80,10 +123,17 @@ void BlockForward(const DenseBlock& b, const ModelConfig& c, const float* inv_fr
                   int64_t tokens, float* out, const BlockHessians* hessians, int threads) {
   const int64_t hidden = c.hidden_size, heads = c.num_attention_heads, kv = c.num_key_value_heads;
   const int64_t hd = c.head_dim, inter = c.intermediate_size;
-  std::vector<float> xn(static_cast<size_t>(tokens * hidden));
-  std::vector<float> q(static_cast<size_t>(tokens * heads * hd));
-  std::vector<float> k(static_cast<size_t>(tokens * kv * hd)), v(k.size());
-  std::vector<float> attn(q.size());
+  if (threads <= 0) threads = omp_get_max_threads();
+  // Eigen's GEMMs run on omp_get_max_threads() threads when called outside a parallel region, so
+  // the caller's thread count is set for this call (and restored): with threads == 1 every
+  // product here is serial, which makes the result independent of the caller's OpenMP settings
+  // (EvaluatePerplexity runs windows in parallel, each with threads == 1).
+  const int saved_max_threads = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  AlignedFloats xn(static_cast<size_t>(tokens * hidden));
+  AlignedFloats q(static_cast<size_t>(tokens * heads * hd));
+  AlignedFloats k(static_cast<size_t>(tokens * kv * hd)), v(k.size());
+  AlignedFloats attn(q.size());
   // Attention half.
   RmsNormRows(x, tokens, hidden, b.input_norm, c.rms_norm_eps, xn.data());
   Accumulate(hessians, 0, xn.data(), tokens);
@@ -94,53 +144,39 @@ void BlockForward(const DenseBlock& b, const ModelConfig& c, const float* inv_fr
     cpu::ApplyRope(q.data() + t * heads * hd, heads, k.data() + t * kv * hd, kv, hd, t, inv_freq);
   }
   const int64_t group = heads / kv;
-  if (threads <= 0) threads = omp_get_max_threads();
-  const float inv_sqrt = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
-  for (int64_t h = 0; h < heads; ++h) {
-    std::vector<float> scores(static_cast<size_t>(tokens));
-    const int64_t kvh = h / group;
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float* qt = q.data() + (t * heads + h) * hd;
-      float mx = -INFINITY;
-      for (int64_t s = 0; s <= t; ++s) {
-        const float* ks = k.data() + (s * kv + kvh) * hd;
-        float dot = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) dot += qt[i] * ks[i];
-        scores[s] = dot * inv_sqrt;
-        mx = std::max(mx, scores[s]);
-      }
-      double sum = 0.0;
-      for (int64_t s = 0; s <= t; ++s) {
-        scores[s] = std::exp(scores[s] - mx);
-        sum += scores[s];
-      }
-      float* o = attn.data() + (t * heads + h) * hd;
-      for (int64_t i = 0; i < hd; ++i) o[i] = 0.0f;
-      for (int64_t s = 0; s <= t; ++s) {
-        const float p = static_cast<float>(scores[s] / sum);
-        const float* vs = v.data() + (s * kv + kvh) * hd;
-        for (int64_t i = 0; i < hd; ++i) o[i] += p * vs[i];
-      }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Heads are independent; each thread keeps one score buffer for all the heads it takes.
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedFloats scores;
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t kvh = h / group;
+      AttendHead(q.data() + h * hd, heads * hd, k.data() + kvh * hd, v.data() + kvh * hd, kv * hd,
+                 tokens, hd, scale, attn.data() + h * hd, &scores);
     }
   }
   Accumulate(hessians, 1, attn.data(), tokens);
-  std::vector<float> proj(static_cast<size_t>(tokens * hidden));
+  AlignedFloats proj(static_cast<size_t>(tokens * hidden));
   Project(b.linears[3], attn.data(), tokens, proj.data());
-  std::vector<float> h1(static_cast<size_t>(tokens * hidden));
+  AlignedFloats h1(static_cast<size_t>(tokens * hidden));
   for (int64_t i = 0; i < tokens * hidden; ++i) h1[i] = x[i] + proj[i];
   // MLP half.
   RmsNormRows(h1.data(), tokens, hidden, b.post_norm, c.rms_norm_eps, xn.data());
   Accumulate(hessians, 2, xn.data(), tokens);
-  std::vector<float> gate(static_cast<size_t>(tokens * inter)), up(gate.size());
+  AlignedFloats gate(static_cast<size_t>(tokens * inter)), up(gate.size());
   Project(b.linears[4], xn.data(), tokens, gate.data());
   Project(b.linears[5], xn.data(), tokens, up.data());
-  for (int64_t i = 0; i < tokens * inter; ++i) {
-    gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  {
+    // SiLU(gate) * up, with Eigen's vectorized exp.
+    Eigen::Map<Eigen::ArrayXf> g(gate.data(), tokens * inter);
+    Eigen::Map<const Eigen::ArrayXf> u(up.data(), tokens * inter);
+    g = g / (1.0f + (-g).exp()) * u;
   }
   Accumulate(hessians, 3, gate.data(), tokens);
   Project(b.linears[6], gate.data(), tokens, proj.data());
   for (int64_t i = 0; i < tokens * hidden; ++i) out[i] = h1[i] + proj[i];
+  omp_set_num_threads(saved_max_threads);
 }
 
 }  // namespace spqr

@@ -1,5 +1,7 @@
 #include "quantizer/perplexity.h"
 
+#include <omp.h>
+
 #include <Eigen/Core>
 #include <chrono>
 #include <cmath>
@@ -114,45 +116,65 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir
   }
   const std::vector<float> inv_freq =
       cpu::ComputeRopeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling);
+  if (threads <= 0) threads = omp_get_max_threads();
   PerplexityResult r;
   r.seqlen = seqlen;
   r.windows = windows;
-  std::vector<float> x(static_cast<size_t>(seqlen * hidden)), y(x.size());
-  std::vector<float> logits(static_cast<size_t>(seqlen * vocab));
+  r.threads = threads;
   Eigen::Map<const RowMat> head_m(head.data(), vocab, hidden);
+  // Windows are independent: each thread takes whole windows with its own buffers and a serial
+  // forward (BlockForward with 1 thread, serial GEMMs), and the per-window NLLs are reduced in
+  // window order afterwards, so the result does not depend on the thread count.
+  std::vector<double> window_nll(static_cast<size_t>(windows));
+#pragma omp parallel num_threads(threads)
+  {
+    // Eigen's GEMMs (the LM head below) parallelize on omp_get_max_threads() unless they are
+    // called from inside a team of more than one thread; for a team of one, this thread's
+    // setting keeps them serial too.
+    omp_set_num_threads(1);
+    // Eigen-aligned, so that vectorized reductions sum in the same order in every thread.
+    using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
+    AlignedFloats x(static_cast<size_t>(seqlen * hidden)), y(x.size());
+    AlignedFloats logits(static_cast<size_t>(seqlen * vocab));
+    Eigen::ArrayXf exps(vocab);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < windows; ++w) {
+      const int32_t* tokens = ids.data() + w * seqlen;
+      for (int t = 0; t < seqlen; ++t) {
+        std::copy_n(embed.begin() + static_cast<int64_t>(tokens[t]) * hidden, hidden,
+                    x.begin() + t * hidden);
+      }
+      for (const DenseBlock& b : blocks) {
+        BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, /*threads=*/1);
+        std::swap(x, y);
+      }
+      for (int t = 0; t < seqlen; ++t) {
+        double sq = 0.0;
+        for (int64_t i = 0; i < hidden; ++i)
+          sq += static_cast<double>(x[t * hidden + i]) * x[t * hidden + i];
+        const float inv = static_cast<float>(1.0 / std::sqrt(sq / hidden + c.rms_norm_eps));
+        for (int64_t i = 0; i < hidden; ++i)
+          x[t * hidden + i] = x[t * hidden + i] * inv * final_norm[i];
+      }
+      Eigen::Map<const RowMat> xm(x.data(), seqlen, hidden);
+      Eigen::Map<RowMat> lm(logits.data(), seqlen, vocab);
+      lm.noalias() = xm * head_m.transpose();
+      double nll = 0.0;
+      for (int t = 0; t + 1 < seqlen; ++t) {
+        // log-softmax with fp32 (vectorized) exp and a double normalizer.
+        Eigen::Map<const Eigen::ArrayXf> row(logits.data() + t * vocab, vocab);
+        const float mx = row.maxCoeff();
+        exps = (row - mx).exp();
+        const double z = exps.cast<double>().sum();
+        nll += (std::log(z) + mx) - row[tokens[t + 1]];
+      }
+      window_nll[w] = nll;
+    }
+  }
   double loss_sum = 0.0;
   for (int64_t w = 0; w < windows; ++w) {
-    const int32_t* tokens = ids.data() + w * seqlen;
-    for (int t = 0; t < seqlen; ++t) {
-      std::copy_n(embed.begin() + static_cast<int64_t>(tokens[t]) * hidden, hidden,
-                  x.begin() + t * hidden);
-    }
-    for (const DenseBlock& b : blocks) {
-      BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, threads);
-      std::swap(x, y);
-    }
-    for (int t = 0; t < seqlen; ++t) {
-      double sq = 0.0;
-      for (int64_t i = 0; i < hidden; ++i)
-        sq += static_cast<double>(x[t * hidden + i]) * x[t * hidden + i];
-      const float inv = static_cast<float>(1.0 / std::sqrt(sq / hidden + c.rms_norm_eps));
-      for (int64_t i = 0; i < hidden; ++i)
-        x[t * hidden + i] = x[t * hidden + i] * inv * final_norm[i];
-    }
-    Eigen::Map<const RowMat> xm(x.data(), seqlen, hidden);
-    Eigen::Map<RowMat> lm(logits.data(), seqlen, vocab);
-    lm.noalias() = xm * head_m.transpose();
-    double window_nll = 0.0;
-    for (int t = 0; t + 1 < seqlen; ++t) {
-      const float* row = logits.data() + t * vocab;
-      float mx = row[0];
-      for (int64_t v = 1; v < vocab; ++v) mx = std::max(mx, row[v]);
-      double z = 0.0;
-      for (int64_t v = 0; v < vocab; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
-      window_nll += (std::log(z) + mx) - row[tokens[t + 1]];
-    }
-    r.total_nll += window_nll;
-    loss_sum += window_nll / (seqlen - 1);
+    r.total_nll += window_nll[w];
+    loss_sum += window_nll[w] / (seqlen - 1);
   }
   r.tokens_scored = windows * (seqlen - 1);
   r.mean_loss = loss_sum / static_cast<double>(windows);
@@ -170,7 +192,8 @@ std::string PerplexityResult::ToJson(const std::string& model, const std::string
                                  {"total_nll", total_nll},
                                  {"mean_loss", mean_loss},
                                  {"ppl", ppl},
-                                 {"seconds", seconds}})
+                                 {"seconds", seconds},
+                                 {"threads", threads}})
       .dump();
 }
 

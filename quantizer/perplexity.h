@@ -21,10 +21,13 @@ struct PerplexityResult {
   double mean_loss = 0.0;  // mean over windows of the window's mean NLL
   double ppl = 0.0;
   double seconds = 0.0;
+  int threads = 0;  // OpenMP threads the windows were spread over (does not change the numbers)
   std::string ToJson(const std::string& model, const std::string& text) const;
 };
 
-// max_windows = 0: all windows.
+// max_windows = 0: all windows. threads <= 0: omp_get_max_threads(). Windows are evaluated in
+// parallel, one window per thread at a time, and reduced in window order, so the result is
+// bit-identical for every thread count.
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir,
                                                     const std::string& text_path, int seqlen,
                                                     int64_t max_windows, int threads);

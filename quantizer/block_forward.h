@@ -40,10 +40,25 @@ struct BlockHessians {
   HessianAccumulator* inputs[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
+// Reusable working memory of BlockForward (grown on demand, contents are scratch). Passing the
+// same object to consecutive calls skips the allocation and page faults of ~tokens * (4 hidden
+// + 2 intermediate + 4 head_dim * heads) fresh floats per call. One object per calling thread.
+struct BlockForwardScratch {
+  std::vector<float> storage;
+};
+
 // out[t] = block(x)[t] for one sequence of `tokens` tokens at positions 0..tokens-1
-// (x, out: [tokens][hidden]; may not alias).
+// (x, out: [tokens][hidden]; may not alias). Attention runs as per-head GEMMs (scores = Q K^T over
+// the causal prefix, row softmax, P V) with heads spread over `threads` OpenMP threads
+// (<= 0: omp_get_max_threads()); the projections' Eigen GEMMs use `threads` threads too. For a
+// given thread count the result is deterministic; with threads == 1 everything is serial and the
+// call may be made from inside a parallel region (one window per thread).
 void BlockForward(const DenseBlock& block, const ModelConfig& config, const float* inv_freq,
                   const float* x, int64_t tokens, float* out, const BlockHessians* hessians,
                   int threads);
+// The same with caller-owned working memory.
+void BlockForward(const DenseBlock& block, const ModelConfig& config, const float* inv_freq,
+                  const float* x, int64_t tokens, float* out, const BlockHessians* hessians,
+                  int threads, BlockForwardScratch* scratch);
 
 }  // namespace spqr

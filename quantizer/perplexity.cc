@@ -137,6 +137,7 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir
     AlignedFloats x(static_cast<size_t>(seqlen * hidden)), y(x.size());
     AlignedFloats logits(static_cast<size_t>(seqlen * vocab));
     Eigen::ArrayXf exps(vocab);
+    BlockForwardScratch scratch;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < windows; ++w) {
       const int32_t* tokens = ids.data() + w * seqlen;
@@ -145,7 +146,8 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir
                     x.begin() + t * hidden);
       }
       for (const DenseBlock& b : blocks) {
-        BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, /*threads=*/1);
+        BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, /*threads=*/1,
+                     &scratch);
         std::swap(x, y);
       }
       for (int t = 0; t < seqlen; ++t) {

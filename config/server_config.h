@@ -33,6 +33,10 @@ struct TlsSection {
 struct AuthSection {
   std::string api_keys_file;  // one key per line ('#' comments, blank lines ignored)
   std::string api_keys_env;   // name of an environment variable holding comma-separated keys
+  // With keys configured, whether grpc.health.v1.Health and the reflection service answer
+  // without a key (Kubernetes gRPC probes send no metadata: keep exempt_health when using them).
+  bool exempt_health = true;
+  bool exempt_reflection = true;
 };
 
 // The gRPC endpoint and process behaviour.

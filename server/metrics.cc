@@ -267,9 +267,7 @@ ServerMetrics::ServerMetrics(bool vllm_compatible_names)
   // Exported at 0 from the start, so that rate() and alerts see the series before the first
   // refusal (prometheus-cpp exports no family without children).
   for (const char* method : {"Generate", "GenerateUnary", "Score", "GetModelInfo", "Abort"}) {
-    for (const char* reason : {"missing", "invalid"}) {
-      unauthenticated_->Add({{"method", method}, {"reason", reason}});
-    }
+    ExportUnauthenticatedSeries(method);
   }
 }
 
@@ -316,6 +314,12 @@ void ServerMetrics::RecordStep(const StepRecord& step) {
 void ServerMetrics::RecordUnauthenticated(absl::string_view method, absl::string_view reason) {
   unauthenticated_->Add({{"method", std::string(method)}, {"reason", std::string(reason)}})
       .Increment();
+}
+
+void ServerMetrics::ExportUnauthenticatedSeries(absl::string_view method) {
+  for (const char* reason : {"missing", "invalid"}) {
+    unauthenticated_->Add({{"method", std::string(method)}, {"reason", reason}});
+  }
 }
 
 void ServerMetrics::RpcStarted() { inflight_->Increment(); }

@@ -62,6 +62,10 @@ class ServerMetrics {
   void RecordStep(const StepRecord& step);
   // A call was refused with UNAUTHENTICATED; `reason` is "missing" or "invalid".
   void RecordUnauthenticated(absl::string_view method, absl::string_view reason);
+  // Exports spqr_unauthenticated_requests_total{method} at 0 for both reasons, so that rate()
+  // sees the series before the first refusal (done for the spqr.v1 methods at construction; the
+  // server adds "Health.Check", "Health.Watch" and "ServerReflectionInfo" when it protects them).
+  void ExportUnauthenticatedSeries(absl::string_view method);
   // In-flight RPC gauge.
   void RpcStarted();
   void RpcEnded();

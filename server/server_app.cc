@@ -15,15 +15,16 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "engine/util/status_macros.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
 #include "server/api_keys.h"
+#include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/reflection_service.h"
 #include "server/spqr_service.h"
 
 namespace spqr {
@@ -164,19 +165,34 @@ absl::Status RunServer(const ServerConfig& config) {
   ServerMetrics metrics(config.metrics.vllm_compatible_names);
   SpqrServiceImpl service(config, &metrics);
 
-  absl::StatusOr<ApiKeys> api_keys =
+  absl::StatusOr<ApiKeys> loaded_keys =
       ApiKeys::Load(config.server.auth.api_keys_file, config.server.auth.api_keys_env);
-  if (!api_keys.ok()) return api_keys.status();
-  if (api_keys->enabled()) {
-    Logf(LogLevel::kInfo, "API keys required for spqr.v1 calls (%d keys)", api_keys->size());
+  if (!loaded_keys.ok()) return loaded_keys.status();
+  const ApiKeys api_keys = *std::move(loaded_keys);
+  const bool keys_for_health = api_keys.enabled() && !config.server.auth.exempt_health;
+  const bool keys_for_reflection = api_keys.enabled() && !config.server.auth.exempt_reflection;
+  if (api_keys.enabled()) {
+    Logf(LogLevel::kInfo, "API keys required for spqr.v1%s%s calls (%d keys)",
+         keys_for_health ? ", health" : "", keys_for_reflection ? ", reflection" : "",
+         api_keys.size());
   }
-  service.SetApiKeys(*std::move(api_keys));
+  service.SetApiKeys(api_keys);
+  // Our own health and reflection services (not gRPC's default health service and reflection
+  // plugin): they can require a key, and health starts NOT_SERVING.
+  HealthService health({kServiceName}, keys_for_health ? &api_keys : nullptr, &metrics);
+  ReflectionService reflection(
+      {kServiceName, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"},
+      keys_for_reflection ? &api_keys : nullptr, &metrics);
+  if (keys_for_health) {
+    metrics.ExportUnauthenticatedSeries("Health.Check");
+    metrics.ExportUnauthenticatedSeries("Health.Watch");
+  }
+  if (keys_for_reflection) metrics.ExportUnauthenticatedSeries("ServerReflectionInfo");
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.server.tls);
   if (!credentials.ok()) return credentials.status();
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::EnableDefaultHealthCheckService(false);
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(config.server.listen, *credentials, &bound_port);
@@ -187,16 +203,19 @@ absl::Status RunServer(const ServerConfig& config) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.RegisterService(&service);
+  builder.RegisterService(&health);
+  builder.RegisterService(&reflection);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.server.listen, " (server.listen)"));
   }
-  // gRPC's default health service starts out SERVING; it is turned off before the port is
-  // announced, so only a client probing ports blindly could see that instant.
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(false);
-  health->SetServingStatus(kServiceName, false);
+  // Start-up failed after the port was bound: end health Watch streams (which would otherwise
+  // hold Shutdown forever) and give other open streams a moment.
+  auto stop_grpc_after_failure = [&] {
+    health.Shutdown();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  };
   Announce(absl::StrCat("listening on ", HostOf(config.server.listen), ":", bound_port));
 
   std::unique_ptr<prometheus::Exposer> exposer;
@@ -205,7 +224,7 @@ absl::Status RunServer(const ServerConfig& config) {
     try {  // prometheus-cpp (civetweb) reports bind failures by exception
       exposer = std::make_unique<prometheus::Exposer>(address, 2);
     } catch (const std::exception& e) {
-      server->Shutdown();
+      stop_grpc_after_failure();
       return absl::UnavailableError(
           absl::StrCat("cannot serve metrics on ", address, " (metrics.address/port): ", e.what()));
     }
@@ -221,7 +240,7 @@ absl::Status RunServer(const ServerConfig& config) {
   absl::StatusOr<std::unique_ptr<LoadedModel>> model =
       LoadModel(config.model.dir, ToModelLoadOptions(config));
   if (!model.ok()) {
-    server->Shutdown();
+    stop_grpc_after_failure();
     return absl::Status(model.status().code(),
                         absl::StrCat("loading the model: ", model.status().message()));
   }
@@ -232,19 +251,18 @@ absl::Status RunServer(const ServerConfig& config) {
     return options;
   }());
   if (!engine.ok()) {
-    server->Shutdown();
+    stop_grpc_after_failure();
     return absl::Status(engine.status().code(),
                         absl::StrCat("creating the engine: ", engine.status().message()));
   }
   metrics.SetEngine(engine->get());
   if (absl::Status warm = WarmUp(**engine); !warm.ok()) {
-    server->Shutdown();
+    stop_grpc_after_failure();
     metrics.SetEngine(nullptr);
     return absl::Status(warm.code(), absl::StrCat("warm-up: ", warm.message()));
   }
   service.SetEngine(engine->get());
-  health->SetServingStatus(true);
-  health->SetServingStatus(kServiceName, true);
+  health.SetServing(true);
   metrics.SetReady(true);
   const EngineStats stats = (*engine)->GetStats();
   Logf(LogLevel::kInfo, "ready in %.2f s: %s on %s, %d KV blocks of %d tokens",
@@ -255,8 +273,7 @@ absl::Status RunServer(const ServerConfig& config) {
   signals.got_signal().WaitForNotification();
   Logf(LogLevel::kInfo, "signal %d: draining (up to %.1f s)", signals.received(),
        config.server.drain_timeout_seconds);
-  health->SetServingStatus(false);
-  health->SetServingStatus(kServiceName, false);
+  health.SetServing(false);
   metrics.SetReady(false);
   service.StartDraining();
   (*engine)->StopAccepting();
@@ -271,6 +288,7 @@ absl::Status RunServer(const ServerConfig& config) {
   }
   // Every call has ended (or was cancelled above); what is left are idle connections and calls
   // whose client stopped reading, which the short shutdown deadline cancels.
+  health.Shutdown();  // ends Watch streams
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   server->Wait();
   Logf(LogLevel::kDebug, "gRPC server stopped");

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "server/call_auth.h"
 #include "server/log.h"
 
 namespace spqr {
@@ -564,21 +565,7 @@ void SpqrServiceImpl::SetApiKeys(ApiKeys keys) { api_keys_ = std::move(keys); }
 
 grpc::Status SpqrServiceImpl::Authenticate(const grpc::CallbackServerContext* context,
                                            const char* method) {
-  if (!api_keys_.enabled()) return grpc::Status::OK;
-  const auto& metadata = context->client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    metrics_->RecordUnauthenticated(method, "missing");
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "this server needs an API key: send the metadata "
-                        "\"authorization: Bearer <key>\"");
-  }
-  if (!api_keys_.Accepts(absl::string_view(it->second.data(), it->second.size()))) {
-    metrics_->RecordUnauthenticated(method, "invalid");
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "the API key in the authorization metadata is not valid");
-  }
-  return grpc::Status::OK;
+  return AuthenticateCall(api_keys_, *context, method, metrics_);
 }
 
 grpc::Status SpqrServiceImpl::Admit(const grpc::CallbackServerContext* context,

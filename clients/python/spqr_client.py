@@ -11,6 +11,10 @@ spqr_proto_python, written to <build dir>/python_stubs). Point the client at the
                                             max_new_tokens=32, temperature=0.7, seed=1):
             print(chunk.text, end="", flush=True)
 
+To stop a generation from elsewhere (another thread, process or connection), start it with
+start_generation(), whose .request_id is the id the server uses (yours, or the one it assigned), and
+call abort(request_id): the stream then ends normally with finish_reason FINISH_REASON_CANCELLED.
+
 Responses are the protobuf messages of proto/spqr/v1/spqr.proto (GenerateResponse, ScoreResponse,
 ModelInfo), whose fields are documented there. Failed calls raise grpc.RpcError, whose .code() is
 the gRPC status (INVALID_ARGUMENT names the bad field, RESOURCE_EXHAUSTED means the server's queue
@@ -24,7 +28,7 @@ import time
 
 import grpc
 
-__all__ = ["Client", "load_stubs"]
+__all__ = ["Client", "Generation", "load_stubs"]
 
 _STUBS = None
 
@@ -55,6 +59,39 @@ def load_stubs(stubs_dir=None):
             "stubs_dir='build/python_stubs' (or set SPQR_PYTHON_STUBS / PYTHONPATH)") from error
     _STUBS = modules
     return modules
+
+
+class Generation:
+    """A streaming generation in progress (Client.start_generation).
+
+    Iterate it for the GenerateResponse chunks (the last one has finish_reason and usage set).
+    request_id waits for the call's initial metadata ("spqr-request-id", sent before any token), so
+    it is known even while the request is still queued. cancel() (or leaving a `with` block) ends
+    the call; it is a no-op once the stream has ended.
+    """
+
+    def __init__(self, call):
+        self._call = call
+
+    @property
+    def request_id(self):
+        """The request id of this generation on the server ("" if the server sent none)."""
+        for key, value in self._call.initial_metadata():
+            if key == "spqr-request-id":
+                return value
+        return ""
+
+    def __iter__(self):
+        return iter(self._call)
+
+    def cancel(self):
+        self._call.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cancel()
 
 
 class Client:
@@ -142,18 +179,33 @@ class Client:
         request.response.top_logprobs = top_logprobs
         return request
 
+    def start_generation(self, prompt, *, timeout=None, **options):
+        """Starts a streaming generation (the Generate RPC) and returns its Generation: iterate it
+        for the chunks; its request_id is what abort() takes. options: the keyword arguments of
+        generate_request."""
+        request = self.generate_request(prompt, **options)
+        return Generation(self._stub.Generate(request, timeout=self._deadline(timeout),
+                                              metadata=self._metadata))
+
     def generate_stream(self, prompt, *, timeout=None, **options):
         """Streams a generation: yields GenerateResponse chunks (text deltas); the last one has
         finish_reason and usage set. Closing the iterator early cancels the call on the server.
         options: the keyword arguments of generate_request."""
-        request = self.generate_request(prompt, **options)
-        call = self._stub.Generate(request, timeout=self._deadline(timeout),
-                                   metadata=self._metadata)
-        try:
-            for chunk in call:
+        with self.start_generation(prompt, timeout=timeout, **options) as generation:
+            for chunk in generation:
                 yield chunk
-        finally:
-            call.cancel()  # no-op when the stream already ended
+
+    def abort(self, request_id, timeout=None):
+        """Cancels every live Generate, GenerateUnary or Score call with this request id, from
+        any connection (the Abort RPC; with API keys, only calls made with the same key). Returns
+        True when one was found; False when none is live (unknown or already finished). An aborted
+        generation ends normally, its last chunk with finish_reason FINISH_REASON_CANCELLED; an
+        aborted Score call fails with CANCELLED."""
+        if not request_id:
+            raise ValueError("abort: request_id must not be empty")
+        response = self._stub.Abort(self._pb.AbortRequest(request_id=request_id),
+                                    timeout=self._deadline(timeout), metadata=self._metadata)
+        return response.found
 
     def generate(self, prompt, *, timeout=None, **options):
         """One GenerateResponse with the whole output (the GenerateUnary RPC)."""

@@ -4,8 +4,9 @@ implementation) against the real spqr-server on 127.0.0.1.
 
 It streams a greedy generation from a token-id prompt, checks it against the unary RPC and against
 Score on the same tokens (each generated token must be the greedy one, with the same log-probability),
-scores a text and (context, continuation) pairs, streams from several threads at once, lists the
-services through reflection, and checks error codes and health.
+scores a text and (context, continuation) pairs, streams from several threads at once, aborts a
+long stream from a second call by its server-assigned request id, lists the services through
+reflection, and checks error codes and health.
 
 usage: python_client_test.py --server BIN --model DIR --config YAML --stubs DIR --client-dir DIR
 """
@@ -162,6 +163,34 @@ class PythonClientTest(unittest.TestCase):
         self.assertIn("temperature", caught.exception.details())
         with self.assertRaises(ValueError):
             self.client.score()
+
+    def test_abort_by_server_assigned_request_id(self):
+        """A long stream with no client request id: its id comes from the initial metadata, an
+        Abort from a second call ends it normally with FINISH_REASON_CANCELLED."""
+        prompt = self.prompt_ids()
+        limits = self.info.limits
+        long_run = min(limits.max_new_tokens, limits.max_context_tokens - len(prompt))
+        self.assertGreater(long_run, 64)
+        with self.client.start_generation(prompt, max_new_tokens=long_run, temperature=0.0,
+                                          ignore_eos=True) as generation:
+            request_id = generation.request_id  # before any token: the request may be queued
+            self.assertRegex(request_id, r"^r[0-9]+$")
+            chunks = iter(generation)
+            first = next(chunks)
+            self.assertEqual(first.request_id, request_id)
+            # A second client (its own connection) aborts it.
+            spqr_client = sys.modules["spqr_client"]
+            with spqr_client.Client(self.server.address, stubs_dir=ARGS.stubs,
+                                    timeout=30) as other:
+                self.assertTrue(other.abort(request_id))
+            rest = list(chunks)  # ends without raising: the RPC status is OK
+        last = rest[-1] if rest else first
+        self.assertEqual(self.client.finish_reason_name(last), "FINISH_REASON_CANCELLED")
+        self.assertLess(last.usage.completion_tokens, long_run)
+        # Once ended, the id is no longer live.
+        self.assertFalse(self.client.abort(request_id))
+        with self.assertRaises(ValueError):
+            self.client.abort("")
 
     def test_closing_a_stream_early_cancels_it(self):
         stream = self.client.generate_stream("Once upon a time", max_new_tokens=200,

@@ -1,0 +1,216 @@
+#include "server/health_service.h"
+
+#include <optional>
+#include <utility>
+
+#include "server/call_auth.h"
+
+namespace spqr {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+// One Watch stream. gRPC calls (StartWrite, Finish) are never made while HealthService::mu_ is
+// held: their completions may run inline on the calling thread, and OnDone takes mu_. The
+// Prepare* methods decide under this reactor's lock what to do; the caller then does it outside
+// every lock. A prepared write or finish keeps the reactor alive until it is started: OnDone
+// comes only after Finish, and Finish waits for the write in flight.
+class HealthService::WatchReactor final : public grpc::ServerWriteReactor<HealthCheckResponse> {
+ public:
+  WatchReactor(HealthService* owner, std::string service)
+      : owner_(owner), service_(std::move(service)) {}
+
+  const std::string& service() const { return service_; }
+
+  // Queues `status` (only the newest unwritten status is kept; a status equal to the last one
+  // written is not repeated). True: the caller must call StartPreparedWrite().
+  bool PrepareWrite(ServingStatus status) {
+    absl::MutexLock lock(&mu_);
+    if (finish_called_ || finish_status_.has_value()) return false;
+    if (writing_) {
+      pending_ = status;
+      return false;
+    }
+    if (last_written_ == status) return false;
+    BeginWriteLocked(status);
+    return true;
+  }
+  void StartPreparedWrite() { StartWrite(&response_); }
+
+  // Ends the stream with `status` once the write in flight (if any) is done. True: the caller
+  // must call FinishPrepared().
+  bool PrepareFinish(grpc::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (finish_called_ || finish_status_.has_value()) return false;
+    finish_status_ = std::move(status);
+    if (writing_) return false;
+    finish_called_ = true;
+    return true;
+  }
+  void FinishPrepared() { Finish(*finish_status_); }
+
+  void OnWriteDone(bool ok) override {
+    bool write = false;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok && !finish_status_.has_value()) {
+        // The stream is broken (client gone); nothing more can be written.
+        finish_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the watch stream broke");
+      }
+      if (finish_status_.has_value()) {
+        finish = !finish_called_;
+        finish_called_ = true;
+      } else if (pending_.has_value() && pending_ != last_written_) {
+        BeginWriteLocked(*pending_);
+        write = true;
+      }
+      pending_.reset();
+    }
+    if (write) StartPreparedWrite();
+    if (finish) FinishPrepared();
+  }
+
+  void OnCancel() override {
+    if (PrepareFinish(grpc::Status::CANCELLED)) FinishPrepared();
+  }
+
+  void OnDone() override {
+    owner_->RemoveWatcher(this);
+    delete this;
+  }
+
+ private:
+  void BeginWriteLocked(ServingStatus status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    last_written_ = status;
+    response_.set_status(status);
+  }
+
+  HealthService* const owner_;
+  const std::string service_;
+  absl::Mutex mu_;
+  HealthCheckResponse response_;  // not touched while a write is in flight
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<ServingStatus> last_written_ ABSL_GUARDED_BY(mu_);
+  std::optional<ServingStatus> pending_ ABSL_GUARDED_BY(mu_);
+  // Set once the stream is to end; read without the lock only after finish_called_ was set.
+  std::optional<grpc::Status> finish_status_;
+  bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+HealthService::HealthService(const std::vector<std::string>& services, const ApiKeys* required_keys,
+                             ServerMetrics* metrics)
+    : required_keys_(required_keys), metrics_(metrics) {
+  absl::MutexLock lock(&mu_);
+  statuses_[""] = HealthCheckResponse::NOT_SERVING;
+  for (const std::string& service : services) {
+    statuses_[service] = HealthCheckResponse::NOT_SERVING;
+  }
+}
+
+HealthService::~HealthService() = default;
+
+HealthService::ServingStatus HealthService::StatusOf(const std::string& service) const {
+  auto it = statuses_.find(service);
+  return it == statuses_.end() ? HealthCheckResponse::SERVICE_UNKNOWN : it->second;
+}
+
+void HealthService::SetServing(bool serving) {
+  const ServingStatus status =
+      serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
+  std::vector<WatchReactor*> to_write;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    for (auto& [name, current] : statuses_) current = status;
+    for (WatchReactor* watcher : watchers_) {
+      if (watcher->PrepareWrite(StatusOf(watcher->service()))) to_write.push_back(watcher);
+    }
+  }
+  for (WatchReactor* watcher : to_write) watcher->StartPreparedWrite();
+}
+
+void HealthService::Shutdown() {
+  std::vector<WatchReactor*> to_write;
+  std::vector<WatchReactor*> to_finish;
+  {
+    absl::MutexLock lock(&mu_);
+    shut_down_ = true;
+    for (auto& [name, current] : statuses_) current = HealthCheckResponse::NOT_SERVING;
+    for (WatchReactor* watcher : watchers_) {
+      if (watcher->PrepareWrite(StatusOf(watcher->service()))) to_write.push_back(watcher);
+      if (watcher->PrepareFinish(
+              grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"))) {
+        to_finish.push_back(watcher);
+      }
+    }
+  }
+  for (WatchReactor* watcher : to_write) watcher->StartPreparedWrite();
+  for (WatchReactor* watcher : to_finish) watcher->FinishPrepared();
+}
+
+int HealthService::watchers() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(watchers_.size());
+}
+
+bool HealthService::AddWatcher(WatchReactor* watcher) {
+  bool write = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return false;
+    watchers_.insert(watcher);
+    write = watcher->PrepareWrite(StatusOf(watcher->service()));
+  }
+  if (write) watcher->StartPreparedWrite();
+  return true;
+}
+
+void HealthService::RemoveWatcher(WatchReactor* watcher) {
+  absl::MutexLock lock(&mu_);
+  watchers_.erase(watcher);
+}
+
+grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* context,
+                                               const HealthCheckRequest* request,
+                                               HealthCheckResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (required_keys_ != nullptr) {
+    grpc::Status auth = AuthenticateCall(*required_keys_, *context, "Health.Check", metrics_);
+    if (!auth.ok()) {
+      reactor->Finish(auth);
+      return reactor;
+    }
+  }
+  ServingStatus status;
+  {
+    absl::MutexLock lock(&mu_);
+    status = StatusOf(request->service());
+  }
+  if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                 "no health status for service \"" + request->service() + "\""));
+    return reactor;
+  }
+  response->set_status(status);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
+    grpc::CallbackServerContext* context, const HealthCheckRequest* request) {
+  auto* watcher = new WatchReactor(this, request->service());
+  grpc::Status refusal;
+  if (required_keys_ != nullptr) {
+    refusal = AuthenticateCall(*required_keys_, *context, "Health.Watch", metrics_);
+  }
+  if (refusal.ok() && !AddWatcher(watcher)) {
+    refusal = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+  }
+  if (!refusal.ok() && watcher->PrepareFinish(refusal)) watcher->FinishPrepared();
+  return watcher;
+}
+
+}  // namespace spqr

@@ -1,0 +1,14 @@
+# Quantization-quality regression guard (issue 7, section 4): quantize the reference model with the
+# real spqr-quantize (SpQR w4 16x16 tau 0.2, and RTN 3-bit per row), measure perplexity with the
+# real spqr-eval on a committed held-out slice of the corpus's test split, and check SpQR stays
+# within 2 % of the dense model while RTN 3-bit is clearly worse. About 2-3 minutes on 2 cores;
+# the TIMEOUT is the issue's 5-minute budget. Run alone: ctest -R quality_guard
+if(TARGET spqr-quantize AND TARGET spqr-eval)
+  add_test(NAME quality_guard
+           COMMAND ${SPQR_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/quality_guard_test.py
+                   --quantize $<TARGET_FILE:spqr-quantize> --eval $<TARGET_FILE:spqr-eval>
+                   --model ${SPQR_ROOT}/models/reference
+                   --calibration ${SPQR_ROOT}/models/reference/calibration.txt
+                   --text ${SPQR_ROOT}/tests/data/heldout/reference-test-slice.txt)
+  set_tests_properties(quality_guard PROPERTIES LABELS "integration;quality" TIMEOUT 300)
+endif()

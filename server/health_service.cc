@@ -26,7 +26,7 @@ class HealthService::WatchReactor final : public grpc::ServerWriteReactor<Health
   // written is not repeated). True: the caller must call StartPreparedWrite().
   bool PrepareWrite(ServingStatus status) {
     absl::MutexLock lock(&mu_);
-    if (finish_called_ || finish_status_.has_value()) return false;
+    if (finish_called_ || finish_status_.has_value()) return false;  // the stream is ending
     if (writing_) {
       pending_ = status;
       return false;
@@ -59,12 +59,14 @@ class HealthService::WatchReactor final : public grpc::ServerWriteReactor<Health
         // The stream is broken (client gone); nothing more can be written.
         finish_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the watch stream broke");
       }
-      if (finish_status_.has_value()) {
-        finish = !finish_called_;
-        finish_called_ = true;
-      } else if (pending_.has_value() && pending_ != last_written_) {
+      if (ok && pending_.has_value() && pending_ != last_written_) {
+        // Written even when the stream is to end: the last status (NOT_SERVING at shutdown)
+        // must reach the client first.
         BeginWriteLocked(*pending_);
         write = true;
+      } else if (finish_status_.has_value()) {
+        finish = !finish_called_;
+        finish_called_ = true;
       }
       pending_.reset();
     }

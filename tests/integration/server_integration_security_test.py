@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Integration test of spqr-server's transport security and access control: TLS, mTLS, API keys
-and the per-connection stream limit. Starts the real binary on 127.0.0.1 (ephemeral ports) with
+(on spqr.v1 always; on health and reflection when server.auth.exempt_* is false) and the
+per-connection stream limit. Starts the real binary on 127.0.0.1 (ephemeral ports) with
 throwaway certificates that openssl makes in a temporary folder.
 
   /usr/bin/python3 tests/integration/server_integration_security_test.py \
@@ -12,6 +13,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,6 +127,11 @@ class Server:
                     return float(value)
         return 0.0
 
+    def metrics_text(self):
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
     def tls_channel(self, cert=None):
         credentials = grpc.ssl_channel_credentials(
             root_certificates=read("ca.pem"),
@@ -144,6 +151,18 @@ class Server:
 def info(channel, metadata=None):
     return spqr_pb2_grpc.SpqrServiceStub(channel).GetModelInfo(
         pb.GetModelInfoRequest(), timeout=10, metadata=metadata)
+
+
+def health_check(channel, metadata=None, service=""):
+    return health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=10, metadata=metadata).status
+
+
+def list_services(channel, metadata=None):
+    answers = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10,
+        metadata=metadata))
+    return [s.name for s in answers[0].list_services_response.service]
 
 
 def greedy(max_new_tokens, text):
@@ -235,15 +254,70 @@ class ApiKeyTest(unittest.TestCase):
                 responses = list(stub.Generate(greedy(4, "key"), timeout=60,
                                                metadata=[("authorization", "bearer env-key-2")]))
                 self.assertEqual(responses[-1].usage.completion_tokens, 4)
-                # Health and reflection stay open (load balancers and tools probe them).
-                health = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=10)
-                self.assertEqual(health.status, health_pb2.HealthCheckResponse.SERVING)
-                reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-                answers = list(reflection.ServerReflectionInfo(
-                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
-                names = {s.name for s in answers[0].list_services_response.service}
-                self.assertIn("spqr.v1.SpqrService", names)
+                # By default health and reflection stay open (load balancers, Kubernetes probes
+                # and tools call them without metadata), and nothing is counted for them.
+                self.assertEqual(health_check(channel), health_pb2.HealthCheckResponse.SERVING)
+                self.assertIn("spqr.v1.SpqrService", list_services(channel))
+                self.assertNotIn('method="Health.Check"', server.metrics_text())
+                self.assertNotIn('method="ServerReflectionInfo"', server.metrics_text())
+        finally:
+            server.kill()
+
+    def test_health_and_reflection_need_a_key_when_not_exempt(self):
+        key_file = os.path.join(CERTS, "strict-keys.txt")
+        with open(key_file, "w") as f:
+            f.write("strict-key\n")
+        server = Server(["--server.auth.api_keys_file", key_file,
+                         "--server.auth.exempt_health=false",
+                         "--server.auth.exempt_reflection=false"])
+        key = [("authorization", "Bearer strict-key")]
+        wrong = [("authorization", "Bearer strict-kez")]
+        SERVING = health_pb2.HealthCheckResponse.SERVING
+        NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            # Refusals are exported at 0 from the start.
+            self.assertIn('spqr_unauthenticated_requests_total{method="Health.Check",'
+                          'reason="missing"} 0', server.metrics_text())
+            with grpc.insecure_channel(server.address) as channel:
+                for metadata in [None, wrong]:
+                    with self.assertRaises(grpc.RpcError) as error:
+                        health_check(channel, metadata)
+                    self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                    with self.assertRaises(grpc.RpcError) as error:
+                        list_services(channel, metadata)
+                    self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                with self.assertRaises(grpc.RpcError) as error:
+                    next(health_pb2_grpc.HealthStub(channel).Watch(
+                        health_pb2.HealthCheckRequest(), timeout=10))
+                self.assertEqual(error.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                counted = {(method, reason): server.metric(
+                               "spqr_unauthenticated_requests_total",
+                               {"method": method, "reason": reason})
+                           for method in ["Health.Check", "Health.Watch", "ServerReflectionInfo"]
+                           for reason in ["missing", "invalid"]}
+                self.assertEqual(counted, {("Health.Check", "missing"): 1,
+                                           ("Health.Check", "invalid"): 1,
+                                           ("Health.Watch", "missing"): 1,
+                                           ("Health.Watch", "invalid"): 0,
+                                           ("ServerReflectionInfo", "missing"): 1,
+                                           ("ServerReflectionInfo", "invalid"): 1})
+                # With the key both answer.
+                self.assertEqual(health_check(channel, key), SERVING)
+                self.assertEqual(health_check(channel, key, "spqr.v1.SpqrService"), SERVING)
+                self.assertEqual(set(list_services(channel, key)),
+                                 {"spqr.v1.SpqrService", "grpc.health.v1.Health",
+                                  "grpc.reflection.v1alpha.ServerReflection"})
+                # A Watch stream with the key sees SERVING, then NOT_SERVING on SIGTERM, then
+                # ends (UNAVAILABLE) without holding up the shutdown.
+                watch = health_pb2_grpc.HealthStub(channel).Watch(
+                    health_pb2.HealthCheckRequest(), timeout=60, metadata=key)
+                self.assertEqual(next(watch).status, SERVING)
+                server.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(next(watch).status, NOT_SERVING)
+                with self.assertRaises(grpc.RpcError) as error:
+                    next(watch)
+                self.assertEqual(error.exception.code(), grpc.StatusCode.UNAVAILABLE)
+                self.assertEqual(server.proc.wait(timeout=15), 0)
         finally:
             server.kill()
 

@@ -231,6 +231,39 @@ TEST(ConfigYamlTest, NestedSectionsLoad) {
   EXPECT_EQ(config.server.auth.api_keys_env, "KEYS");
 }
 
+TEST(ConfigYamlTest, AuthExemptionsDefaultOnAndLoadFromYamlAndFlags) {
+  ServerConfig config;
+  EXPECT_TRUE(config.server.auth.exempt_health);
+  EXPECT_TRUE(config.server.auth.exempt_reflection);
+  ASSERT_TRUE(
+      ApplyConfigYaml("server:\n  auth:\n    exempt_health: false\n", "t.yaml", &config).ok());
+  EXPECT_FALSE(config.server.auth.exempt_health);
+  EXPECT_TRUE(config.server.auth.exempt_reflection);
+  absl::Status wrong_type =
+      ApplyConfigYaml("server:\n  auth:\n    exempt_reflection: maybe\n", "t.yaml", &config);
+  EXPECT_EQ(wrong_type.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(wrong_type.message(), HasSubstr("server.auth.exempt_reflection"));
+  absl::Status unknown =
+      ApplyConfigYaml("server:\n  auth:\n    exempt_metrics: false\n", "t.yaml", &config);
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.message(), HasSubstr("server.auth.exempt_metrics"));
+
+  // Flags override the file.
+  const std::string path = ::testing::TempDir() + "/auth_exempt.yaml";
+  {
+    std::ofstream out(path);
+    out << "server:\n  auth:\n    exempt_health: false\n    exempt_reflection: false\n";
+  }
+  absl::StatusOr<ServerCommandLine> parsed =
+      ParseServerCommandLine({"--server.auth.exempt_health=true", "--config", path, "--model=/m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->config.server.auth.exempt_health);
+  EXPECT_FALSE(parsed->config.server.auth.exempt_reflection);
+  parsed = ParseServerCommandLine({"--server.auth.exempt-reflection=false", "--model=/m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.server.auth.exempt_reflection);
+}
+
 TEST(CommandLineTest, HelpListsEveryKey) {
   absl::StatusOr<ServerCommandLine> parsed = ParseServerCommandLine({"--help"});
   ASSERT_TRUE(parsed.ok());

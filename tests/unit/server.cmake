@@ -20,3 +20,8 @@ if(TARGET spqr_server_lib)
   spqr_add_gtest(server_model_info_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_model_info_test.cc
                  LIBS spqr_server_lib LABELS unit)
 endif()
+if(TARGET spqr_server_lib)
+  spqr_add_gtest(server_health_reflection_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_health_reflection_test.cc
+                 LIBS spqr_server_lib prometheus-cpp::core LABELS unit)
+endif()

@@ -1,6 +1,8 @@
-// API keys of spqr-server: clients authenticate spqr.v1.SpqrService calls with the metadata
-// "authorization: Bearer <key>". Keys come from a file (server.auth.api_keys_file, one per line)
-// and/or an environment variable (server.auth.api_keys_env, comma-separated).
+// API keys of spqr-server: clients authenticate spqr.v1.SpqrService calls (and health and
+// reflection calls unless server.auth.exempt_health / exempt_reflection) with the metadata
+// "authorization: Bearer <key>" (checked by AuthenticateCall, server/call_auth.h). Keys come from
+// a file (server.auth.api_keys_file, one per line) and/or an environment variable
+// (server.auth.api_keys_env, comma-separated).
 #pragma once
 
 #include <string>

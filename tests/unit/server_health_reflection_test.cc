@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
@@ -144,6 +145,48 @@ TEST(HealthServiceTest, WatchStreamsChangesAndEndsAtShutdownWithoutHoldingTheSer
   EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
   // Shutdown without a deadline waits for every call: it returns at once because no Watch is
   // left open.
+  const auto start = std::chrono::steady_clock::now();
+  served.server().Shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_EQ(served.health().watchers(), 0);
+}
+
+TEST(HealthServiceTest, ManyWatchersUnderRapidChangesEachEndOnNotServing) {
+  ServedServices served;
+  std::unique_ptr<Health::Stub> stub = served.health_stub();
+  constexpr int kWatchers = 12;
+  std::vector<std::vector<HealthCheckResponse::ServingStatus>> seen(kWatchers);
+  std::vector<grpc::Status> ends(kWatchers);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kWatchers; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    SetDeadline(contexts.back().get(), 30);
+    HealthCheckRequest request;
+    request.set_service(i % 2 == 0 ? "" : kApi);
+    auto watch = stub->Watch(contexts.back().get(), request);
+    HealthCheckResponse first;
+    ASSERT_TRUE(watch->Read(&first));  // registered before the changes start
+    seen[i].push_back(first.status());
+    readers.emplace_back([&, i, watch = std::move(watch)]() mutable {
+      HealthCheckResponse update;
+      while (watch->Read(&update)) seen[i].push_back(update.status());
+      ends[i] = watch->Finish();
+    });
+  }
+  for (int round = 0; round < 300; ++round) served.health().SetServing(round % 2 == 0);
+  served.health().Shutdown();
+  for (std::thread& reader : readers) reader.join();
+  for (int i = 0; i < kWatchers; ++i) {
+    EXPECT_EQ(ends[i].error_code(), grpc::StatusCode::UNAVAILABLE) << i;
+    ASSERT_FALSE(seen[i].empty());
+    EXPECT_EQ(seen[i].back(), HealthCheckResponse::NOT_SERVING) << i;
+    for (size_t k = 1; k < seen[i].size(); ++k) {
+      EXPECT_NE(seen[i][k], seen[i][k - 1]) << "watcher " << i << " got a repeated status";
+    }
+  }
+  // The streams' server ends (OnDone) may lag the clients' Finish; Shutdown waits for them and
+  // returns at once since none is left open.
   const auto start = std::chrono::steady_clock::now();
   served.server().Shutdown();
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));

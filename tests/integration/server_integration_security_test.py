@@ -307,6 +307,17 @@ class ApiKeyTest(unittest.TestCase):
                 self.assertEqual(set(list_services(channel, key)),
                                  {"spqr.v1.SpqrService", "grpc.health.v1.Health",
                                   "grpc.reflection.v1alpha.ServerReflection"})
+                if ARGS.client:  # the Docker HEALTHCHECK's command, with and without the key
+                    env = {k: v for k, v in os.environ.items() if k != "SPQR_API_KEY"}
+                    health_cmd = [ARGS.client, "--address", server.address, "health"]
+                    refused = subprocess.run(health_cmd, capture_output=True, text=True,
+                                             timeout=30, env=env)
+                    self.assertEqual(refused.returncode, 1)
+                    self.assertIn("API key", refused.stderr)
+                    served = subprocess.run(health_cmd, capture_output=True, text=True,
+                                            timeout=30, env={**env, "SPQR_API_KEY": "strict-key"})
+                    self.assertEqual(served.returncode, 0, served.stderr)
+                    self.assertEqual(served.stdout.strip(), "SERVING")
                 # A Watch stream with the key sees SERVING, then NOT_SERVING on SIGTERM, then
                 # ends (UNAVAILABLE) without holding up the shutdown.
                 watch = health_pb2_grpc.HealthStub(channel).Watch(

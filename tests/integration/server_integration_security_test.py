@@ -62,6 +62,14 @@ def read(name):
         return f.read()
 
 
+def write_key_file(name, text):
+    """Writes an API-key file (server.auth.api_keys_file) `name` into CERTS; returns its path."""
+    path = os.path.join(CERTS, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def setUpModule():
     global CERTS
     CERTS = tempfile.mkdtemp(prefix="spqr-certs-")
@@ -224,9 +232,7 @@ class TlsTest(unittest.TestCase):
 class ApiKeyTest(unittest.TestCase):
 
     def test_keys_from_file_and_environment(self):
-        key_file = os.path.join(CERTS, "keys.txt")
-        with open(key_file, "w") as f:
-            f.write("# operators\nfile-key-123\n\n")
+        key_file = write_key_file("keys.txt", "# operators\nfile-key-123\n\n")
         server = Server(["--server.auth.api_keys_file", key_file,
                          "--server.auth.api_keys_env", "SPQR_TEST_API_KEYS"],
                         env={"SPQR_TEST_API_KEYS": "env-key-1, env-key-2"})
@@ -264,9 +270,7 @@ class ApiKeyTest(unittest.TestCase):
             server.kill()
 
     def test_health_and_reflection_need_a_key_when_not_exempt(self):
-        key_file = os.path.join(CERTS, "strict-keys.txt")
-        with open(key_file, "w") as f:
-            f.write("strict-key\n")
+        key_file = write_key_file("strict-keys.txt", "strict-key\n")
         server = Server(["--server.auth.api_keys_file", key_file,
                          "--server.auth.exempt_health=false",
                          "--server.auth.exempt_reflection=false"])
@@ -333,9 +337,7 @@ class ApiKeyTest(unittest.TestCase):
             server.kill()
 
     def test_abort_only_cancels_requests_made_with_the_same_key(self):
-        key_file = os.path.join(CERTS, "abort-keys.txt")
-        with open(key_file, "w") as f:
-            f.write("owner-key\nother-key\n")
+        key_file = write_key_file("abort-keys.txt", "owner-key\nother-key\n")
         server = Server(["--server.auth.api_keys_file", key_file])
         owner = [("authorization", "Bearer owner-key")]
         other = [("authorization", "Bearer other-key")]
@@ -378,9 +380,7 @@ class ClientBinaryTest(unittest.TestCase):
     def test_client_speaks_mtls_and_sends_the_api_key(self):
         if not ARGS.client:
             self.skipTest("no --client")
-        key_file = os.path.join(CERTS, "client-keys.txt")
-        with open(key_file, "w") as f:
-            f.write("client-binary-key\n")
+        key_file = write_key_file("client-keys.txt", "client-binary-key\n")
         server = Server(["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
                          "--server.tls.key_file", os.path.join(CERTS, "server.key"),
                          "--server.tls.client_ca_file", os.path.join(CERTS, "ca.pem"),

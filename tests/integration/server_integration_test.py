@@ -1,142 +1,34 @@
 #!/usr/bin/python3
-"""Integration test of spqr-server: starts the real binary on 127.0.0.1 with ephemeral ports and
-drives it over gRPC with stubs generated at build time (proto/CMakeLists.txt, spqr_proto_python).
+"""Integration test of spqr-server's API on one shared server: health, reflection, model info,
+Generate/GenerateUnary, Score, request validation, cancellation, Abort, /metrics and the
+spqr-client binary. Starts the real binary on 127.0.0.1 with ephemeral ports (server_harness.py)
+and drives it over gRPC with stubs generated at build time (proto/CMakeLists.txt,
+spqr_proto_python). Start-up errors, overload and SIGTERM draining, which need servers of their
+own, are in server_integration_lifecycle_test.py.
 
 Run through ctest (label "integration"), or by hand:
   /usr/bin/python3 tests/integration/server_integration_test.py --server build/server/spqr-server \
       --client build/server/spqr-client --model tests/data/test-model --stubs build/python_stubs
 Every wait is bounded; every server started here is killed at the end.
 """
-import argparse
 import json
 import os
-import queue
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import unittest
-import urllib.request
+
+import server_harness as harness
+from server_harness import LONG, ServerProcess, greedy, stream_all
 
 ARGS = None
-WAIT_S = 90  # bound for start-up (model load + warm-up on a loaded CI machine)
-LONG = 480  # tokens of a "long" generation: fits the test model's 512-token context
-
-
-def parse_args():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--client", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--stubs", required=True)
-    args, rest = parser.parse_known_args()
-    return args, rest
-
-
-class ServerProcess:
-    """A spqr-server child process; parses the bound ports from its stdout."""
-
-    def __init__(self, extra_flags=()):
-        cmd = [ARGS.server, "--model", ARGS.model, "--listen", "127.0.0.1:0",
-               "--metrics.address", "127.0.0.1", "--metrics_port", "0",
-               "--engine.kv_cache_bytes", str(16 << 20), *extra_flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        self.lines = queue.Queue()
-        self.stderr_lines = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines.append),
-                         daemon=True).start()
-        self.port = int(self.wait_for_line(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
-        self.metrics_port = int(self.wait_for_line(r"^metrics on 127\.0\.0\.1:(\d+)$").group(1))
-        self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = spqr_pb2_grpc.SpqrServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    @staticmethod
-    def _pump(stream, sink):
-        for line in stream:
-            sink(line.rstrip("\n"))
-
-    def wait_for_line(self, pattern, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.match(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"server did not print /{pattern}/ in {timeout} s; stderr:\n" +
-                             "\n".join(self.stderr_lines[-30:]))
-
-    def health_status(self, service=""):
-        response = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        return response.status
-
-    def wait_serving(self):
-        """Polls health from the first moment; returns the statuses seen, SERVING last."""
-        seen = []
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            status = self.health_status()
-            if not seen or seen[-1] != status:
-                seen.append(status)
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return seen
-            time.sleep(0.02)
-        raise AssertionError(f"not SERVING after {WAIT_S} s; stderr:\n" +
-                             "\n".join(self.stderr_lines[-30:]))
-
-    def metrics_text(self):
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-
-    def metric(self, name, labels=None):
-        """The value of one sample (0 when absent)."""
-        want = ""
-        if labels:
-            want = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-        for line in self.metrics_text().splitlines():
-            if line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            if key == name + want:
-                return float(value)
-        return 0.0
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Sends `sig` and returns the exit code (kills after `timeout`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-                raise AssertionError(f"server did not exit within {timeout} s of signal {sig}")
-        return self.proc.returncode
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.channel.close()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-
-
 SERVER = None
 HEALTH_SEQUENCE = None
 SP = None  # the model's SentencePiece processor, to check token counts independently
+# Set in __main__: the stubs' modules (harness.import_stubs), sentencepiece and descriptor_pb2.
+grpc = pb = health_pb2 = reflection_pb2 = reflection_pb2_grpc = None
+sentencepiece = descriptor_pb2 = None
 
 
 def setUpModule():
@@ -144,6 +36,7 @@ def setUpModule():
     SP = sentencepiece.SentencePieceProcessor(model_file=os.path.join(ARGS.model,
                                                                       "tokenizer.model"))
     SERVER = ServerProcess()
+    harness.SERVER = SERVER  # stream_all talks to harness.SERVER
     HEALTH_SEQUENCE = SERVER.wait_serving()
 
 
@@ -155,22 +48,6 @@ def tearDownModule():
 def config_json():
     with open(os.path.join(ARGS.model, "config.json")) as f:
         return json.load(f)
-
-
-def greedy(max_new_tokens, **kwargs):
-    """A greedy request that ignores eos (so it runs max_new_tokens) and returns token ids."""
-    kwargs.setdefault("response", pb.ResponseOptions(return_token_ids=True))
-    return pb.GenerateRequest(sampling=pb.SamplingParams(temperature=0.0),
-                              stopping=pb.Stopping(max_new_tokens=max_new_tokens,
-                                                   ignore_eos=True), **kwargs)
-
-
-def stream_all(request, timeout=60):
-    responses = list(SERVER.stub.Generate(request, timeout=timeout))
-    text = "".join(r.text for r in responses)
-    ids = [i for r in responses for i in r.token_ids]
-    return responses, text, ids
-
 
 class HealthAndReflectionTest(unittest.TestCase):
 
@@ -716,136 +593,10 @@ class ClientBinaryTest(unittest.TestCase):
         self.assertIn("sampling.top_p", result.stderr)
 
 
-class StartupErrorTest(unittest.TestCase):
-
-    def run_server(self, *flags):
-        return subprocess.run([ARGS.server, "--listen", "127.0.0.1:0", "--metrics_port", "0",
-                               *flags], capture_output=True, text=True, timeout=60)
-
-    def test_missing_model_exits_1_naming_it(self):
-        result = self.run_server("--model", "/nonexistent/model-dir")
-        self.assertEqual(result.returncode, 1, result.stderr)
-        self.assertIn("/nonexistent/model-dir", result.stderr)
-
-    def test_bad_flags_exit_2_naming_them(self):
-        result = self.run_server("--model", ARGS.model, "--engine.kv_block_size=zero")
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("engine.kv_block_size", result.stderr)
-        result = self.run_server("--modle", ARGS.model)
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("--modle", result.stderr)
-
-    def test_help_lists_the_flags(self):
-        result = subprocess.run([ARGS.server, "--help"], capture_output=True, text=True,
-                                timeout=30)
-        self.assertEqual(result.returncode, 0)
-        for flag in ("--model.dir", "--model", "--listen", "--metrics_port",
-                     "--engine.kv_cache_bytes", "--server.drain_timeout_seconds"):
-            self.assertIn(flag, result.stdout)
-
-
-class OverloadTest(unittest.TestCase):
-
-    def test_full_queue_answers_resource_exhausted(self):
-        server = ServerProcess(["--engine.max_running_requests", "1",
-                                "--engine.max_queued_requests", "1"])
-        try:
-            server.wait_serving()
-            running = server.stub.Generate(greedy(LONG, text="first"), timeout=120)
-            next(running)  # scheduled: the only running slot is taken
-            waiting = server.stub.Generate(greedy(4, text="second"), timeout=120)
-            # The second request waits (queue: 1 of 1); a third one is refused.
-            deadline = time.monotonic() + 10
-            while server.metric("spqr_num_requests_waiting") < 1:
-                self.assertLess(time.monotonic(), deadline, "the second request never queued")
-                time.sleep(0.01)
-            # More long requests at once: one running + one waiting is all the engine holds, so
-            # most are refused even if `running` finished meanwhile and a slot opened.
-            extra = [server.stub.GenerateUnary.future(greedy(LONG, text=f"extra {i}"),
-                                                      timeout=120) for i in range(8)]
-            codes = []
-            for future in extra:
-                try:
-                    future.result()
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.RpcError as error:
-                    codes.append(error.code())
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        self.assertIn("queue", error.details())
-                        self.assertIn("engine.max_queued_requests = 1", error.details())
-                        # The retry hint: time until the queue has room, in [10 ms, 60 s].
-                        trailing = dict(error.trailing_metadata())
-                        self.assertIn("grpc-retry-pushback-ms", trailing)
-                        pushback = int(trailing["grpc-retry-pushback-ms"])
-                        self.assertGreaterEqual(pushback, 10)
-                        self.assertLessEqual(pushback, 60000)
-                        self.assertIn(f"retry in about {pushback} ms", error.details())
-            self.assertGreaterEqual(codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED), 6, codes)
-            self.assertGreaterEqual(server.metric("spqr_requests_total", {
-                "method": "GenerateUnary", "code": "RESOURCE_EXHAUSTED"}), 6)
-            running.cancel()
-            self.assertEqual(list(waiting)[-1].finish_reason, pb.FINISH_REASON_LENGTH)
-        finally:
-            server.kill()
-
-
-class DrainTest(unittest.TestCase):
-    """SIGTERM: readiness off, new calls refused, in-flight calls finish (or are cancelled at the
-    drain timeout), exit code 0. Each case starts its own server."""
-
-    def start_long_streams(self, server, count):
-        calls = [server.stub.Generate(greedy(LONG, text=f"story {i}"), timeout=120)
-                 for i in range(count)]
-        firsts = [next(call) for call in calls]  # all are running
-        return calls, firsts
-
-    def test_sigterm_drains_in_flight_requests(self):
-        server = ServerProcess(["--drain_timeout", "60"])
-        try:
-            server.wait_serving()
-            calls, _ = self.start_long_streams(server, 6)
-            server.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while server.health_status() != health_pb2.HealthCheckResponse.NOT_SERVING:
-                self.assertLess(time.monotonic(), deadline, "health stayed SERVING")
-                time.sleep(0.01)
-            with self.assertRaises(grpc.RpcError) as error:
-                server.stub.GenerateUnary(greedy(2, text="late"), timeout=10)
-            self.assertEqual(error.exception.code(), grpc.StatusCode.UNAVAILABLE)
-            for call in calls:  # in-flight requests run to completion
-                self.assertEqual(list(call)[-1].finish_reason, pb.FINISH_REASON_LENGTH)
-            self.assertEqual(server.stop(timeout=30), 0)
-        finally:
-            server.kill()
-
-    def test_drain_timeout_cancels_the_rest(self):
-        server = ServerProcess(["--drain_timeout", "0.05"])
-        try:
-            server.wait_serving()
-            calls, _ = self.start_long_streams(server, 6)
-            self.assertEqual(server.stop(timeout=30), 0)
-            codes = []
-            for call in calls:
-                try:
-                    list(call)
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.RpcError as error:
-                    codes.append(error.code())
-            self.assertIn(grpc.StatusCode.UNAVAILABLE, codes)
-        finally:
-            server.kill()
-
-
 if __name__ == "__main__":
-    ARGS, rest = parse_args()
-    sys.path.insert(0, ARGS.stubs)
-    import grpc  # noqa: E402
+    ARGS, rest = harness.parse_args()
+    harness.ARGS = ARGS
+    globals().update(harness.import_stubs(ARGS.stubs))
     import sentencepiece  # noqa: E402
     from google.protobuf import descriptor_pb2  # noqa: E402
-    import health_pb2  # noqa: E402
-    import health_pb2_grpc  # noqa: E402
-    import reflection_pb2  # noqa: E402
-    import reflection_pb2_grpc  # noqa: E402
-    from spqr.v1 import spqr_pb2 as pb  # noqa: E402
-    from spqr.v1 import spqr_pb2_grpc  # noqa: E402
     unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

@@ -5,8 +5,8 @@ Checks what the runtime promises a client: concurrent greedy streams produce exa
 tokens; cancellation, a passed deadline and Abort free the request's KV blocks (usage returns to
 zero); a repeated prompt hits the prefix cache, visible in the response usage and in /metrics.
 
-Reuses the server harness of server_integration_test.py. Run through ctest (label
-"integration"), or by hand with the same flags as that file.
+Reuses the server harness in server_harness.py. Run through ctest (label
+"integration"), or by hand with the same flags as server_integration_test.py.
 """
 import os
 import sys
@@ -15,7 +15,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import server_integration_test as harness  # noqa: E402
+import server_harness as harness  # noqa: E402
 
 SERVER = None
 PROMPTS = [

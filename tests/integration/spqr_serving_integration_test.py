@@ -23,7 +23,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import server_integration_test as harness  # noqa: E402
+import server_harness as harness  # noqa: E402
 
 ARGS = None
 EVAL_SEQLEN = 64  # spqr-eval window; small so the Score calls stay fast

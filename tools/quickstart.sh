@@ -17,11 +17,15 @@ if [[ -n "${SPQR_MODEL:-}" ]]; then
   MODEL=$SPQR_MODEL
 else
   MODEL=models/reference-spqr-w4
-  if [[ ! -f "$MODEL/config.json" ]]; then
-    echo "quickstart: quantizing models/reference -> $MODEL (first run only)"
-    "$BUILD_DIR/quantizer/spqr-quantize" --model models/reference --out "$MODEL" \
+  # The SpQR copy records which weights it was made from, so a checkout with newer reference
+  # weights re-quantizes instead of serving a stale copy.
+  SOURCE_SHA=$(sha256sum models/reference/model.safetensors | cut -d' ' -f1)
+  if [[ ! -f "$MODEL/config.json" || "$(cat "$MODEL/source.sha256" 2>/dev/null)" != "$SOURCE_SHA" ]]; then
+    echo "quickstart: quantizing models/reference -> $MODEL (first run, or the weights changed)"
+    "$BUILD_DIR/quantizer/spqr-quantize" --model models/reference --out "$MODEL" --force \
       --calibration models/reference/calibration.txt --method spqr --wbits 4 --beta1 16 \
       --beta2 16 --stats_bits 3 --tau 0.2 --nsamples 32 --seqlen 512 --seed 0
+    echo "$SOURCE_SHA" > "$MODEL/source.sha256"
   fi
 fi
 PORT=${SPQR_PORT:-50051}

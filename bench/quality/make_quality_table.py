@@ -4,8 +4,8 @@ bench/quality/run_quality.py.
 
 The table replaces what lies between the markers
     <!-- quality-table:begin -->  and  <!-- quality-table:end -->
-in the Markdown file; the text around them is hand-written and kept. The plot (perplexity against
-average bits per parameter, one series per method family, fp16 as a line) needs python3-matplotlib
+in the Markdown file; the text around them is hand-written and kept. The plot (perplexity increase
+over fp16 against average bits per parameter, one series per method family) needs python3-matplotlib
 and is skipped with --no-plot. --check exits 1 when the Markdown file's table is not the one the
 JSON gives (a ctest runs that, so the committed page cannot drift from the committed numbers).
 
@@ -47,7 +47,7 @@ def table(results_path, fp, rows):
             label += f" (tau {r['flags'].split('--tau ')[1].split()[0]})"
         lines.append(
             f"| {label} | {q['avg_bits_formula']:.3f} | {q['avg_bits_real']:.3f} | "
-            f"{e['ppl']:.3f} | {rel:+.2f} % | {100.0 * q['outlier_share']:.3f} % | "
+            f"{e['ppl']:.3f} | {rel:+.3f} % | {100.0 * q['outlier_share']:.3f} % | "
             f"{q['wall_seconds']:.1f} s |")
     lines += [
         "",
@@ -66,21 +66,21 @@ def plot(fp, rows, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ppl0 = fp["eval"]["ppl"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     styles = {"RTN": ("tab:red", "s"), "GPTQ": ("tab:blue", "^"), "SpQR": ("tab:green", "o")}
     for family, (color, marker) in styles.items():
-        pts = sorted((r["quantization"]["avg_bits_formula"], r["eval"]["ppl"], r["config"])
-                     for r in rows if r["family"] == family)
+        pts = sorted((r["quantization"]["avg_bits_formula"], 100.0 * (r["eval"]["ppl"] / ppl0 - 1),
+                      r["config"]) for r in rows if r["family"] == family)
         if not pts:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker,
                    label=family, zorder=3)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    ax.axhline(fp["eval"]["ppl"], color="gray", linestyle="--", label="bf16")
-    ax.set_yscale("log")
+    ax.axhline(0.0, color="gray", linestyle="--", label=f"bf16 (ppl {ppl0:.2f})")
     ax.set_xlabel("average bits per parameter (paper formula)")
-    ax.set_ylabel("held-out perplexity (log scale)")
+    ax.set_ylabel("held-out perplexity increase over bf16 (%)")
     ax.set_title(f"{fp['model']}: perplexity vs. size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

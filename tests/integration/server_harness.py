@@ -55,6 +55,39 @@ def import_stubs(stubs_dir):
     return modules
 
 
+class ChildOutput:
+    """Reads a child process's stdout and stderr on two threads: stdout lines go to a queue that
+    wait_for() consumes, stderr lines are kept in a list for error messages."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = queue.Queue()
+        self.stderr = []
+        for stream, sink in ((proc.stdout, self.lines.put), (proc.stderr, self.stderr.append)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink):
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    def wait_for(self, pattern, timeout):
+        """The match of the first stdout line matching `pattern` within `timeout` seconds; None when
+        the time runs out or the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    return None
+                continue
+            match = re.match(pattern, line)
+            if match:
+                return match
+        return None
+
+
 class ServerProcess:
     """A spqr-server child process; parses the bound ports from its stdout."""
 
@@ -64,12 +97,8 @@ class ServerProcess:
                "--engine.kv_cache_bytes", str(16 << 20), *extra_flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
-        self.lines = queue.Queue()
-        self.stderr_lines = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines.append),
-                         daemon=True).start()
+        self.output = ChildOutput(self.proc)
+        self.stderr_lines = self.output.stderr
         self.port = int(self.wait_for_line(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
         self.metrics_port = int(self.wait_for_line(r"^metrics on 127\.0\.0\.1:(\d+)$").group(1))
         self.address = f"127.0.0.1:{self.port}"
@@ -77,23 +106,10 @@ class ServerProcess:
         self.stub = spqr_pb2_grpc.SpqrServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
-    @staticmethod
-    def _pump(stream, sink):
-        for line in stream:
-            sink(line.rstrip("\n"))
-
     def wait_for_line(self, pattern, timeout=WAIT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.match(pattern, line)
-            if match:
-                return match
+        match = self.output.wait_for(pattern, timeout)
+        if match:
+            return match
         raise AssertionError(f"server did not print /{pattern}/ in {timeout} s; stderr:\n" +
                              "\n".join(self.stderr_lines[-30:]))
 

@@ -10,7 +10,6 @@ throwaway certificates that openssl makes in a temporary folder.
 """
 import argparse
 import os
-import queue
 import re
 import shutil
 import signal
@@ -21,6 +20,8 @@ import threading
 import time
 import unittest
 import urllib.request
+
+from server_harness import ChildOutput
 
 ARGS = None
 WAIT_S = 90
@@ -93,12 +94,8 @@ class Server:
                "--engine.kv_cache_bytes", str(16 << 20), *flags]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, **(env or {})})
-        self.lines = queue.Queue()
-        self.stderr = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put),
-                         daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append),
-                         daemon=True).start()
+        self.output = ChildOutput(self.proc)
+        self.stderr = self.output.stderr
         if not expect_ready:
             return
         self.port = int(self.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
@@ -106,23 +103,10 @@ class Server:
         self.wait_for(r"^ready$")
         self.address = f"127.0.0.1:{self.port}"
 
-    @staticmethod
-    def _pump(stream, sink):
-        for line in stream:
-            sink(line.rstrip("\n"))
-
     def wait_for(self, pattern):
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = re.match(pattern, line)
-            if match:
-                return match
+        match = self.output.wait_for(pattern, WAIT_S)
+        if match:
+            return match
         raise AssertionError(f"no /{pattern}/; stderr:\n" + "\n".join(self.stderr[-20:]))
 
     def metric(self, name, labels):

@@ -141,7 +141,9 @@ ReflectionService::Response ReflectionService::Answer(const Request& request) co
       break;
     }
     case Request::MESSAGE_REQUEST_NOT_SET:
-      SetError(grpc::StatusCode::UNIMPLEMENTED, "The request is not implemented.", &response);
+      // An empty oneof: nothing was asked (gRPC's own reflection answers the same).
+      SetError(grpc::StatusCode::UNIMPLEMENTED,
+               "the ServerReflectionRequest sets none of the message_request fields", &response);
       break;
   }
   return response;

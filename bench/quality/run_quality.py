@@ -78,25 +78,15 @@ def git_commit():
         return None
 
 
-def run_json(cmd, log_path=None):
-    """Runs cmd, returns its stdout parsed as JSON (the last non-empty line)."""
-    stderr = open(log_path, "w") if log_path else subprocess.DEVNULL
-    try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    finally:
-        if log_path:
-            stderr.close()
-    if p.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}"
-                 + (f" (see {log_path})" if log_path else ""))
-    lines = [l for l in p.stdout.splitlines() if l.strip()]
-    return json.loads(lines[-1]) if lines else None
-
-
 def evaluate(args, model_dir):
-    return run_json([os.path.join(args.build, "quantizer", "spqr-eval"), "--model", model_dir,
-                     "--text", args.text, "--seqlen", str(args.eval_seqlen), "--max_windows",
-                     str(args.max_windows), "--threads", str(args.threads)])
+    """spqr-eval's JSON result for model_dir."""
+    cmd = [os.path.join(args.build, "quantizer", "spqr-eval"), "--model", model_dir, "--text",
+           args.text, "--seqlen", str(args.eval_seqlen), "--max_windows", str(args.max_windows),
+           "--threads", str(args.threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}: {p.stderr.strip()}")
+    return json.loads(p.stdout)
 
 
 def quantize(args, flags, out_dir, log_path):
@@ -105,7 +95,8 @@ def quantize(args, flags, out_dir, log_path):
            out_dir, "--force", "--calibration", args.calibration, "--nsamples", str(args.nsamples),
            "--seqlen", str(args.seqlen), "--seed", str(args.seed), "--threads",
            str(args.threads)] + flags.split()
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    with open(log_path, "w") as log:
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log)
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode} (see {log_path})")
     with open(os.path.join(out_dir, "quantization_report.json")) as f:

@@ -3,7 +3,7 @@
 // commit and the model's shape) so results can be committed under bench/results/.
 //
 //   spqr-bench-cpu [--model DIR] [--threads N] [--prompts 128,512] [--decode-steps 128]
-//                  [--repeats 3]
+//                  [--repeats 3] [--spqr-kernel auto|exact|int8]
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -35,6 +35,7 @@ struct Args {
   int decode_steps = 128;
   int decode_context = 128;  // prompt prefilled before the decode steps
   int repeats = 3;
+  std::string spqr_kernel = "auto";
 };
 
 bool ParseArgs(int argc, char** argv, Args* a) {
@@ -49,6 +50,8 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       ok = absl::SimpleAtoi(value, &a->decode_steps);
     } else if (flag == "--decode-context") {
       ok = absl::SimpleAtoi(value, &a->decode_context);
+    } else if (flag == "--spqr-kernel") {
+      a->spqr_kernel = value;
     } else if (flag == "--repeats") {
       ok = absl::SimpleAtoi(value, &a->repeats);
     } else if (flag == "--prompts") {
@@ -127,7 +130,12 @@ int Run(const Args& args) {
   if (!checkpoint.ok()) return fail(checkpoint.status());
   auto weights = BindLlamaWeights(std::move(*checkpoint), *config);
   if (!weights.ok()) return fail(weights.status());
-  auto created = CreateCpuBackend(*weights, CpuBackendOptions{args.threads});
+  auto kernel = ParseSpqrCpuKernel(args.spqr_kernel);
+  if (!kernel.ok()) {
+    std::cerr << kernel.status() << "\n";
+    return 2;
+  }
+  auto created = CreateCpuBackend(*weights, CpuBackendOptions{args.threads, *kernel});
   if (!created.ok()) return fail(created.status());
   Backend& backend = **created;
   const int64_t vocab = config->vocab_size;
@@ -212,7 +220,8 @@ int Run(const Args& args) {
       {"machine",
        {{"cpu_model", CpuModel()},
         {"nproc", omp_get_num_procs()},
-        {"threads", args.threads > 0 ? args.threads : omp_get_max_threads()}}},
+        {"threads", args.threads > 0 ? args.threads : omp_get_max_threads()},
+        {"spqr_kernel", args.spqr_kernel}}},
       {"model",
        {{"dir", args.model},
         {"model_type", config->model_type},

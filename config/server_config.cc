@@ -142,6 +142,13 @@ std::vector<ConfigKey> MakeKeys() {
        1024,
        {},
        {"threads"}},
+      {SPQR_CONFIG_KEY(model.spqr_cpu_kernel),
+       "SpQR matmul kernel of the CPU backend (auto = int8 where the CPU has AVX-512 VNNI, "
+       "else exact; docs/cpu-performance.md)",
+       0,
+       0,
+       {"auto", "exact", "int8"},
+       {"spqr_cpu_kernel"}},
       {SPQR_CONFIG_KEY(engine.kv_cache_bytes),
        "memory budget of the paged KV cache, in bytes",
        1 << 20,

@@ -63,6 +63,7 @@ struct ModelSection {
   std::string dir = "models/reference";
   std::string backend = "auto";
   int32_t threads = 0;
+  std::string spqr_cpu_kernel = "auto";
 };
 
 // Engine capacities (converted to spqr::EngineOptions by the server).

@@ -155,6 +155,7 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
   ModelLoadOptions options;
   options.backend = config.model.backend;
   options.num_threads = config.model.threads;
+  options.spqr_cpu_kernel = config.model.spqr_cpu_kernel;
   return options;
 }
 

@@ -14,6 +14,8 @@
 
 namespace spqr {
 
+struct LlamaWeights;
+
 // Geometry of the paged KV pool: `num_blocks` blocks of `block_size` token slots, each slot holding
 // K and V for every layer and KV head.
 struct KvPoolShape {
@@ -65,6 +67,10 @@ class Backend {
   // the pool) and returns INVALID_ARGUMENT instead of touching memory it does not own.
   virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
   virtual BackendMemoryStats memory_stats() const = 0;
+  // The weights the backend keeps resident when it replaced parts of the bound ones by its own
+  // layout (the CPU backend's SpQR tile layouts), so the loader can drop the originals and hold
+  // the weights once; null when the backend uses the bound weights as they are.
+  virtual std::shared_ptr<const LlamaWeights> resident_weights() const { return nullptr; }
 };
 
 }  // namespace spqr

@@ -56,6 +56,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
     // CPU backend is the only one this build can run.
     CpuBackendOptions cpu_options;
     cpu_options.num_threads = options.num_threads;
+    ASSIGN_OR_RETURN(cpu_options.spqr_kernel, ParseSpqrCpuKernel(options.spqr_cpu_kernel));
     return CreateCpuBackend(std::move(weights), cpu_options);
   }
   if (name == "cuda") {
@@ -100,6 +101,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
   RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));
   ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options));
+  // Keep one copy of the weights: the backend's, where it repacked layers into its own layout.
+  if (auto resident = model->backend->resident_weights()) model->weights = std::move(resident);
   return model;
 }
 

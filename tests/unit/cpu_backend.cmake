@@ -2,6 +2,8 @@
 # whole forward against the independent numpy reference (tools/reference_forward.py).
 spqr_add_gtest(cpu_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_ops_test.cc
                LIBS spqr_engine_cpu LABELS unit)
+spqr_add_gtest(spqr_tile_kernel_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_tile_kernel_test.cc
+               LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(cpu_backend_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc
                LIBS spqr_engine_cpu LABELS unit)
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "engine/backend/cpu/rms_norm.h"
 #include "engine/backend/cpu/rope.h"
 #include "engine/backend/cpu/spqr_linear.h"
+#include "engine/backend/cpu/spqr_tile_layout.h"
 #include "engine/backend/cpu/swiglu.h"
 #include "engine/util/status_macros.h"
 
@@ -126,6 +128,17 @@ absl::Status CheckWeights(const LlamaWeights& w) {
   return absl::OkStatus();
 }
 
+// Every projection of the model, lm_head last.
+std::vector<const LinearTensors*> AllLinears(const LlamaWeights& w) {
+  std::vector<const LinearTensors*> out;
+  for (const DecoderLayerWeights& l : w.layers) {
+    out.insert(out.end(), {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj,
+                           &l.down_proj});
+  }
+  out.push_back(&w.lm_head);
+  return out;
+}
+
 int64_t LinearBytes(const LinearTensors& l) {
   if (l.spqr != nullptr) return cpu::SpqrLinearBytes(l);
   return static_cast<int64_t>(l.weight.nbytes + (l.bias ? l.bias->nbytes : 0));
@@ -133,11 +146,16 @@ int64_t LinearBytes(const LinearTensors& l) {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(std::shared_ptr<const LlamaWeights> weights, int num_threads)
+  CpuBackend(std::shared_ptr<const LlamaWeights> weights, int num_threads,
+             std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles,
+             cpu::TileIsa isa, bool resident)
       : w_(std::move(weights)),
         c_(w_->config),
         num_threads_(num_threads),
-        inv_freq_(cpu::ComputeRopeInvFreq(c_.head_dim, c_.rope_theta, c_.rope_scaling)) {}
+        inv_freq_(cpu::ComputeRopeInvFreq(c_.head_dim, c_.rope_theta, c_.rope_scaling)),
+        tiles_(std::move(tiles)),
+        isa_(isa),
+        resident_(resident) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -163,11 +181,11 @@ class CpuBackend : public Backend {
 
   BackendMemoryStats memory_stats() const override {
     BackendMemoryStats s;
-    int64_t bytes = LinearBytes(w_->lm_head) + static_cast<int64_t>(w_->norm.nbytes);
+    int64_t bytes = static_cast<int64_t>(w_->norm.nbytes);
+    for (const auto& [source, layout] : tiles_) bytes += layout->bytes();  // repacked codes
+    for (const LinearTensors* l : AllLinears(*w_)) bytes += LinearBytes(*l);
     for (const DecoderLayerWeights& l : w_->layers) {
-      bytes += LinearBytes(l.q_proj) + LinearBytes(l.k_proj) + LinearBytes(l.v_proj) +
-               LinearBytes(l.o_proj) + LinearBytes(l.gate_proj) + LinearBytes(l.up_proj) +
-               LinearBytes(l.down_proj) + static_cast<int64_t>(l.input_layernorm.nbytes) +
+      bytes += static_cast<int64_t>(l.input_layernorm.nbytes) +
                static_cast<int64_t>(l.post_attention_layernorm.nbytes);
     }
     s.weight_bytes = bytes;
@@ -177,9 +195,15 @@ class CpuBackend : public Backend {
 
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
+  std::shared_ptr<const LlamaWeights> resident_weights() const override {
+    return resident_ ? w_ : nullptr;
+  }
+
  private:
   absl::Status ValidatePlan(const StepPlan& plan) const;
   void RunLayer(int64_t layer, std::span<const AttentionSequence> seqs);
+  // y = packed_ W^T (+ b) through the layer's tile layout when it has one, else cpu::Linear.
+  void Project(const LinearTensors& l, float* y);
 
   std::shared_ptr<const LlamaWeights> w_;
   const ModelConfig& c_;
@@ -193,7 +217,21 @@ class CpuBackend : public Backend {
   std::vector<int64_t> positions_;
   std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_, proj_;
   PackedActivations packed_;
+  // Tile layouts of the SpQR layers the int8 kernel runs, keyed by their source layer.
+  const std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles_;
+  const cpu::TileIsa isa_;
+  const bool resident_;  // w_ is the backend's own copy (tile layouts hold the SpQR codes)
 };
+
+void CpuBackend::Project(const LinearTensors& l, float* y) {
+  if (l.spqr != nullptr && !tiles_.empty()) {
+    auto it = tiles_.find(l.spqr.get());
+    if (it != tiles_.end()) {
+      return cpu::SpqrLinearTiled(*it->second, l, packed_, y, num_threads_, isa_);
+    }
+  }
+  cpu::Linear(l, packed_, y, num_threads_);
+}
 
 absl::Status CpuBackend::ValidatePlan(const StepPlan& plan) const {
   if (pool_.num_blocks() == 0) {
@@ -263,9 +301,9 @@ void CpuBackend::RunLayer(int64_t li, std::span<const AttentionSequence> seqs) {
   // Attention block.
   cpu::RmsNorm(x_.data(), n, hidden, l.input_layernorm, eps, h_.data(), nt);
   cpu::PackActivations(h_.data(), n, hidden, &packed_);
-  cpu::Linear(l.q_proj, packed_, q_.data(), nt);
-  cpu::Linear(l.k_proj, packed_, k_.data(), nt);
-  cpu::Linear(l.v_proj, packed_, v_.data(), nt);
+  Project(l.q_proj, q_.data());
+  Project(l.k_proj, k_.data());
+  Project(l.v_proj, v_.data());
 #pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
   for (int64_t t = 0; t < n; ++t) {
     cpu::ApplyRope(q_.data() + t * q_floats, c_.num_attention_heads, k_.data() + t * kv_floats,
@@ -275,18 +313,18 @@ void CpuBackend::RunLayer(int64_t li, std::span<const AttentionSequence> seqs) {
   cpu::StoreKv(k_.data(), v_.data(), seqs, shape, li, &pool_);
   cpu::PagedAttention(q_.data(), seqs, shape, li, pool_, attn_.data(), nt);
   cpu::PackActivations(attn_.data(), n, q_floats, &packed_);
-  cpu::Linear(l.o_proj, packed_, proj_.data(), nt);
+  Project(l.o_proj, proj_.data());
   AddInPlace(x_.data(), proj_.data(), n * hidden);
 
   // MLP block.
   const int64_t inter = c_.intermediate_size;
   cpu::RmsNorm(x_.data(), n, hidden, l.post_attention_layernorm, eps, h_.data(), nt);
   cpu::PackActivations(h_.data(), n, hidden, &packed_);
-  cpu::Linear(l.gate_proj, packed_, gate_.data(), nt);
-  cpu::Linear(l.up_proj, packed_, up_.data(), nt);
+  Project(l.gate_proj, gate_.data());
+  Project(l.up_proj, up_.data());
   cpu::SwiGlu(gate_.data(), up_.data(), n * inter, gate_.data(), nt);
   cpu::PackActivations(gate_.data(), n, inter, &packed_);
-  cpu::Linear(l.down_proj, packed_, proj_.data(), nt);
+  Project(l.down_proj, proj_.data());
   AddInPlace(x_.data(), proj_.data(), n * hidden);
 }
 
@@ -340,11 +378,19 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
   cpu::RmsNorm(selected.data(), total_logits, hidden, w_->norm, static_cast<float>(c_.rms_norm_eps),
                selected.data(), num_threads_);
   cpu::PackActivations(selected.data(), total_logits, hidden, &packed_);
-  cpu::Linear(w_->lm_head, packed_, out->logits.data(), num_threads_);
+  Project(w_->lm_head, out->logits.data());
   return absl::OkStatus();
 }
 
 }  // namespace
+
+absl::StatusOr<SpqrCpuKernel> ParseSpqrCpuKernel(const std::string& name) {
+  if (name == "auto") return SpqrCpuKernel::kAuto;
+  if (name == "exact") return SpqrCpuKernel::kExact;
+  if (name == "int8") return SpqrCpuKernel::kInt8;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("SpQR CPU kernel \"%s\": expected auto, exact or int8", name));
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options) {
@@ -355,7 +401,49 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
   }
   RETURN_IF_ERROR(CheckWeights(*weights));
   const int threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
-  return std::unique_ptr<Backend>(new CpuBackend(std::move(weights), threads));
+  const cpu::TileIsa isa = cpu::BestTileIsa();
+  const bool int8 = options.spqr_kernel == SpqrCpuKernel::kInt8 ||
+                    (options.spqr_kernel == SpqrCpuKernel::kAuto && isa != cpu::TileIsa::kScalar);
+  std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles;
+  bool resident = false;
+  if (int8) {
+    // The backend's own copy of the weight views, whose SpQR layers point at the slim sources of
+    // their tile layouts: the packed codes are then held once, in the layouts.
+    auto own = std::make_shared<LlamaWeights>(*weights);
+    std::vector<LinearTensors*> linears;
+    for (DecoderLayerWeights& l : own->layers) {
+      for (LinearTensors* p :
+           {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+        if (p->spqr != nullptr && cpu::TileLayoutSupports(*p->spqr).ok()) linears.push_back(p);
+      }
+    }
+    if (own->lm_head.spqr != nullptr && cpu::TileLayoutSupports(*own->lm_head.spqr).ok()) {
+      linears.push_back(&own->lm_head);
+    }
+    // Repacking is independent per layer: spread it over the threads.
+    std::vector<std::unique_ptr<cpu::SpqrTileLayout>> built(linears.size());
+    std::vector<absl::Status> errors(linears.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (size_t i = 0; i < linears.size(); ++i) {
+      auto layout = cpu::BuildSpqrTileLayout(linears[i]->spqr);
+      if (layout.ok()) {
+        built[i] = std::move(*layout);
+      } else {
+        errors[i] = layout.status();
+      }
+    }
+    for (size_t i = 0; i < linears.size(); ++i) {
+      RETURN_IF_ERROR(errors[i]);
+      linears[i]->spqr = built[i]->source;
+      tiles.emplace(built[i]->source.get(), std::move(built[i]));
+    }
+    if (!linears.empty()) {
+      weights = std::move(own);
+      resident = true;
+    }
+  }
+  return std::unique_ptr<Backend>(
+      new CpuBackend(std::move(weights), threads, std::move(tiles), isa, resident));
 }
 
 }  // namespace spqr

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
@@ -16,9 +17,23 @@
 
 namespace spqr {
 
+// How SpQR layers are multiplied (docs/cpu-performance.md):
+//   kExact: the format's fused fp32 kernel (spqr_linear.h): every weight decoded exactly, fp32
+//           activations; results equal the format's batch-1 product bit for bit.
+//   kInt8:  the tile layout and int8 kernel (spqr_tile_kernel.h): activations quantized to int8
+//           per 16 columns, integer dot products (AVX-512 VNNI where the CPU has it, else a
+//           scalar implementation with the same bits). Layers the tile layout does not take
+//           (spqr_tile_layout.h) use kExact.
+//   kAuto:  kInt8 when the CPU has AVX-512 VNNI, else kExact.
+enum class SpqrCpuKernel { kAuto, kExact, kInt8 };
+
 struct CpuBackendOptions {
   int num_threads = 0;  // 0 = all cores
+  SpqrCpuKernel spqr_kernel = SpqrCpuKernel::kAuto;
 };
+
+// "auto" | "exact" | "int8" -> kernel; INVALID_ARGUMENT naming the value otherwise.
+absl::StatusOr<SpqrCpuKernel> ParseSpqrCpuKernel(const std::string& name);
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options);

@@ -1,5 +1,7 @@
 #include "engine/backend/cpu/spqr_linear.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -260,6 +262,37 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
     }
   }
 
+  if (layer.bias) {
+    std::vector<float> bias(static_cast<size_t>(m));
+    ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
+    }
+  }
+}
+
+void SpqrLinearTiled(const SpqrTileLayout& tiles, const LinearTensors& layer,
+                     const PackedActivations& x, float* y, int num_threads, TileIsa isa) {
+  const PackedSpqrLayer& packed = *tiles.source;
+  const int64_t m = packed.out_features, n = packed.in_features, num_tokens = x.num_tokens;
+  if (num_tokens == 0) return;
+  thread_local std::vector<float> x_perm;
+  thread_local Int8Activations xq;
+  x_perm.resize(static_cast<size_t>(num_tokens * n));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    GatherPermutedInputs(packed, x.data.data() + t * x.stride, 1, x_perm.data() + t * n);
+  }
+  QuantizeActivations(x_perm.data(), num_tokens, n, tiles.unit_cols, &xq);
+  const int64_t row_tiles = tiles.row_tiles;
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads, row_tiles));
+  const float* xp = x_perm.data();
+  const Int8Activations* q = &xq;
+#pragma omp parallel num_threads(threads)
+  {
+    const int nth = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t begin = row_tiles * me / nth, end = row_tiles * (me + 1) / nth;
+    SpqrTileMatmulInt8(tiles, *q, xp, begin, end, y, m, isa);
+  }
   if (layer.bias) {
     std::vector<float> bias(static_cast<size_t>(m));
     ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());

@@ -20,6 +20,8 @@
 #pragma once
 
 #include "engine/backend/cpu/linear.h"
+#include "engine/backend/cpu/spqr_tile_kernel.h"
+#include "engine/backend/cpu/spqr_tile_layout.h"
 #include "engine/model/llama_weights.h"
 
 namespace spqr::cpu {
@@ -27,6 +29,13 @@ namespace spqr::cpu {
 // Requires layer.spqr != nullptr and x.in_features == layer.in_features; y holds
 // x.num_tokens * layer.out_features floats.
 void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y, int num_threads);
+
+// The int8 kernel over the layer's tile layout (spqr_tile_kernel.h for its numerics): gathers the
+// permuted inputs and quantizes them per token once, then splits the row tiles statically across
+// threads (each thread one contiguous range, so there is no scheduling traffic per tile). Adds the
+// bias. Per-token results do not depend on the batch or the thread count.
+void SpqrLinearTiled(const SpqrTileLayout& tiles, const LinearTensors& layer,
+                     const PackedActivations& x, float* y, int num_threads, TileIsa isa);
 
 // Bytes of the packed layer the kernel reads per call (codes, statistics, outliers, permutation).
 int64_t SpqrLinearBytes(const LinearTensors& layer);

@@ -1,0 +1,159 @@
+#include "engine/backend/cpu/spqr_tile_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/util/half.h"
+
+namespace spqr::cpu {
+
+void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
+                         Int8Activations* out) {
+  const int64_t units = n / unit_cols;
+  out->tokens = tokens;
+  out->n = n;
+  out->units = units;
+  out->unit_cols = unit_cols;
+  out->q.resize(static_cast<size_t>(tokens * n));
+  out->scale.resize(static_cast<size_t>(tokens * units));
+  out->sum.resize(static_cast<size_t>(tokens * units));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t u = 0; u < units; ++u) {
+      const float* x = x_perm + t * n + u * unit_cols;
+      int8_t* q = out->q.data() + t * n + u * unit_cols;
+      float amax = 0.0f;
+      for (int k = 0; k < unit_cols; ++k) amax = std::max(amax, std::fabs(x[k]));
+      float d = 0.0f, sum = 0.0f;
+      if (amax > 0.0f && std::isfinite(amax)) {
+        const float inv = 127.0f / amax;
+        d = amax / 127.0f;
+        int32_t isum = 0;
+        for (int k = 0; k < unit_cols; ++k) {
+          // |x * inv| <= 127 up to rounding, so the clamp only guards the last ulp.
+          const float v = std::min(127.0f, std::max(-127.0f, std::nearbyint(x[k] * inv)));
+          q[k] = static_cast<int8_t>(v);
+          isum += q[k];
+        }
+        sum = d * static_cast<float>(isum);
+      } else {
+        // All zero (or non-finite input, which the dense sum then carries through d = NaN).
+        std::memset(q, 0, static_cast<size_t>(unit_cols));
+        if (!std::isfinite(amax)) d = sum = amax;
+      }
+      out->scale[t * units + u] = d;
+      out->sum[t * units + u] = sum;
+    }
+  }
+}
+
+const char* TileIsaName(TileIsa isa) {
+  return isa == TileIsa::kAvx512Vnni ? "avx512-vnni" : "scalar";
+}
+
+bool TileIsaSupported(TileIsa isa) {
+  if (isa == TileIsa::kScalar) return true;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+TileIsa BestTileIsa() {
+  static const TileIsa best =
+      TileIsaSupported(TileIsa::kAvx512Vnni) ? TileIsa::kAvx512Vnni : TileIsa::kScalar;
+  return best;
+}
+
+namespace internal {
+
+void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, const float* x_perm_t,
+                float* y_t) {
+  const PackedSpqrLayer& src = *l.source;
+  const int64_t r0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
+  for (int i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i;
+    float sparse = 0.0f;
+    for (uint32_t k = src.outlier_row_offsets[r]; k < src.outlier_row_offsets[r + 1]; ++k) {
+      sparse += F16ToF32(src.outlier_values[k]) * x_perm_t[src.outlier_col(k)];
+    }
+    y_t[r] = dense[i] + sparse;
+  }
+}
+
+}  // namespace internal
+
+namespace {
+
+// Scale and zero of the 16 rows of (row tile, group), decoded as the format does.
+void TileGroupStats(const SpqrTileLayout& l, int64_t tile, int64_t g, float* s, float* z) {
+  for (int i = 0; i < kTileRows; ++i) {
+    const int64_t r = tile * kTileRows + i;
+    if (r < l.out_features) {
+      const GroupStats st = TileLayoutStats(l, r, g);
+      s[i] = st.scale;
+      z[i] = st.zero;
+    } else {
+      s[i] = z[i] = 0.0f;  // padding rows: dropped by FinishRows
+    }
+  }
+}
+
+// The reference implementation: the documented arithmetic, one row and token at a time.
+void MatmulScalar(const SpqrTileLayout& l, const Int8Activations& xq, const float* x_perm,
+                  int64_t tile_begin, int64_t tile_end, float* y, int64_t y_stride) {
+  const int e = l.unit_cols;
+  const int64_t units = l.units();
+  std::vector<uint8_t> codes(static_cast<size_t>(kTileRows * l.in_features));
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    for (int i = 0; i < kTileRows; ++i) {
+      const int64_t r = tile * kTileRows + i;
+      for (int64_t j = 0; j < l.in_features; ++j) {
+        codes[i * l.in_features + j] =
+            r < l.out_features ? static_cast<uint8_t>(TileLayoutCode(l, r, j)) : 0;
+      }
+    }
+    for (int64_t t = 0; t < xq.tokens; ++t) {
+      float acc[kTileRows] = {};
+      float s[kTileRows], z[kTileRows];
+      int64_t cur_g = -1;
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t g = u * e / l.beta1;
+        if (g != cur_g) {
+          TileGroupStats(l, tile, g, s, z);
+          cur_g = g;
+        }
+        const int8_t* xu = xq.q.data() + t * l.in_features + u * e;
+        const float d = xq.scale[t * units + u], sum = xq.sum[t * units + u];
+        for (int i = 0; i < kTileRows; ++i) {
+          const uint8_t* c = codes.data() + i * l.in_features + u * e;
+          int32_t idot = 0;
+          for (int k = 0; k < e; ++k) idot += static_cast<int32_t>(c[k]) * xu[k];
+          const float p = static_cast<float>(idot) * d;
+          const float v = std::fma(-z[i], sum, p);
+          acc[i] = std::fma(s[i], v, acc[i]);
+        }
+      }
+      internal::FinishRows(l, tile, acc, x_perm + t * l.in_features, y + t * y_stride);
+    }
+  }
+}
+
+}  // namespace
+
+void SpqrTileMatmulInt8(const SpqrTileLayout& layout, const Int8Activations& xq,
+                        const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
+                        int64_t y_stride, TileIsa isa) {
+  if (isa == TileIsa::kAvx512Vnni) {
+    internal::SpqrTileMatmulInt8Avx512(layout, xq, x_perm, tile_begin, tile_end, y, y_stride);
+  } else {
+    MatmulScalar(layout, xq, x_perm, tile_begin, tile_end, y, y_stride);
+  }
+}
+
+}  // namespace spqr::cpu

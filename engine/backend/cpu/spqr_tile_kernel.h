@@ -1,0 +1,67 @@
+// The int8 SpQR product over the tile layout (spqr_tile_layout.h): y = x W_hat^T for the rows of a
+// range of row tiles, every token of the call, outliers included.
+//
+// Numerics ("int8" kernel). Activations are quantized per token and per unit of E = unit_cols
+// permuted columns (QuantizeActivations): d = max|x| / 127, q = rint(x * (127 / max|x|)) in
+// [-127, 127], and the unit's sum S = d * sum(q). With w = s * (code - z) the unit's contribution
+// to row r is then exactly s * (d * sum(code * q) - z * S): the integer dot product is exact, the
+// only approximation is x ~ d * q. Per row and token, in fp32 and in this order for units
+// u = 0, 1, ...:  p = float(idot) * d;  v = fma(-z, S, p);  acc = fma(s, v, acc);
+// then y = acc + sparse, where sparse is the outlier residuals times the UNquantized inputs
+// (sparse += value * x in CSR order). Scale and zero are decoded exactly as the format does.
+// Every implementation below computes this same sequence, so all give the same bits, and a
+// token's result depends neither on the other tokens of the call nor on the thread count.
+// What quantizing the activations costs in perplexity is measured against the exact kernel
+// (docs/cpu-performance.md).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/backend/cpu/spqr_tile_layout.h"
+
+namespace spqr::cpu {
+
+// Per-token int8 activations of one layer input, in the layer's permuted column order.
+struct Int8Activations {
+  std::vector<int8_t> q;     // [tokens][n]
+  std::vector<float> scale;  // [tokens][units]  d
+  std::vector<float> sum;    // [tokens][units]  S = d * sum(q)
+  int64_t tokens = 0;
+  int64_t n = 0;
+  int64_t units = 0;
+  int unit_cols = 16;
+};
+
+// Quantizes x_perm ([tokens][n] fp32) per token and per `unit_cols` columns (n a multiple of it).
+void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
+                         Int8Activations* out);
+
+// Instruction sets the kernel has an implementation for.
+enum class TileIsa { kScalar, kAvx512Vnni };
+const char* TileIsaName(TileIsa isa);
+// The best implementation this CPU runs (checked at run time with CPUID, so a portable build
+// uses AVX-512 VNNI where the machine has it).
+TileIsa BestTileIsa();
+// Whether this CPU can run `isa`.
+bool TileIsaSupported(TileIsa isa);
+
+// y[t * y_stride + r] for rows r of row tiles [tile_begin, tile_end) (rows >= m skipped) and all
+// tokens t of `xq`. x_perm: the same activations unquantized, [tokens][n] (for the outliers).
+// Single-threaded; callers split row tiles across threads.
+void SpqrTileMatmulInt8(const SpqrTileLayout& layout, const Int8Activations& xq,
+                        const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
+                        int64_t y_stride, TileIsa isa);
+
+namespace internal {
+// The AVX-512 VNNI implementation (spqr_tile_kernel_avx512.cc); call only where supported.
+void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activations& xq,
+                              const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
+                              int64_t y_stride);
+// Writes y for rows 16*tile + i, i < 16, of token t: dense[i] + the row's outlier sum. Shared by
+// every implementation so the sparse sum is one piece of code.
+void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense,
+                const float* x_perm_t, float* y_t);
+}  // namespace internal
+
+}  // namespace spqr::cpu

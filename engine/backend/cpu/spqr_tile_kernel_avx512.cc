@@ -1,0 +1,195 @@
+// AVX-512 VNNI implementation of SpqrTileMatmulInt8 (arithmetic: spqr_tile_kernel.h). Compiled
+// for that instruction set through a target pragma whatever the build's -march, and called only
+// after a CPUID check, so a portable build runs it where the machine has it.
+//
+// Per row tile (16 rows = 16 int32 lanes) and block of up to 8 tokens, each column tile's codes
+// are unpacked once into four 64-byte chunks (a shift and a mask per chunk, plus a mask-register
+// add of the third bit for 3-bit codes) and feed VPDPBUSD for every token of the block; scale and
+// zero of the 16 rows are decoded once per group (VPERMB + VPSRLVD for the packed codes). Each
+// weight is read from memory once per call.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "engine/backend/cpu/spqr_tile_kernel.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,fma,f16c")
+
+namespace spqr::cpu::internal {
+namespace {
+
+constexpr int kMaxTokens = 8;
+
+// Index/shift/mask vectors that turn a 16 x b-bit little-endian stream into 16 int32 lanes.
+struct StreamUnpacker {
+  __m512i index, shift, mask;
+  explicit StreamUnpacker(int bits) {
+    alignas(64) uint8_t idx[64];
+    alignas(64) int32_t sh[16];
+    for (int i = 0; i < 16; ++i) {
+      const int first = (i * bits) / 8;
+      for (int k = 0; k < 4; ++k) idx[4 * i + k] = static_cast<uint8_t>(first + k);
+      sh[i] = (i * bits) % 8;
+    }
+    index = _mm512_load_si512(idx);
+    shift = _mm512_load_si512(sh);
+    mask = _mm512_set1_epi32((1 << bits) - 1);
+  }
+  // Bytes [p, p + 16) are read (bytes past the stream only land in masked-off bits).
+  __m512 Codes(const uint8_t* p) const {
+    const __m512i src =
+        _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512i v =
+        _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(index, src), shift), mask);
+    return _mm512_cvtepi32_ps(v);
+  }
+};
+
+// Scale and zero vectors of (tile, group): the format's s0 * (code - s1), s2 * (code - s3).
+template <bool kFp16Stats>
+inline void GroupStats16(const SpqrTileLayout& l, const StreamUnpacker& un, int64_t tile, int64_t g,
+                         __m512* s, __m512* z) {
+  const uint8_t* p = l.group_stats(tile, g);
+  if constexpr (kFp16Stats) {
+    *s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    *z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+  } else {
+    // The four second-level values in one conversion, then one permute per broadcast.
+    const __m512 sl = _mm512_castps128_ps512(
+        _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(l.second_level(tile, g)))));
+    const int b = l.stats_bits;
+    *s = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_set1_epi32(0), sl),
+                       _mm512_sub_ps(un.Codes(p), _mm512_permutexvar_ps(_mm512_set1_epi32(1), sl)));
+    *z = _mm512_mul_ps(
+        _mm512_permutexvar_ps(_mm512_set1_epi32(2), sl),
+        _mm512_sub_ps(un.Codes(p + 2 * b), _mm512_permutexvar_ps(_mm512_set1_epi32(3), sl)));
+  }
+}
+
+// The four code chunks of one tile as u8 lanes.
+template <int kBits>
+inline void UnpackTile(const uint8_t* t, __m512i* ch) {
+  if constexpr (kBits == 4) {
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    const __m512i v0 = _mm512_loadu_si512(t), v1 = _mm512_loadu_si512(t + 64);
+    ch[0] = _mm512_and_si512(v0, m);
+    ch[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m);
+    ch[2] = _mm512_and_si512(v1, m);
+    ch[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m);
+  } else {
+    const __m512i m = _mm512_set1_epi8(0x03);
+    const __m512i v = _mm512_loadu_si512(t);
+    ch[0] = _mm512_and_si512(v, m);
+    ch[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), m);
+    ch[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+    ch[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), m);
+    if constexpr (kBits == 3) {
+      const __m512i four = _mm512_set1_epi8(4);
+      for (int c = 0; c < 4; ++c) {
+        uint64_t bits;
+        std::memcpy(&bits, t + 64 + 8 * c, sizeof(bits));
+        ch[c] = _mm512_mask_add_epi8(ch[c], _cvtu64_mask64(bits), ch[c], four);
+      }
+    }
+  }
+}
+
+inline __m512i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return _mm512_set1_epi32(v);
+}
+
+// One row tile, tokens [t0, t0 + NT). kUnit: columns per activation unit (16, or 8 for beta1 8).
+template <int kBits, int kUnit, bool kFp16Stats, int NT>
+void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Activations& xq,
+                const float* x_perm, int64_t tile, int64_t t0, float* y, int64_t y_stride) {
+  constexpr int kUnitsPerTile = 16 / kUnit;
+  constexpr int kChunksPerUnit = kUnit / 4;
+  const int64_t n = l.in_features, units = l.units();
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  __m512 s = _mm512_setzero_ps(), z = _mm512_setzero_ps();
+  int64_t cur_g = -1;
+  const int8_t* xbase = xq.q.data() + t0 * n;
+  const float* dbase = xq.scale.data() + t0 * units;
+  const float* sbase = xq.sum.data() + t0 * units;
+  for (int64_t ct = 0; ct < l.col_tiles; ++ct) {
+    __m512i ch[4];
+    UnpackTile<kBits>(l.tile_codes(tile, ct), ch);
+    for (int ui = 0; ui < kUnitsPerTile; ++ui) {
+      const int64_t u = ct * kUnitsPerTile + ui;
+      const int64_t g = u * kUnit / l.beta1;
+      if (g != cur_g) {
+        GroupStats16<kFp16Stats>(l, un, tile, g, &s, &z);
+        cur_g = g;
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* xu = xbase + t * n + u * kUnit;
+        // Two independent dot-product chains halve the VPDPBUSD latency on the critical path
+        // (integer sums: the order does not change the result).
+        const __m512i* chu = ch + ui * kChunksPerUnit;
+        __m512i idot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), chu[0], Broadcast4(xu));
+        __m512i idot2 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), chu[1], Broadcast4(xu + 4));
+        if constexpr (kChunksPerUnit == 4) {
+          idot = _mm512_dpbusd_epi32(idot, chu[2], Broadcast4(xu + 8));
+          idot2 = _mm512_dpbusd_epi32(idot2, chu[3], Broadcast4(xu + 12));
+        }
+        idot = _mm512_add_epi32(idot, idot2);
+        const __m512 p =
+            _mm512_mul_ps(_mm512_cvtepi32_ps(idot), _mm512_set1_ps(dbase[t * units + u]));
+        const __m512 v = _mm512_fnmadd_ps(z, _mm512_set1_ps(sbase[t * units + u]), p);
+        acc[t] = _mm512_fmadd_ps(s, v, acc[t]);
+      }
+    }
+  }
+  alignas(64) float dense[16];
+  for (int t = 0; t < NT; ++t) {
+    _mm512_store_ps(dense, acc[t]);
+    FinishRows(l, tile, dense, x_perm + (t0 + t) * n, y + (t0 + t) * y_stride);
+  }
+}
+
+using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,
+                        const float*, int64_t, int64_t, float*, int64_t);
+
+template <int kBits, int kUnit, bool kFp16Stats>
+constexpr TileFn kTileFns[kMaxTokens] = {
+    TileTokens<kBits, kUnit, kFp16Stats, 1>, TileTokens<kBits, kUnit, kFp16Stats, 2>,
+    TileTokens<kBits, kUnit, kFp16Stats, 3>, TileTokens<kBits, kUnit, kFp16Stats, 4>,
+    TileTokens<kBits, kUnit, kFp16Stats, 5>, TileTokens<kBits, kUnit, kFp16Stats, 6>,
+    TileTokens<kBits, kUnit, kFp16Stats, 7>, TileTokens<kBits, kUnit, kFp16Stats, 8>};
+
+template <int kBits, int kUnit>
+const TileFn* FnsForStats(bool fp16) {
+  return fp16 ? kTileFns<kBits, kUnit, true> : kTileFns<kBits, kUnit, false>;
+}
+
+template <int kBits>
+const TileFn* FnsForUnit(int unit, bool fp16) {
+  return unit == 8 ? FnsForStats<kBits, 8>(fp16) : FnsForStats<kBits, 16>(fp16);
+}
+
+}  // namespace
+
+void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& l, const Int8Activations& xq,
+                              const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
+                              int64_t y_stride) {
+  const bool fp16 = l.stats_bits == kFp16Stats;
+  const TileFn* fns = l.wbits == 4   ? FnsForUnit<4>(l.unit_cols, fp16)
+                      : l.wbits == 3 ? FnsForUnit<3>(l.unit_cols, fp16)
+                                     : FnsForUnit<2>(l.unit_cols, fp16);
+  const StreamUnpacker un(fp16 ? 8 : l.stats_bits);
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    for (int64_t t0 = 0; t0 < xq.tokens; t0 += kMaxTokens) {
+      const int64_t nt = xq.tokens - t0 < kMaxTokens ? xq.tokens - t0 : kMaxTokens;
+      fns[nt - 1](l, un, xq, x_perm, tile, t0, y, y_stride);
+    }
+  }
+}
+
+}  // namespace spqr::cpu::internal
+
+#pragma GCC pop_options

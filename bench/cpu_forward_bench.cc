@@ -4,6 +4,7 @@
 //
 //   spqr-bench-cpu [--model DIR] [--threads N] [--prompts 128,512] [--decode-steps 128]
 //                  [--repeats 3] [--spqr-kernel auto|exact|int8]
+//                  [--dense-kernel auto|exact|bf16]
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -36,6 +37,7 @@ struct Args {
   int decode_context = 128;  // prompt prefilled before the decode steps
   int repeats = 3;
   std::string spqr_kernel = "auto";
+  std::string dense_kernel = "auto";
 };
 
 bool ParseArgs(int argc, char** argv, Args* a) {
@@ -52,6 +54,8 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       ok = absl::SimpleAtoi(value, &a->decode_context);
     } else if (flag == "--spqr-kernel") {
       a->spqr_kernel = value;
+    } else if (flag == "--dense-kernel") {
+      a->dense_kernel = value;
     } else if (flag == "--repeats") {
       ok = absl::SimpleAtoi(value, &a->repeats);
     } else if (flag == "--prompts") {
@@ -131,11 +135,13 @@ int Run(const Args& args) {
   auto weights = BindLlamaWeights(std::move(*checkpoint), *config);
   if (!weights.ok()) return fail(weights.status());
   auto kernel = ParseSpqrCpuKernel(args.spqr_kernel);
-  if (!kernel.ok()) {
-    std::cerr << kernel.status() << "\n";
+  auto dense_kernel = ParseDenseCpuKernel(args.dense_kernel);
+  if (!kernel.ok() || !dense_kernel.ok()) {
+    std::cerr << (kernel.ok() ? dense_kernel.status() : kernel.status()) << "\n";
     return 2;
   }
-  auto created = CreateCpuBackend(*weights, CpuBackendOptions{args.threads, *kernel});
+  auto created =
+      CreateCpuBackend(*weights, CpuBackendOptions{args.threads, *kernel, *dense_kernel});
   if (!created.ok()) return fail(created.status());
   Backend& backend = **created;
   const int64_t vocab = config->vocab_size;
@@ -221,7 +227,8 @@ int Run(const Args& args) {
        {{"cpu_model", CpuModel()},
         {"nproc", omp_get_num_procs()},
         {"threads", args.threads > 0 ? args.threads : omp_get_max_threads()},
-        {"spqr_kernel", args.spqr_kernel}}},
+        {"spqr_kernel", args.spqr_kernel},
+        {"dense_kernel", args.dense_kernel}}},
       {"model",
        {{"dir", args.model},
         {"model_type", config->model_type},

@@ -1,11 +1,13 @@
-// Perplexity of a model directory through the engine's CPU backend with each SpQR kernel, on the
-// same windows: what the int8 kernel's activation rounding costs against the exact kernel.
+// Perplexity of a model directory through the engine's CPU backend with each kernel choice, on the
+// same windows: what the fast kernels' activation rounding costs against the exact kernels.
+// Kernel choices: exact (SpQR exact + dense exact), int8 (SpQR int8 + dense exact), bf16 (SpQR
+// exact + dense bf16), auto (what the server runs by default on this CPU).
 // Protocol as spqr-eval's (docs/quality.md): the whole text tokenized at once without BOS,
 // non-overlapping windows of --seqlen tokens (tail dropped), tokens 1..L-1 of each window scored,
 // ppl = exp(total NLL / scored tokens). Prints one JSON object.
 //
 //   spqr-kernel-ppl --model DIR --text FILE [--seqlen 512] [--windows 0 (all)] [--threads 0]
-//                   [--kernels exact,int8]
+//                   [--kernels exact,int8,bf16,auto]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,7 +36,7 @@ struct Args {
 
 constexpr char kUsage[] =
     "usage: spqr-kernel-ppl --model DIR --text FILE [--seqlen 512] [--windows 0 (all)] "
-    "[--threads 0] [--kernels exact,int8]\n";
+    "[--threads 0] [--kernels exact,int8,bf16,auto]\n";
 
 bool ParseArgs(int argc, char** argv, Args* a) {
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -105,7 +107,14 @@ int Main(int argc, char** argv) {
     ModelLoadOptions options;
     options.backend = "cpu";
     options.num_threads = args.threads;
-    options.spqr_cpu_kernel = kernel;
+    if (kernel == "exact" || kernel == "int8" || kernel == "bf16" || kernel == "auto") {
+      options.spqr_cpu_kernel = kernel == "int8" || kernel == "auto" ? kernel : "exact";
+      options.dense_cpu_kernel = kernel == "bf16" || kernel == "auto" ? kernel : "exact";
+    } else {
+      std::cerr << "--kernels: unknown kernel choice \"" << kernel
+                << "\" (exact, int8, bf16, auto)\n";
+      return 2;
+    }
     auto model = LoadModel(args.model, options);
     if (!model.ok()) {
       std::cerr << model.status() << "\n";
@@ -149,9 +158,14 @@ int Main(int argc, char** argv) {
                                  {"ppl", std::exp(total / static_cast<double>(scored))},
                                  {"seconds", seconds}};
   }
-  if (result["kernels"].contains("exact") && result["kernels"].contains("int8")) {
-    const double a = result["kernels"]["exact"]["ppl"], b = result["kernels"]["int8"]["ppl"];
-    result["int8_vs_exact_relative"] = b / a - 1.0;
+  if (result["kernels"].contains("exact")) {
+    const double a = result["kernels"]["exact"]["ppl"];
+    for (const char* k : {"int8", "bf16", "auto"}) {
+      if (result["kernels"].contains(k)) {
+        const double b = result["kernels"][k]["ppl"];
+        result[std::string(k) + "_vs_exact_relative"] = b / a - 1.0;
+      }
+    }
   }
   std::cout << result.dump(2) << "\n";
   return 0;

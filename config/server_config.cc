@@ -149,6 +149,13 @@ std::vector<ConfigKey> MakeKeys() {
        0,
        {"auto", "exact", "int8"},
        {"spqr_cpu_kernel"}},
+      {SPQR_CONFIG_KEY(model.dense_cpu_kernel),
+       "dense BF16 matmul kernel of the CPU backend (auto = bf16 where the CPU has AVX512-BF16, "
+       "else exact; docs/cpu-performance.md)",
+       0,
+       0,
+       {"auto", "exact", "bf16"},
+       {"dense_cpu_kernel"}},
       {SPQR_CONFIG_KEY(engine.kv_cache_bytes),
        "memory budget of the paged KV cache, in bytes",
        1 << 20,

@@ -64,6 +64,7 @@ struct ModelSection {
   std::string backend = "auto";
   int32_t threads = 0;
   std::string spqr_cpu_kernel = "auto";
+  std::string dense_cpu_kernel = "auto";
 };
 
 // Engine capacities (converted to spqr::EngineOptions by the server).

@@ -156,6 +156,7 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
   options.backend = config.model.backend;
   options.num_threads = config.model.threads;
   options.spqr_cpu_kernel = config.model.spqr_cpu_kernel;
+  options.dense_cpu_kernel = config.model.dense_cpu_kernel;
   return options;
 }
 

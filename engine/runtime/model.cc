@@ -57,6 +57,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
     CpuBackendOptions cpu_options;
     cpu_options.num_threads = options.num_threads;
     ASSIGN_OR_RETURN(cpu_options.spqr_kernel, ParseSpqrCpuKernel(options.spqr_cpu_kernel));
+    ASSIGN_OR_RETURN(cpu_options.dense_kernel, ParseDenseCpuKernel(options.dense_cpu_kernel));
     return CreateCpuBackend(std::move(weights), cpu_options);
   }
   if (name == "cuda") {

@@ -15,7 +15,8 @@ namespace spqr {
 struct ModelLoadOptions {
   std::string backend = "auto";  // "cpu", "cuda" or "auto" (cuda when built in and a device exists)
   int num_threads = 0;           // CPU backend threads; 0 = all cores
-  std::string spqr_cpu_kernel = "auto";  // "auto", "exact" or "int8" (cpu_backend.h)
+  std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
+  std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
 };
 
 // Everything about how the weights are stored, for GetModelInfo. Dense checkpoints report their

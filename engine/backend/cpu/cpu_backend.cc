@@ -12,6 +12,7 @@
 #include "engine/backend/cpu/attention.h"
 #include "engine/backend/cpu/embedding.h"
 #include "engine/backend/cpu/linear.h"
+#include "engine/backend/cpu/linear_bf16.h"
 #include "engine/backend/cpu/paged_kv_pool.h"
 #include "engine/backend/cpu/rms_norm.h"
 #include "engine/backend/cpu/rope.h"
@@ -148,14 +149,15 @@ class CpuBackend : public Backend {
  public:
   CpuBackend(std::shared_ptr<const LlamaWeights> weights, int num_threads,
              std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles,
-             cpu::TileIsa isa, bool resident)
+             cpu::TileIsa isa, bool resident, bool bf16_dot)
       : w_(std::move(weights)),
         c_(w_->config),
         num_threads_(num_threads),
         inv_freq_(cpu::ComputeRopeInvFreq(c_.head_dim, c_.rope_theta, c_.rope_scaling)),
         tiles_(std::move(tiles)),
         isa_(isa),
-        resident_(resident) {}
+        resident_(resident),
+        bf16_dot_(bf16_dot) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -221,6 +223,7 @@ class CpuBackend : public Backend {
   const std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles_;
   const cpu::TileIsa isa_;
   const bool resident_;  // w_ is the backend's own copy (tile layouts hold the SpQR codes)
+  const bool bf16_dot_;  // dense BF16 layers use the bf16 dot-product kernel
 };
 
 void CpuBackend::Project(const LinearTensors& l, float* y) {
@@ -229,6 +232,9 @@ void CpuBackend::Project(const LinearTensors& l, float* y) {
     if (it != tiles_.end()) {
       return cpu::SpqrLinearTiled(*it->second, l, packed_, y, num_threads_, isa_);
     }
+  }
+  if (bf16_dot_ && l.spqr == nullptr && l.weight.dtype == DType::kBF16) {
+    return cpu::LinearBf16(l, packed_, y, num_threads_);
   }
   cpu::Linear(l, packed_, y, num_threads_);
 }
@@ -392,6 +398,14 @@ absl::StatusOr<SpqrCpuKernel> ParseSpqrCpuKernel(const std::string& name) {
       absl::StrFormat("SpQR CPU kernel \"%s\": expected auto, exact or int8", name));
 }
 
+absl::StatusOr<DenseCpuKernel> ParseDenseCpuKernel(const std::string& name) {
+  if (name == "auto") return DenseCpuKernel::kAuto;
+  if (name == "exact") return DenseCpuKernel::kExact;
+  if (name == "bf16") return DenseCpuKernel::kBf16;
+  return absl::InvalidArgumentError(
+      absl::StrFormat("dense CPU kernel \"%s\": expected auto, exact or bf16", name));
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("CreateCpuBackend: no weights");
@@ -402,6 +416,13 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
   RETURN_IF_ERROR(CheckWeights(*weights));
   const int threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
   const cpu::TileIsa isa = cpu::BestTileIsa();
+  if (options.dense_kernel == DenseCpuKernel::kBf16 && !cpu::Bf16DotSupported()) {
+    return absl::FailedPreconditionError(
+        "CPU backend: dense kernel bf16 needs AVX512-BF16, which this CPU lacks (use auto or "
+        "exact)");
+  }
+  const bool bf16_dot = options.dense_kernel == DenseCpuKernel::kBf16 ||
+                        (options.dense_kernel == DenseCpuKernel::kAuto && cpu::Bf16DotSupported());
   const bool int8 = options.spqr_kernel == SpqrCpuKernel::kInt8 ||
                     (options.spqr_kernel == SpqrCpuKernel::kAuto && isa != cpu::TileIsa::kScalar);
   std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles;
@@ -443,7 +464,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     }
   }
   return std::unique_ptr<Backend>(
-      new CpuBackend(std::move(weights), threads, std::move(tiles), isa, resident));
+      new CpuBackend(std::move(weights), threads, std::move(tiles), isa, resident, bf16_dot));
 }
 
 }  // namespace spqr

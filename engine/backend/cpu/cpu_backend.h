@@ -27,13 +27,23 @@ namespace spqr {
 //   kAuto:  kInt8 when the CPU has AVX-512 VNNI, else kExact.
 enum class SpqrCpuKernel { kAuto, kExact, kInt8 };
 
+// How dense BF16 layers are multiplied (docs/cpu-performance.md):
+//   kExact: fp32 activations, weights converted to fp32 (linear.h).
+//   kBf16:  activations rounded to bf16, AVX512-BF16 dot products (linear_bf16.h); needs a CPU
+//           with AVX512-BF16 (CreateCpuBackend refuses otherwise). F16/F32 layers use kExact.
+//   kAuto:  kBf16 when the CPU has AVX512-BF16, else kExact.
+enum class DenseCpuKernel { kAuto, kExact, kBf16 };
+
 struct CpuBackendOptions {
   int num_threads = 0;  // 0 = all cores
   SpqrCpuKernel spqr_kernel = SpqrCpuKernel::kAuto;
+  DenseCpuKernel dense_kernel = DenseCpuKernel::kAuto;
 };
 
 // "auto" | "exact" | "int8" -> kernel; INVALID_ARGUMENT naming the value otherwise.
 absl::StatusOr<SpqrCpuKernel> ParseSpqrCpuKernel(const std::string& name);
+// "auto" | "exact" | "bf16" -> kernel; INVALID_ARGUMENT naming the value otherwise.
+absl::StatusOr<DenseCpuKernel> ParseDenseCpuKernel(const std::string& name);
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options);

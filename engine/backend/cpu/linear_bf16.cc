@@ -1,0 +1,178 @@
+#include "engine/backend/cpu/linear_bf16.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "engine/backend/cpu/simd.h"
+#include "engine/util/half.h"
+
+namespace spqr::cpu {
+namespace {
+
+constexpr int kK = 32;         // bf16 values per 512-bit vector
+constexpr int kMaxTokens = 6;  // tokens per micro-tile
+// Rows per micro-tile for NT tokens: about 24 accumulators, and enough independent chains at one
+// token to cover the instruction's latency.
+constexpr int kRowsFor[kMaxTokens + 1] = {0, 12, 8, 6, 4, 4, 4};
+// Output rows per thread work unit in prefill: its weights (64 rows x in x 2 bytes) stay in L2
+// while every token block streams past them.
+constexpr int64_t kRowBlock = 64;
+
+int64_t PadK(int64_t in) { return (in + kK - 1) / kK * kK; }
+
+// Activations as bf16 [tokens][PadK(in)], zero-padded (round to nearest even, as VCVTNEPS2BF16).
+void ToBf16(const PackedActivations& x, std::vector<uint16_t>* out) {
+  const int64_t kp = PadK(x.in_features);
+  out->assign(static_cast<size_t>(x.num_tokens * kp), 0);
+  for (int64_t t = 0; t < x.num_tokens; ++t) {
+    const float* src = x.data.data() + t * x.stride;
+    uint16_t* dst = out->data() + t * kp;
+    for (int64_t k = 0; k < x.in_features; ++k) dst[k] = F32ToBf16(src[k]);
+  }
+}
+
+float FlushDenormal(float v) { return std::fabs(v) < FLT_MIN ? std::copysign(0.0f, v) : v; }
+
+float TreeSum(const float* l) {
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
+}
+
+void AddBias(const LinearTensors& layer, int64_t num_tokens, float* y) {
+  if (!layer.bias) return;
+  const int64_t m = layer.out_features;
+  std::vector<float> bias(static_cast<size_t>(m));
+  ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
+  }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+
+// Rows [row0, row0 + MR) x tokens [0, NT) of x (bf16, stride kp) into y.
+template <int MR, int NT>
+void MicroTile(const uint16_t* w, int64_t in, int64_t row0, const uint16_t* x, int64_t kp, float* y,
+               int64_t y_stride) {
+  __m512 acc[MR][NT];
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kp; k += kK) {
+    const int64_t left = in - k;
+    const __mmask32 mask = left >= kK ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+    __m512i wv[MR];
+    for (int r = 0; r < MR; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + (row0 + r) * in + k);
+    for (int t = 0; t < NT; ++t) {
+      const __m512bh xv = (__m512bh)(_mm512_loadu_si512(x + t * kp + k));
+      for (int r = 0; r < MR; ++r) {
+        acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)(wv[r]), xv);
+      }
+    }
+  }
+  alignas(64) float lanes[16];
+  for (int r = 0; r < MR; ++r) {
+    for (int t = 0; t < NT; ++t) {
+      _mm512_store_ps(lanes, acc[r][t]);
+      y[t * y_stride + row0 + r] = TreeSum(lanes);
+    }
+  }
+}
+
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*,
+                        int64_t);
+template <int NT>
+constexpr TileFn kMain = MicroTile<kRowsFor[NT], NT>;
+template <int NT>
+constexpr TileFn kOne = MicroTile<1, NT>;
+constexpr TileFn kMainTiles[kMaxTokens + 1] = {nullptr,  kMain<1>, kMain<2>, kMain<3>,
+                                               kMain<4>, kMain<5>, kMain<6>};
+constexpr TileFn kOneRow[kMaxTokens + 1] = {nullptr, kOne<1>, kOne<2>, kOne<3>,
+                                            kOne<4>, kOne<5>, kOne<6>};
+
+// Rows [r0, r1) for every token.
+void Rows(const uint16_t* w, int64_t in, const uint16_t* x, int64_t kp, int64_t num_tokens,
+          int64_t r0, int64_t r1, float* y, int64_t y_stride) {
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kMaxTokens) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxTokens, num_tokens - t0));
+    const int mr = kRowsFor[nt];
+    const uint16_t* xt = x + t0 * kp;
+    float* yt = y + t0 * y_stride;
+    int64_t r = r0;
+    for (; r + mr <= r1; r += mr) kMainTiles[nt](w, in, r, xt, kp, yt, y_stride);
+    for (; r < r1; ++r) kOneRow[nt](w, in, r, xt, kp, yt, y_stride);
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+bool Bf16DotSupported() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+void LinearBf16(const LinearTensors& layer, const PackedActivations& x, float* y, int num_threads) {
+  const int64_t m = layer.out_features, in = layer.in_features, num_tokens = x.num_tokens;
+  if (num_tokens == 0) return;
+  thread_local std::vector<uint16_t> xb;
+  ToBf16(x, &xb);
+  const int64_t kp = PadK(in);
+  const uint16_t* w = static_cast<const uint16_t*>(layer.weight.data);
+  const uint16_t* xp = xb.data();
+  // Decode-sized calls split rows finely (all threads busy on one matrix); prefill splits into
+  // L2-sized row blocks. Either way each thread takes one contiguous range (static split).
+  const int64_t unit = num_tokens <= 4 ? 16 : kRowBlock;
+  const int64_t units = (m + unit - 1) / unit;
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads, units));
+#pragma omp parallel num_threads(threads)
+  {
+    const int nth = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t u0 = units * me / nth, u1 = units * (me + 1) / nth;
+    for (int64_t u = u0; u < u1; ++u) {
+      Rows(w, in, xp, kp, num_tokens, u * unit, std::min(m, (u + 1) * unit), y, m);
+    }
+  }
+  AddBias(layer, num_tokens, y);
+}
+
+void LinearBf16Reference(const LinearTensors& layer, const PackedActivations& x, float* y) {
+  const int64_t m = layer.out_features, in = layer.in_features;
+  std::vector<uint16_t> xb;
+  ToBf16(x, &xb);
+  const int64_t kp = PadK(in);
+  const uint16_t* w = static_cast<const uint16_t*>(layer.weight.data);
+  auto value = [](uint16_t h) { return FlushDenormal(Bf16ToF32(h)); };
+  for (int64_t t = 0; t < x.num_tokens; ++t) {
+    const uint16_t* xt = xb.data() + t * kp;
+    for (int64_t r = 0; r < m; ++r) {
+      float lanes[16] = {};
+      for (int64_t k = 0; k < kp; k += 2) {
+        const int i = static_cast<int>((k % kK) / 2);
+        const float w1 = k + 1 < in ? value(w[r * in + k + 1]) : 0.0f;
+        const float w0 = k < in ? value(w[r * in + k]) : 0.0f;
+        lanes[i] = FlushDenormal(std::fma(w1, value(xt[k + 1]), lanes[i]));
+        lanes[i] = FlushDenormal(std::fma(w0, value(xt[k]), lanes[i]));
+      }
+      y[t * m + r] = TreeSum(lanes);
+    }
+  }
+  AddBias(layer, x.num_tokens, y);
+}
+
+}  // namespace spqr::cpu

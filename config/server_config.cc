@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -459,9 +460,19 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
         "limits.default_max_new_tokens (%d) must not exceed limits.max_new_tokens (%d)",
         limits.default_max_new_tokens, limits.max_new_tokens));
   }
-  if (config.server.listen.find(':') == std::string::npos) {
+  const size_t colon = config.server.listen.rfind(':');
+  if (colon == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrFormat("server.listen must be host:port, got '%s'", config.server.listen));
+  }
+  // gRPC takes a port over 65535 modulo 65536 and would listen somewhere else.
+  int port = -1;
+  if (!absl::StartsWith(config.server.listen, "unix:") &&
+      (!absl::SimpleAtoi(config.server.listen.substr(colon + 1), &port) || port < 0 ||
+       port > 65535)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("server.listen must be host:port with a port in [0, 65535], got '%s'",
+                        config.server.listen));
   }
   const TlsSection& tls = config.server.tls;
   if (tls.cert_file.empty() != tls.key_file.empty()) {

@@ -54,10 +54,10 @@ std::optional<std::string> Diagnose(absl::string_view bytes, size_t base, const 
                       static_cast<int>(bytes.size()));
   std::map<int, int> occurrences;  // field number -> how many seen so far
   for (;;) {
+    if (static_cast<size_t>(in.CurrentPosition()) == bytes.size()) return std::nullopt;
     const size_t tag_at = base + static_cast<size_t>(in.CurrentPosition());
     const uint32_t tag = in.ReadTag();
     if (tag == 0) {
-      if (static_cast<size_t>(in.CurrentPosition()) == bytes.size()) return std::nullopt;
       return absl::StrFormat("%sthe message is truncated or malformed at byte %d (a field tag)",
                              prefix.empty() ? "" : absl::StrCat(prefix, ": "), tag_at);
     }
@@ -119,13 +119,14 @@ std::optional<std::string> Diagnose(absl::string_view bytes, size_t base, const 
           while (packed.CurrentPosition() < static_cast<int>(value.size())) {
             uint64_t v = 0;
             if (!packed.ReadVarint64(&v)) {
-              return absl::StrFormat("%s: element %d of the packed values is truncated", where,
-                                     element);
+              return absl::StrFormat(
+                  "%s: element %d of the packed values is truncated",
+                  prefix.empty() ? field->name() : absl::StrCat(prefix, ".", field->name()),
+                  element);
             }
             ++element;
           }
-        } else if (field->type() == FieldDescriptor::TYPE_MESSAGE &&
-                   depth < kMaxDiagnosisDepth) {
+        } else if (field->type() == FieldDescriptor::TYPE_MESSAGE && depth < kMaxDiagnosisDepth) {
           if (std::optional<std::string> problem =
                   Diagnose(value, base + start, field->message_type(), where, depth + 1)) {
             return problem;
@@ -196,10 +197,9 @@ absl::Status ParseRequestBytes(absl::string_view bytes, google::protobuf::Messag
   std::optional<std::string> problem =
       Diagnose(bytes, 0, message->GetDescriptor(), "", /*depth=*/0);
   return absl::InvalidArgumentError(
-      problem.has_value()
-          ? absl::StrCat("the request is not a valid ", type, ": ", *problem)
-          : absl::StrCat("the request (", bytes.size(), " bytes) is not a valid ", type,
-                         " protobuf message"));
+      problem.has_value() ? absl::StrCat("the request is not a valid ", type, ": ", *problem)
+                          : absl::StrCat("the request (", bytes.size(), " bytes) is not a valid ",
+                                         type, " protobuf message"));
 }
 
 absl::Status ParseRequest(const grpc::ByteBuffer& payload, google::protobuf::Message* message) {

@@ -214,8 +214,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return;
     }
     Engine* engine = service_->engine();
-    absl::StatusOr<GenerateRequest> engine_request =
-        MakeEngineRequest(request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    absl::StatusOr<GenerateRequest> engine_request = MakeEngineRequest(
+        request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
     if (!engine_request.ok()) {
       FinishEarly(ToGrpcStatus(engine_request.status()));
       return;
@@ -336,8 +336,8 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     Engine* engine = service_->engine();
-    absl::StatusOr<GenerateRequest> engine_request =
-        MakeEngineRequest(request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    absl::StatusOr<GenerateRequest> engine_request = MakeEngineRequest(
+        request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
     if (!engine_request.ok()) {
       FinishWith(ToGrpcStatus(engine_request.status()));
       return;
@@ -477,8 +477,8 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
     grpc::Status submit_error;
     for (size_t i = 0; i < n; ++i) {
       GenerateRequest engine_request =
-          MakeScoreEngineRequest(shared->sequences[i], request_.top_logprobs(),
-                                 request_.priority(), shared->engine_ids[i]);
+          MakeScoreEngineRequest(shared->sequences[i], request_.top_logprobs(), request_.priority(),
+                                 shared->engine_ids[i]);
       engine_request.deadline = deadline;
       service->EngineRequestStarted(shared->engine_ids[i], client_id, caller_key, shared->aborted);
       absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
@@ -585,12 +585,11 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   }
 
   void FinishWith(const grpc::Status& status) {
-    service_->RecordCallEnd("Score", base_id_, result_.request_id(), status,
-                            status.ok()
-                                ? absl::StrFormat("sequences=%d prompt=%d",
-                                                  shared_->engine_ids.size(),
-                                                  result_.usage().prompt_tokens())
-                                : "");
+    service_->RecordCallEnd(
+        "Score", base_id_, result_.request_id(), status,
+        status.ok() ? absl::StrFormat("sequences=%d prompt=%d", shared_->engine_ids.size(),
+                                      result_.usage().prompt_tokens())
+                    : "");
     if (status.ok()) *response_ = SerializeResponse(result_);
     Finish(status);
   }

@@ -46,8 +46,9 @@ RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& eng
 // Every method of spqr.v1.SpqrService as a raw callback method.
 using RawSpqrService = v1::SpqrService::WithRawCallbackMethod_Generate<
     v1::SpqrService::WithRawCallbackMethod_GenerateUnary<
-        v1::SpqrService::WithRawCallbackMethod_Score<v1::SpqrService::WithRawCallbackMethod_GetModelInfo<
-            v1::SpqrService::WithRawCallbackMethod_Abort<v1::SpqrService::Service>>>>>;
+        v1::SpqrService::WithRawCallbackMethod_Score<
+            v1::SpqrService::WithRawCallbackMethod_GetModelInfo<
+                v1::SpqrService::WithRawCallbackMethod_Abort<v1::SpqrService::Service>>>>>;
 
 // 32 lowercase hex digits: 128 bits from the kernel's CSPRNG (getrandom), the id of a request the
 // client did not name. Unguessable, so that without API keys only whoever received an id can

@@ -71,9 +71,9 @@ absl::Status CheckTlsFiles(const TlsSection& tls) {
   if (!cert_pem.ok()) return cert_pem.status();
   auto cert = FirstCertificate(*cert_pem);
   if (cert == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("server.tls.cert_file ", tls.cert_file,
-                     ": no PEM certificate could be read (", OpenSslReason(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("server.tls.cert_file ", tls.cert_file,
+                                                   ": no PEM certificate could be read (",
+                                                   OpenSslReason(), ")"));
   }
   absl::StatusOr<std::string> key_pem = ReadFile(tls.key_file, "server.tls.key_file");
   if (!key_pem.ok()) return key_pem.status();
@@ -82,16 +82,17 @@ absl::Status CheckTlsFiles(const TlsSection& tls) {
   std::unique_ptr<EVP_PKEY, PkeyFree> key(PEM_read_bio_PrivateKey(
       key_bio.get(), nullptr, [](char*, int, int, void*) { return 0; }, nullptr));
   if (key == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "server.tls.key_file ", tls.key_file, ": no PEM private key could be read (",
-        OpenSslReason(), "; encrypted keys are not supported)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("server.tls.key_file ", tls.key_file, ": no PEM private key could be read (",
+                     OpenSslReason(), "; encrypted keys are not supported)"));
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
     ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat(
-        "server.tls.key_file ", tls.key_file, " does not match the certificate in "
-        "server.tls.cert_file ", tls.cert_file,
-        ": the key is not the private key of the certificate's public key"));
+        "server.tls.key_file ", tls.key_file,
+        " does not match the certificate in "
+        "server.tls.cert_file ",
+        tls.cert_file, ": the key is not the private key of the certificate's public key"));
   }
   if (!tls.client_ca_file.empty()) {
     absl::StatusOr<std::string> ca_pem = ReadFile(tls.client_ca_file, "server.tls.client_ca_file");
@@ -121,8 +122,8 @@ std::string DiagnoseListenFailure(const std::string& address) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   addrinfo* found = nullptr;
-  const int resolved = getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(),
-                                   &hints, &found);
+  const int resolved =
+      getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(), &hints, &found);
   if (resolved != 0) {
     return absl::StrCat(prefix, "the host '", host, "' does not resolve (", gai_strerror(resolved),
                         ")");
@@ -155,9 +156,10 @@ absl::Status CheckModelDir(const std::string& dir) {
         absl::StrCat("model.dir ", dir, ": ", std::strerror(errno), " (the model directory)"));
   }
   if (!S_ISDIR(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model.dir ", dir, ": not a directory (model.dir names the model directory, which holds "
-        "config.json and the weights)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model.dir ", dir,
+                     ": not a directory (model.dir names the model directory, which holds "
+                     "config.json and the weights)"));
   }
   DIR* listing = opendir(dir.c_str());
   if (listing == nullptr) {

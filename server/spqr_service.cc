@@ -650,9 +650,11 @@ void SpqrServiceImpl::RecordCallEnd(const char* method, const std::string& engin
   metrics_->RecordRpc(method, GrpcCodeName(status.error_code()));
   // One line per call, with both ids so client logs and server logs can be joined.
   // The client id and the status message (which may quote the request) are client bytes.
+  // A request refused before it got an id (unparsable, unauthenticated) logs "-".
+  const std::string server_id = engine_id.empty() ? "-" : engine_id;
   const std::string id = client_id.empty() || client_id == engine_id
-                             ? engine_id
-                             : absl::StrCat(engine_id, " (client ", LogSafe(client_id), ")");
+                             ? server_id
+                             : absl::StrCat(server_id, " (client ", LogSafe(client_id), ")");
   if (status.ok()) {
     Logf(LogLevel::kInfo, "%s %s OK %s", method, id, detail);
   } else {

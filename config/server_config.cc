@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -41,7 +42,8 @@ std::vector<ConfigKey> MakeKeys() {
        {},
        {"drain_timeout"}},
       {SPQR_CONFIG_KEY(server.max_message_bytes),
-       "largest gRPC message accepted or sent, in bytes",
+       "largest gRPC message accepted or sent, in bytes; larger requests are refused with "
+       "RESOURCE_EXHAUSTED before they are read",
        1024,
        kMaxInt32,
        {},
@@ -56,6 +58,12 @@ std::vector<ConfigKey> MakeKeys() {
        "most concurrent calls (HTTP/2 streams) per client connection (0 = no limit)",
        0,
        kMaxInt32,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(server.tokenizer_threads),
+       "threads that tokenize prompts and score texts, off the gRPC and engine threads",
+       1,
+       256,
        {},
        {}},
       {SPQR_CONFIG_KEY(server.tls.cert_file),
@@ -191,6 +199,13 @@ std::vector<ConfigKey> MakeKeys() {
        "share KV blocks of identical prompt prefixes between requests",
        0,
        0,
+       {},
+       {}},
+      {SPQR_CONFIG_KEY(engine.max_step_logits_bytes),
+       "most memory for the prompt logits of scoring requests in one engine step (tokens x "
+       "vocabulary x 4 bytes); longer prompts are scored in chunks",
+       1 << 20,
+       kMaxInt64,
        {},
        {}},
       {SPQR_CONFIG_KEY(limits.max_prompt_tokens),
@@ -459,9 +474,19 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
         "limits.default_max_new_tokens (%d) must not exceed limits.max_new_tokens (%d)",
         limits.default_max_new_tokens, limits.max_new_tokens));
   }
-  if (config.server.listen.find(':') == std::string::npos) {
+  const size_t colon = config.server.listen.rfind(':');
+  if (colon == std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrFormat("server.listen must be host:port, got '%s'", config.server.listen));
+  }
+  // gRPC takes a port over 65535 modulo 65536 and would listen somewhere else.
+  int port = -1;
+  if (!absl::StartsWith(config.server.listen, "unix:") &&
+      (!absl::SimpleAtoi(config.server.listen.substr(colon + 1), &port) || port < 0 ||
+       port > 65535)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("server.listen must be host:port with a port in [0, 65535], got '%s'",
+                        config.server.listen));
   }
   const TlsSection& tls = config.server.tls;
   if (tls.cert_file.empty() != tls.key_file.empty()) {

@@ -43,9 +43,12 @@ struct AuthSection {
 struct ServerSection {
   std::string listen = "127.0.0.1:50051";
   double drain_timeout_seconds = 30.0;
-  int64_t max_message_bytes = 16 << 20;
+  // 4 MiB (gRPC's own default) holds any request within the default limits; a larger one is
+  // refused by gRPC before the server reads it.
+  int64_t max_message_bytes = 4 << 20;
   std::string log_level = "info";
-  int32_t max_concurrent_streams = 0;  // per HTTP/2 connection; 0 = gRPC's default (no limit)
+  int32_t max_concurrent_streams = 100;  // per HTTP/2 connection; 0 = gRPC's default (no limit)
+  int32_t tokenizer_threads = 2;         // the WorkPool that tokenizes requests
   TlsSection tls;
   AuthSection auth;
 };
@@ -76,6 +79,7 @@ struct EngineSection {
   int32_t max_queued_requests = 256;
   int64_t max_queued_prompt_tokens = int64_t{1} << 20;
   bool prefix_caching = true;
+  int64_t max_step_logits_bytes = int64_t{256} << 20;
 };
 
 // Per-request limits the server enforces (INVALID_ARGUMENT beyond them).

@@ -115,6 +115,18 @@ absl::Status CheckStopping(const v1::Stopping& s, const RequestLimits& limits) {
   return CheckTokenIds(s.stop_token_ids(), "stopping.stop_token_ids", limits.vocab_size);
 }
 
+// The byte bound of text prompts: refused before tokenizing, so that the cost of a request is
+// bounded before any work is done on it.
+absl::Status CheckPromptBytes(size_t bytes, const std::string& field, const RequestLimits& limits) {
+  if (limits.max_prompt_bytes <= 0 || static_cast<int64_t>(bytes) <= limits.max_prompt_bytes) {
+    return absl::OkStatus();
+  }
+  return Invalid(absl::StrFormat(
+      "%s has %d bytes; at most %d are allowed: limits.max_prompt_tokens (%d) x %d bytes, the "
+      "longest token of this model's tokenizer, is the most text that fits in the token limit",
+      field, bytes, limits.max_prompt_bytes, limits.max_prompt_tokens, limits.max_piece_bytes));
+}
+
 std::string ScorePromptTooLong(const std::string& field, size_t tokens,
                                const RequestLimits& limits) {
   return absl::StrFormat("%s has %d tokens; at most %d are allowed (limits.max_prompt_tokens)",
@@ -143,6 +155,9 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
   switch (request.prompt_case()) {
     case v1::GenerateRequest::kText:
       if (request.text().empty()) return Invalid("text (the prompt) must not be empty");
+      if (absl::Status s = CheckPromptBytes(request.text().size(), "text", limits); !s.ok()) {
+        return s;
+      }
       break;
     case v1::GenerateRequest::kTokenIds:
       if (request.token_ids().ids().empty()) {
@@ -240,6 +255,9 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const Request
   switch (request.input_case()) {
     case v1::ScoreRequest::kText:
       if (request.text().empty()) return Invalid("text (to score) must not be empty");
+      if (absl::Status s = CheckPromptBytes(request.text().size(), "text", limits); !s.ok()) {
+        return s;
+      }
       break;
     case v1::ScoreRequest::kTokenIds:
       if (request.token_ids().ids_size() < 2) {
@@ -263,6 +281,12 @@ absl::Status ValidateScoreRequest(const v1::ScoreRequest& request, const Request
       for (int i = 0; i < pairs.size(); ++i) {
         if (pairs[i].continuation().empty()) {
           return Invalid(absl::StrFormat("pairs.pairs[%d].continuation must not be empty", i));
+        }
+        if (absl::Status s = CheckPromptBytes(
+                pairs[i].context().size() + pairs[i].continuation().size(),
+                absl::StrFormat("pairs.pairs[%d] (context + continuation)", i), limits);
+            !s.ok()) {
+          return s;
         }
       }
       break;

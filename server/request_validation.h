@@ -27,6 +27,11 @@ struct RequestLimits {
   int32_t max_stop_string_bytes = 0;
   int32_t max_top_logprobs = 0;
   int32_t max_score_pairs = 0;
+  // Text prompts (and score texts, each pair's context + continuation) longer than this many bytes
+  // are refused before tokenizing: max_prompt_tokens x the tokenizer's longest piece in bytes,
+  // the most text that can fit in max_prompt_tokens tokens. 0: no byte bound.
+  int64_t max_prompt_bytes = 0;
+  int32_t max_piece_bytes = 0;  // the tokenizer's, for the error message
 };
 
 // Checks a request id: at most 128 bytes of [A-Za-z0-9._:-]; empty is allowed (server assigns).

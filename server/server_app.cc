@@ -26,6 +26,7 @@
 #include "server/metrics.h"
 #include "server/reflection_service.h"
 #include "server/spqr_service.h"
+#include "server/startup_checks.h"
 
 namespace spqr {
 namespace {
@@ -148,6 +149,7 @@ EngineOptions ToEngineOptions(const ServerConfig& config) {
   options.max_queued_requests = config.engine.max_queued_requests;
   options.max_queued_prompt_tokens = config.engine.max_queued_prompt_tokens;
   options.enable_prefix_caching = config.engine.prefix_caching;
+  options.max_step_logits_bytes = config.engine.max_step_logits_bytes;
   return options;
 }
 
@@ -190,6 +192,9 @@ absl::Status RunServer(const ServerConfig& config) {
     metrics.ExportUnauthenticatedSeries("Health.Watch");
   }
   if (keys_for_reflection) metrics.ExportUnauthenticatedSeries("ServerReflectionInfo");
+  // Checked before anything listens, so that a wrong file or directory is reported as such.
+  RETURN_IF_ERROR(CheckModelDir(config.model.dir));
+  RETURN_IF_ERROR(CheckTlsFiles(config.server.tls));
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(config.server.tls);
   if (!credentials.ok()) return credentials.status();
@@ -202,15 +207,15 @@ absl::Status RunServer(const ServerConfig& config) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                config.server.max_concurrent_streams);
   }
+  // Bounds what one request can make the server read and hold; responses are bounded by the
+  // request limits instead (a Score with top_logprobs can legitimately be larger than a request).
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.server.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(config.server.max_message_bytes));
   builder.RegisterService(&service);
   builder.RegisterService(&health);
   builder.RegisterService(&reflection);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", config.server.listen, " (server.listen)"));
+    return absl::UnavailableError(DiagnoseListenFailure(config.server.listen));
   }
   // Start-up failed after the port was bound: end health Watch streams (which would otherwise
   // hold Shutdown forever) and give other open streams a moment.

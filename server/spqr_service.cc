@@ -1,18 +1,25 @@
 #include "server/spqr_service.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "server/call_auth.h"
 #include "server/log.h"
+#include "server/request_parsing.h"
 
 namespace spqr {
 namespace {
@@ -62,45 +69,31 @@ std::string FinishDetail(const OutputChunk& chunk) {
                          absl::ToDoubleSeconds(chunk.timings.e2e));
 }
 
+// Cancellation state a call shares with the work-pool task that queues its engine requests:
+// whichever of OnCancel and the task comes second cancels the engine request.
+struct CallFlags {
+  std::atomic<bool> cancelled{false};  // OnCancel: the client cancelled or went away
+  std::atomic<bool> submitted{false};  // the engine request was queued
+};
+
 // Server-side streaming Generate. Engine chunks arrive on the engine thread (Deliver) and are
 // queued; whoever finds no write in flight becomes the "pumper" and issues the next write (all
 // queued chunks merged into one response), or Finish after the final chunk. Finish is only
 // called by the pumper, so the reactor outlives every Deliver that can reach it.
-class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class GenerateStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   GenerateStream(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-                 const v1::GenerateRequest& request)
+                 const grpc::ByteBuffer& payload)
       : service_(service), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    shape_ = ResponseShapeOf(request);
-    absl::StatusOr<GenerateRequest> engine_request;
-    if (grpc::Status s = service_->AdmitGenerate(context, "Generate", request, &engine_request,
+    if (grpc::Status s = service_->AdmitGenerate(context, "Generate", payload, &request_,
                                                  &engine_id_, &client_id_);
         !s.ok()) {
       FinishEarly(s);
       return;
     }
-    Engine* engine = service_->engine();
-    shared_->stream = this;
-    // Registered for Abort before the id goes out; the id goes out at once (before any token) so
-    // that the client can Abort a request that is still queued.
-    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
-    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
-    StartSendInitialMetadata();
-    std::shared_ptr<Shared> shared = shared_;
-    absl::Status submitted =
-        engine->Submit(*std::move(engine_request),
-                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
-    if (!submitted.ok()) {
-      service_->EngineRequestDone(engine_id_);
-      shared_->stream = nullptr;
-      FinishEarly(service_->SubmitFailed(submitted, context));
-      return;
-    }
-    submitted_ = true;
-    // An Abort that came between the registration and Submit found no engine request to cancel.
-    if (aborted_->load()) engine->Cancel(engine_id_);
-    Logf(LogLevel::kDebug, "Generate %s (client id %s) submitted", engine_id_, client_id_);
+    shape_ = ResponseShapeOf(request_);
+    service_->work_pool().Post([this, context] { Start(context); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -112,9 +105,9 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
   }
 
   void OnCancel() override {
-    client_cancelled_ = true;
     client_gone_ = true;
-    if (submitted_) service_->engine()->Cancel(engine_id_);
+    flags_->cancelled = true;
+    if (flags_->submitted) service_->engine()->Cancel(engine_id_);
   }
 
   void OnDone() override {
@@ -181,7 +174,7 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
         if (final) shared_->stream = nullptr;
       }
       if (final) {
-        grpc::Status status = FinalStatus(final_chunk, client_cancelled_, service_->draining(),
+        grpc::Status status = FinalStatus(final_chunk, flags_->cancelled, service_->draining(),
                                           aborted_->load(), /*has_finish_reason=*/true);
         if (client_gone_ && status.ok()) {
           status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
@@ -189,7 +182,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
         service_->RecordCallEnd("Generate", engine_id_, client_id_, status,
                                 FinishDetail(final_chunk));
         if (status.ok()) {
-          StartWriteAndFinish(&response_, grpc::WriteOptions(), status);
+          write_buffer_ = SerializeResponse(response_);
+          StartWriteAndFinish(&write_buffer_, grpc::WriteOptions(), status);
         } else {
           Finish(status);
         }
@@ -200,7 +194,8 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
           response_.logprobs().empty()) {
         continue;  // nothing visible (text held back for a possible stop string)
       }
-      StartWrite(&response_);
+      write_buffer_ = SerializeResponse(response_);
+      StartWrite(&write_buffer_);
       return;
     }
   }
@@ -210,56 +205,86 @@ class GenerateStream final : public grpc::ServerWriteReactor<v1::GenerateRespons
     Finish(status);
   }
 
+  // On the work pool: tokenize, register for Abort, send the id and queue the engine request.
+  // Once Submit succeeded the call may end (on the engine thread) at any moment: nothing after it
+  // touches `this`.
+  void Start(grpc::CallbackServerContext* context) {
+    if (flags_->cancelled) {
+      FinishEarly(grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled"));
+      return;
+    }
+    Engine* engine = service_->engine();
+    absl::StatusOr<GenerateRequest> engine_request = MakeEngineRequest(
+        request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    if (!engine_request.ok()) {
+      FinishEarly(ToGrpcStatus(engine_request.status()));
+      return;
+    }
+    engine_request->deadline = CallDeadline(context);
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->stream = this;
+    }
+    // Registered for Abort before the id goes out; the id goes out at once (before any token) so
+    // that the client can Abort a request that is still queued.
+    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
+    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
+    StartSendInitialMetadata();
+    Logf(LogLevel::kDebug, "Generate %s (client id %s) submitting", engine_id_,
+         LogSafe(client_id_));
+    std::shared_ptr<Shared> shared = shared_;
+    const std::shared_ptr<CallFlags> flags = flags_;
+    const std::shared_ptr<std::atomic<bool>> aborted = aborted_;
+    const std::string engine_id = engine_id_;
+    absl::Status submitted =
+        engine->Submit(*std::move(engine_request),
+                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
+    if (!submitted.ok()) {  // no callback will come: the call is still ours
+      service_->EngineRequestDone(engine_id_);
+      {
+        absl::MutexLock lock(&shared_->mu);
+        shared_->stream = nullptr;
+      }
+      FinishEarly(service_->SubmitFailed(submitted, context));
+      return;
+    }
+    flags->submitted = true;
+    // A cancellation or an Abort that came before Submit found no engine request to cancel.
+    if (flags->cancelled || aborted->load()) engine->Cancel(engine_id);
+  }
+
   SpqrServiceImpl* const service_;
   std::shared_ptr<Shared> shared_;
+  v1::GenerateRequest request_;
   ResponseShape shape_;
   std::string engine_id_;
   std::string client_id_;
-  bool submitted_ = false;
-  std::atomic<bool> client_cancelled_{false};
+  const std::shared_ptr<CallFlags> flags_ = std::make_shared<CallFlags>();
   std::atomic<bool> client_gone_{false};
   const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
-  v1::GenerateResponse response_;  // the one write in flight
+  v1::GenerateResponse response_;  // the response being built
+  grpc::ByteBuffer write_buffer_;  // the one write in flight
 };
 
 // GenerateUnary: chunks are accumulated into one response, sent when the final chunk arrives.
 class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
  public:
   GenerateUnaryCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-                    const v1::GenerateRequest& request, v1::GenerateResponse* response)
+                    const grpc::ByteBuffer& payload, grpc::ByteBuffer* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    absl::StatusOr<GenerateRequest> engine_request;
-    if (grpc::Status s = service_->AdmitGenerate(context, "GenerateUnary", request, &engine_request,
+    if (grpc::Status s = service_->AdmitGenerate(context, "GenerateUnary", payload, &request_,
                                                  &engine_id_, &client_id_);
         !s.ok()) {
       FinishWith(s);
       return;
     }
-    Engine* engine = service_->engine();
-    shared_->call = this;
-    shared_->shape = ResponseShapeOf(request);
-    shared_->response.set_request_id(client_id_);
-    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
-    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
-    StartSendInitialMetadata();
-    std::shared_ptr<Shared> shared = shared_;
-    absl::Status submitted =
-        engine->Submit(*std::move(engine_request),
-                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
-    if (!submitted.ok()) {
-      service_->EngineRequestDone(engine_id_);
-      shared_->call = nullptr;
-      FinishWith(service_->SubmitFailed(submitted, context));
-      return;
-    }
-    submitted_ = true;
-    if (aborted_->load()) engine->Cancel(engine_id_);  // Abort raced with Submit
+    service_->work_pool().Post([this, context] { Start(context); });
   }
 
   void OnCancel() override {
-    client_cancelled_ = true;
-    if (submitted_) service_->engine()->Cancel(engine_id_);
+    flags_->cancelled = true;
+    if (flags_->submitted) service_->engine()->Cancel(engine_id_);
   }
 
   void OnDone() override {
@@ -295,27 +320,73 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
       if (!chunk.finished) return;
       call = shared->call;
       shared->call = nullptr;
-      call->response_->Swap(&shared->response);
+      call->result_.Swap(&shared->response);
     }
     call->service_->EngineRequestFinished(call->engine_id_, chunk);
-    call->FinishWith(FinalStatus(chunk, call->client_cancelled_, call->service_->draining(),
+    call->FinishWith(FinalStatus(chunk, call->flags_->cancelled, call->service_->draining(),
                                  call->aborted_->load(), /*has_finish_reason=*/true),
                      FinishDetail(chunk));
   }
 
+  // On the work pool: tokenize, register for Abort, send the id and queue the engine request.
+  // After a successful Submit nothing touches `this` (the call may already have ended).
+  void Start(grpc::CallbackServerContext* context) {
+    if (flags_->cancelled) {
+      FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled"));
+      return;
+    }
+    Engine* engine = service_->engine();
+    absl::StatusOr<GenerateRequest> engine_request = MakeEngineRequest(
+        request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+    if (!engine_request.ok()) {
+      FinishWith(ToGrpcStatus(engine_request.status()));
+      return;
+    }
+    engine_request->deadline = CallDeadline(context);
+    {
+      absl::MutexLock lock(&shared_->mu);
+      shared_->call = this;
+      shared_->shape = ResponseShapeOf(request_);
+      shared_->response.set_request_id(client_id_);
+    }
+    service_->EngineRequestStarted(engine_id_, client_id_, service_->CallerKey(context), aborted_);
+    context->AddInitialMetadata(kRequestIdMetadataKey, client_id_);
+    StartSendInitialMetadata();
+    std::shared_ptr<Shared> shared = shared_;
+    const std::shared_ptr<CallFlags> flags = flags_;
+    const std::shared_ptr<std::atomic<bool>> aborted = aborted_;
+    const std::string engine_id = engine_id_;
+    absl::Status submitted =
+        engine->Submit(*std::move(engine_request),
+                       [shared](OutputChunk chunk) { Deliver(shared, std::move(chunk)); });
+    if (!submitted.ok()) {
+      service_->EngineRequestDone(engine_id_);
+      {
+        absl::MutexLock lock(&shared_->mu);
+        shared_->call = nullptr;
+      }
+      FinishWith(service_->SubmitFailed(submitted, context));
+      return;
+    }
+    flags->submitted = true;
+    if (flags->cancelled || aborted->load()) engine->Cancel(engine_id);  // raced with Submit
+  }
+
   void FinishWith(const grpc::Status& status, const std::string& detail = "") {
     service_->RecordCallEnd("GenerateUnary", engine_id_, client_id_, status, detail);
+    if (status.ok()) *response_ = SerializeResponse(result_);
     Finish(status);
   }
 
   SpqrServiceImpl* const service_;
-  v1::GenerateResponse* const response_;
+  grpc::ByteBuffer* const response_;
   std::shared_ptr<Shared> shared_;
+  v1::GenerateRequest request_;
+  v1::GenerateResponse result_;
   std::string engine_id_;
   std::string client_id_;
   const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
-  bool submitted_ = false;
-  std::atomic<bool> client_cancelled_{false};
+  const std::shared_ptr<CallFlags> flags_ = std::make_shared<CallFlags>();
 };
 
 // Score: one engine request per sequence (a text, or each pair), run concurrently; the call ends
@@ -323,76 +394,32 @@ class GenerateUnaryCall final : public grpc::ServerUnaryReactor {
 class ScoreCall final : public grpc::ServerUnaryReactor {
  public:
   ScoreCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-            const v1::ScoreRequest& request, v1::ScoreResponse* response)
+            const grpc::ByteBuffer& payload, grpc::ByteBuffer* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
+    if (absl::Status parsed = ParseRequest(payload, &request_); !parsed.ok()) {
+      FinishWith(ToGrpcStatus(parsed));
+      return;
+    }
     if (grpc::Status s = service_->Admit(context, "Score"); !s.ok()) {
       FinishWith(s);
       return;
     }
-    Engine* engine = service_->engine();
     base_id_ = service_->NextEngineId();
-    const std::string& base_id = base_id_;
-    response_->set_request_id(request.request_id().empty() ? base_id : request.request_id());
-    absl::StatusOr<std::vector<ScoreSequence>> sequences =
-        MakeScoreSequences(request, engine->model().tokenizer.get(), service_->limits());
-    if (!sequences.ok()) {
-      FinishWith(ToGrpcStatus(sequences.status()));
+    result_.set_request_id(request_.request_id().empty() ? base_id_ : request_.request_id());
+    // The checks that need no tokenizer (byte bounds, counts) before any work is queued.
+    if (absl::Status s = ValidateScoreRequest(request_, service_->limits()); !s.ok()) {
+      FinishWith(ToGrpcStatus(s));
       return;
     }
-    pairs_ = request.input_case() == v1::ScoreRequest::kPairs;
-    const size_t n = sequences->size();
-    {
-      absl::MutexLock lock(&shared_->mu);
-      shared_->call = this;
-      shared_->sequences = *std::move(sequences);
-      shared_->results.resize(n);
-      shared_->remaining = static_cast<int>(n);
-      for (size_t i = 0; i < n; ++i) {
-        engine_ids_.push_back(pairs_ ? absl::StrCat(base_id, ".p", i) : base_id);
-      }
-    }
-    const std::optional<absl::Time> deadline = CallDeadline(context);
-    size_t submitted = 0;
-    grpc::Status submit_error;
-    for (size_t i = 0; i < n; ++i) {
-      GenerateRequest engine_request = MakeScoreEngineRequest(
-          shared_->sequences[i], request.top_logprobs(), request.priority(), engine_ids_[i]);
-      engine_request.deadline = deadline;
-      service_->EngineRequestStarted(engine_ids_[i], response_->request_id(),
-                                     service_->CallerKey(context), aborted_);
-      std::shared_ptr<Shared> shared = shared_;
-      absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
-        Deliver(shared, i, std::move(chunk));
-      });
-      if (!s.ok()) {
-        service_->EngineRequestDone(engine_ids_[i]);
-        submit_error = service_->SubmitFailed(s, context);
-        break;
-      }
-      ++submitted;
-      submitted_.store(submitted);
-      if (aborted_->load()) engine->Cancel(engine_ids_[i]);  // Abort raced with Submit
-    }
-    if (submit_error.ok()) return;
-    // Some sequence could not be queued: stop the others and fail the call once they ended.
-    for (size_t i = 0; i < submitted; ++i) engine->Cancel(engine_ids_[i]);
-    bool finish_now = false;
-    {
-      absl::MutexLock lock(&shared_->mu);
-      shared_->error = submit_error;
-      shared_->remaining -= static_cast<int>(n - submitted);
-      if (shared_->remaining == 0) {
-        shared_->call = nullptr;
-        finish_now = true;
-      }
-    }
-    if (finish_now) FinishWith(submit_error);
+    pairs_ = request_.input_case() == v1::ScoreRequest::kPairs;
+    service_->work_pool().Post([this, context] { Start(context); });
   }
 
   void OnCancel() override {
-    client_cancelled_ = true;
-    for (size_t i = 0; i < submitted_; ++i) service_->engine()->Cancel(engine_ids_[i]);
+    shared_->cancelled = true;
+    const size_t submitted = shared_->submitted.load();
+    for (size_t i = 0; i < submitted; ++i) service_->engine()->Cancel(shared_->engine_ids[i]);
   }
 
   void OnDone() override {
@@ -401,14 +428,87 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
   }
 
  private:
+  // State the engine callbacks and the work-pool task share with the call; it outlives the call.
   struct Shared {
     absl::Mutex mu;
     ScoreCall* call ABSL_GUARDED_BY(mu) = nullptr;
     std::vector<ScoreSequence> sequences;
+    std::vector<std::string> engine_ids;  // written before the first Submit
     std::vector<std::vector<TokenLogprob>> results ABSL_GUARDED_BY(mu);
     int remaining ABSL_GUARDED_BY(mu) = 0;
     grpc::Status error ABSL_GUARDED_BY(mu);
+    std::atomic<size_t> submitted{0};  // engine_ids[0, submitted) were queued
+    std::atomic<bool> cancelled{false};
+    const std::shared_ptr<std::atomic<bool>> aborted = std::make_shared<std::atomic<bool>>(false);
   };
+
+  // On the work pool: tokenize, then queue one engine request per sequence. Once the first Submit
+  // succeeded, the call can only end when every sequence was accounted for (`remaining`), which
+  // the loop below does last for the sequences it does not queue.
+  void Start(grpc::CallbackServerContext* context) {
+    if (shared_->cancelled) {
+      FinishWith(grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled"));
+      return;
+    }
+    Engine* engine = service_->engine();
+    absl::StatusOr<std::vector<ScoreSequence>> sequences =
+        MakeScoreSequences(request_, engine->model().tokenizer.get(), service_->limits());
+    if (!sequences.ok()) {
+      FinishWith(ToGrpcStatus(sequences.status()));
+      return;
+    }
+    const size_t n = sequences->size();
+    std::shared_ptr<Shared> shared = shared_;
+    {
+      absl::MutexLock lock(&shared->mu);
+      shared->call = this;
+      shared->sequences = *std::move(sequences);
+      shared->results.resize(n);
+      shared->remaining = static_cast<int>(n);
+      for (size_t i = 0; i < n; ++i) {
+        shared->engine_ids.push_back(pairs_ ? absl::StrCat(base_id_, ".p", i) : base_id_);
+      }
+    }
+    const std::optional<absl::Time> deadline = CallDeadline(context);
+    const int caller_key = service_->CallerKey(context);
+    const std::string client_id = result_.request_id();
+    SpqrServiceImpl* service = service_;
+    size_t submitted = 0;
+    grpc::Status submit_error;
+    for (size_t i = 0; i < n; ++i) {
+      GenerateRequest engine_request =
+          MakeScoreEngineRequest(shared->sequences[i], request_.top_logprobs(), request_.priority(),
+                                 shared->engine_ids[i]);
+      engine_request.deadline = deadline;
+      service->EngineRequestStarted(shared->engine_ids[i], client_id, caller_key, shared->aborted);
+      absl::Status s = engine->Submit(std::move(engine_request), [shared, i](OutputChunk chunk) {
+        Deliver(shared, i, std::move(chunk));
+      });
+      if (!s.ok()) {
+        service->EngineRequestDone(shared->engine_ids[i]);
+        submit_error = service->SubmitFailed(s, context);
+        break;
+      }
+      ++submitted;
+      shared->submitted.store(submitted);
+      // OnCancel or Abort raced with Submit.
+      if (shared->cancelled || shared->aborted->load()) engine->Cancel(shared->engine_ids[i]);
+    }
+    if (submit_error.ok()) return;
+    // Some sequence could not be queued: stop the others and fail the call once they ended.
+    for (size_t i = 0; i < submitted; ++i) engine->Cancel(shared->engine_ids[i]);
+    ScoreCall* finish_now = nullptr;
+    {
+      absl::MutexLock lock(&shared->mu);
+      shared->error = submit_error;
+      shared->remaining -= static_cast<int>(n - submitted);
+      if (shared->remaining == 0) {
+        finish_now = shared->call;
+        shared->call = nullptr;
+      }
+    }
+    if (finish_now != nullptr) finish_now->FinishWith(submit_error);
+  }
 
   static void Deliver(const std::shared_ptr<Shared>& shared, size_t index, OutputChunk chunk) {
     ScoreCall* call = nullptr;
@@ -419,14 +519,15 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       if (!chunk.prompt_logprobs.empty()) shared->results[index] = std::move(chunk.prompt_logprobs);
       if (!chunk.finished) return;
       ScoreCall* self = shared->call;
-      self->service_->EngineRequestFinished(self->engine_ids_[index], chunk);
-      grpc::Status status = FinalStatus(chunk, self->client_cancelled_, self->service_->draining(),
-                                        self->aborted_->load(), /*has_finish_reason=*/false);
+      self->service_->EngineRequestFinished(shared->engine_ids[index], chunk);
+      grpc::Status status = FinalStatus(chunk, shared->cancelled, self->service_->draining(),
+                                        shared->aborted->load(), /*has_finish_reason=*/false);
       if (!status.ok() && shared->error.ok()) {
         shared->error = status;
         // One failed: the others are useless now.
-        for (size_t i = 0; i < self->submitted_; ++i) {
-          if (i != index) self->service_->engine()->Cancel(self->engine_ids_[i]);
+        const size_t submitted = shared->submitted.load();
+        for (size_t i = 0; i < submitted; ++i) {
+          if (i != index) self->service_->engine()->Cancel(shared->engine_ids[i]);
         }
       }
       if (--shared->remaining > 0) return;
@@ -459,7 +560,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       double sum = 0;
       bool greedy = true;
       if (pairs_) {
-        v1::PairScore* pair = response_->add_pair_scores();
+        v1::PairScore* pair = result_.add_pair_scores();
         for (size_t j = first; j < logprobs.size(); ++j) {
           sum += logprobs[j].logprob;
           greedy = greedy && logprobs[j].is_greedy;
@@ -473,35 +574,33 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
       } else {
         for (size_t j = first; j < logprobs.size(); ++j) {
           sum += logprobs[j].logprob;
-          FillTokenLogprob(logprobs[j], tokenizer, response_->add_token_logprobs());
+          FillTokenLogprob(logprobs[j], tokenizer, result_.add_token_logprobs());
         }
-        response_->set_sum_logprob(sum);
-        response_->set_num_scored_tokens(static_cast<int32_t>(logprobs.size() - first));
+        result_.set_sum_logprob(sum);
+        result_.set_num_scored_tokens(static_cast<int32_t>(logprobs.size() - first));
       }
     }
-    response_->mutable_usage()->set_prompt_tokens(prompt_tokens);
+    result_.mutable_usage()->set_prompt_tokens(prompt_tokens);
     return grpc::Status::OK;
   }
 
   void FinishWith(const grpc::Status& status) {
-    service_->RecordCallEnd("Score", base_id_, response_->request_id(), status,
-                            status.ok()
-                                ? absl::StrFormat("sequences=%d prompt=%d", engine_ids_.size(),
-                                                  response_->usage().prompt_tokens())
-                                : "");
+    service_->RecordCallEnd(
+        "Score", base_id_, result_.request_id(), status,
+        status.ok() ? absl::StrFormat("sequences=%d prompt=%d", shared_->engine_ids.size(),
+                                      result_.usage().prompt_tokens())
+                    : "");
+    if (status.ok()) *response_ = SerializeResponse(result_);
     Finish(status);
   }
 
   SpqrServiceImpl* const service_;
-  v1::ScoreResponse* const response_;
+  grpc::ByteBuffer* const response_;
   std::shared_ptr<Shared> shared_;
+  v1::ScoreRequest request_;
+  v1::ScoreResponse result_;
   std::string base_id_;
-  std::vector<std::string> engine_ids_;
-  // Read by Deliver on the engine thread while the constructor may still be submitting.
-  std::atomic<size_t> submitted_{0};
   bool pairs_ = false;
-  std::atomic<bool> client_cancelled_{false};
-  const std::shared_ptr<std::atomic<bool>> aborted_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 }  // namespace
@@ -534,7 +633,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 }
 
 SpqrServiceImpl::SpqrServiceImpl(const ServerConfig& config, ServerMetrics* metrics)
-    : config_(config), metrics_(metrics) {}
+    : config_(config), metrics_(metrics), work_pool_(config.server.tokenizer_threads) {}
 
 SpqrServiceImpl::~SpqrServiceImpl() = default;
 
@@ -550,14 +649,17 @@ void SpqrServiceImpl::RecordCallEnd(const char* method, const std::string& engin
                                     const std::string& detail) {
   metrics_->RecordRpc(method, GrpcCodeName(status.error_code()));
   // One line per call, with both ids so client logs and server logs can be joined.
+  // The client id and the status message (which may quote the request) are client bytes.
+  // A request refused before it got an id (unparsable, unauthenticated) logs "-".
+  const std::string server_id = engine_id.empty() ? "-" : engine_id;
   const std::string id = client_id.empty() || client_id == engine_id
-                             ? engine_id
-                             : absl::StrCat(engine_id, " (client ", client_id, ")");
+                             ? server_id
+                             : absl::StrCat(server_id, " (client ", LogSafe(client_id), ")");
   if (status.ok()) {
     Logf(LogLevel::kInfo, "%s %s OK %s", method, id, detail);
   } else {
     Logf(LogLevel::kInfo, "%s %s %s: %s %s", method, id, GrpcCodeName(status.error_code()),
-         status.error_message(), detail);
+         LogSafe(status.error_message(), kLogMessageBytes), detail);
   }
 }
 
@@ -584,20 +686,37 @@ absl::Status SpqrServiceImpl::CheckAccepting() const {
   return absl::OkStatus();
 }
 
-std::string SpqrServiceImpl::NextEngineId() { return absl::StrCat("r", next_id_.fetch_add(1)); }
+std::string RandomRequestId() {
+  uint8_t bytes[16];
+  size_t filled = 0;
+  while (filled < sizeof(bytes)) {
+    const ssize_t got = getrandom(bytes + filled, sizeof(bytes) - filled, 0);
+    if (got > 0) {
+      filled += static_cast<size_t>(got);
+    } else if (errno != EINTR) {
+      // getrandom cannot fail on Linux >= 3.17 once the pool is initialized (it blocks until
+      // then); an unguessable id is a security property, so never fall back to a weak one.
+      std::perror("getrandom");
+      std::abort();
+    }
+  }
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+}
+
+std::string SpqrServiceImpl::NextEngineId() { return RandomRequestId(); }
 
 grpc::Status SpqrServiceImpl::AdmitGenerate(const grpc::CallbackServerContext* context,
-                                            const char* method, const v1::GenerateRequest& request,
-                                            absl::StatusOr<GenerateRequest>* engine_request,
-                                            std::string* engine_id, std::string* client_id) {
+                                            const char* method, const grpc::ByteBuffer& payload,
+                                            v1::GenerateRequest* request, std::string* engine_id,
+                                            std::string* client_id) {
+  if (absl::Status parsed = ParseRequest(payload, request); !parsed.ok()) {
+    return ToGrpcStatus(parsed);
+  }
   if (grpc::Status s = Admit(context, method); !s.ok()) return s;
   *engine_id = NextEngineId();
-  *client_id = request.request_id().empty() ? *engine_id : request.request_id();
-  *engine_request =
-      MakeEngineRequest(request, engine()->model().tokenizer.get(), limits(), *engine_id);
-  if (!engine_request->ok()) return ToGrpcStatus(engine_request->status());
-  (*engine_request)->deadline = CallDeadline(context);
-  return grpc::Status::OK;
+  *client_id = request->request_id().empty() ? *engine_id : request->request_id();
+  return ToGrpcStatus(ValidateGenerateRequest(*request, limits()));
 }
 
 void SpqrServiceImpl::CallStarted() {
@@ -700,35 +819,42 @@ void SpqrServiceImpl::CancelAll() {
   for (const std::string& id : ids) engine->Cancel(id);
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* SpqrServiceImpl::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SpqrServiceImpl::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new GenerateStream(this, context, *request);
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::GenerateUnary(grpc::CallbackServerContext* context,
-                                                         const v1::GenerateRequest* request,
-                                                         v1::GenerateResponse* response) {
+                                                         const grpc::ByteBuffer* request,
+                                                         grpc::ByteBuffer* response) {
   return new GenerateUnaryCall(this, context, *request, response);
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::Score(grpc::CallbackServerContext* context,
-                                                 const v1::ScoreRequest* request,
-                                                 v1::ScoreResponse* response) {
+                                                 const grpc::ByteBuffer* request,
+                                                 grpc::ByteBuffer* response) {
   return new ScoreCall(this, context, *request, response);
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::Abort(grpc::CallbackServerContext* context,
-                                                 const v1::AbortRequest* request,
-                                                 v1::AbortResponse* response) {
+                                                 const grpc::ByteBuffer* raw_request,
+                                                 grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  grpc::Status status = Admit(context, "Abort");
-  if (status.ok() && request->request_id().empty()) {
+  v1::AbortRequest request;
+  grpc::Status status = ToGrpcStatus(ParseRequest(*raw_request, &request));
+  if (status.ok()) status = Admit(context, "Abort");
+  if (status.ok() && request.request_id().empty()) {
     status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: must not be empty");
   }
   if (status.ok()) {
-    response->set_found(Abort(request->request_id(), CallerKey(context)));
-    Logf(LogLevel::kInfo, "Abort %s %s", request->request_id(),
-         response->found() ? "cancelled the live request" : "found no live request");
+    v1::AbortResponse response;
+    response.set_found(Abort(request.request_id(), CallerKey(context)));
+    Logf(LogLevel::kInfo, "Abort %s %s", LogSafe(request.request_id()),
+         response.found() ? "cancelled the live request" : "found no live request");
+    *raw_response = SerializeResponse(response);
+  } else {
+    Logf(LogLevel::kInfo, "Abort %s: %s", GrpcCodeName(status.error_code()),
+         LogSafe(status.error_message(), kLogMessageBytes));
   }
   metrics_->RecordRpc("Abort", GrpcCodeName(status.error_code()));
   reactor->Finish(status);

@@ -3,6 +3,12 @@
 //
 // Lifecycle: the service is registered before the model is loaded (every RPC answers UNAVAILABLE
 // until SetEngine), and on shutdown StartDraining refuses new calls while in-flight ones finish.
+//
+// Threads: every method is registered raw (grpc::ByteBuffer in and out) and parses its request
+// itself (request_parsing.h), so an unparsable request ends with INVALID_ARGUMENT naming the
+// problem and is counted, instead of gRPC's bare UNIMPLEMENTED. The gRPC callback thread only
+// parses and validates (bounded work: the message size and byte bounds are checked first);
+// tokenizing and queueing run on the service's WorkPool (server.tokenizer_threads).
 #pragma once
 
 #include <atomic>
@@ -19,6 +25,7 @@
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/retry_pushback.h"
+#include "server/work_pool.h"
 #include "spqr/v1/spqr.grpc.pb.h"
 
 namespace spqr {
@@ -36,7 +43,19 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // The limits requests are checked against, from the config and the loaded engine.
 RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& engine);
 
-class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
+// Every method of spqr.v1.SpqrService as a raw callback method.
+using RawSpqrService = v1::SpqrService::WithRawCallbackMethod_Generate<
+    v1::SpqrService::WithRawCallbackMethod_GenerateUnary<
+        v1::SpqrService::WithRawCallbackMethod_Score<
+            v1::SpqrService::WithRawCallbackMethod_GetModelInfo<
+                v1::SpqrService::WithRawCallbackMethod_Abort<v1::SpqrService::Service>>>>>;
+
+// 32 lowercase hex digits: 128 bits from the kernel's CSPRNG (getrandom), the id of a request the
+// client did not name. Unguessable, so that without API keys only whoever received an id can
+// Abort its request.
+std::string RandomRequestId();
+
+class SpqrServiceImpl final : public RawSpqrService {
  public:
   SpqrServiceImpl(const ServerConfig& config, ServerMetrics* metrics);
   ~SpqrServiceImpl() override;
@@ -51,24 +70,27 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   void CancelAll();
   int64_t inflight_calls();
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  // Requests are spqr.v1 messages in wire format (GenerateRequest, ScoreRequest, ...), responses
+  // likewise; see proto/spqr/v1/spqr.proto.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* GenerateUnary(grpc::CallbackServerContext* context,
-                                          const v1::GenerateRequest* request,
-                                          v1::GenerateResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
-                                  const v1::ScoreRequest* request,
-                                  v1::ScoreResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
-                                  const v1::AbortRequest* request,
-                                  v1::AbortResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
 
   // Cancels every live engine request whose client-visible id is `client_id` and whose call
   // presented the API key `caller_key` (see CallerKey), and marks it aborted. Returns whether
-  // there was one. With API keys a caller can only abort requests made with its own key.
+  // there was one. With API keys a caller can only abort requests made with its own key; without
+  // them, whoever knows the id (server-assigned ids are RandomRequestId()s).
   bool Abort(const std::string& client_id, int caller_key);
   // The index of the API key the call presented; -1 without API keys (everyone is one owner).
   int CallerKey(const grpc::CallbackServerContext* context) const;
@@ -77,6 +99,8 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   Engine* engine() const { return engine_.load(); }
   const RequestLimits& limits() const { return limits_; }
   ServerMetrics* metrics() const { return metrics_; }
+  // Where calls tokenize and queue their requests.
+  WorkPool& work_pool() { return work_pool_; }
   bool draining() const { return draining_.load(); }
   // UNAVAILABLE while not loaded or draining, else OK.
   absl::Status CheckAccepting() const;
@@ -87,14 +111,14 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   grpc::Status Authenticate(const grpc::CallbackServerContext* context, const char* method);
   // Authenticate, then CheckAccepting: the first check of every call.
   grpc::Status Admit(const grpc::CallbackServerContext* context, const char* method);
-  // A fresh engine request id ("r17").
+  // A fresh engine request id (RandomRequestId()).
   std::string NextEngineId();
-  // The admission shared by Generate and GenerateUnary: Admit, a fresh engine id, the
-  // client-visible id (the request's, else the engine id) and the engine request with the call's
-  // deadline. A non-OK status is what the call must finish with.
+  // The admission shared by Generate and GenerateUnary, on the gRPC thread: parse the payload,
+  // Admit, a fresh engine id, the client-visible id (the request's, else the engine id) and the
+  // checks that need no tokenizer (the prompt's byte bound among them). A non-OK status is what
+  // the call must finish with. MakeEngineRequest (tokenizing) comes later, on the work pool.
   grpc::Status AdmitGenerate(const grpc::CallbackServerContext* context, const char* method,
-                             const v1::GenerateRequest& request,
-                             absl::StatusOr<GenerateRequest>* engine_request,
+                             const grpc::ByteBuffer& payload, v1::GenerateRequest* request,
                              std::string* engine_id, std::string* client_id);
   // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
   void CallStarted();
@@ -121,7 +145,6 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   std::atomic<Engine*> engine_{nullptr};
   RequestLimits limits_;  // written once in SetEngine, before engine_ is published
   std::atomic<bool> draining_{false};
-  std::atomic<int64_t> next_id_{0};
 
   DrainRateEstimator drain_rate_;
   ApiKeys api_keys_;  // written before serving
@@ -135,6 +158,8 @@ class SpqrServiceImpl final : public v1::SpqrService::CallbackService {
   int64_t inflight_calls_ ABSL_GUARDED_BY(mu_) = 0;
   // Keyed by engine id (unique); client ids may repeat.
   std::map<std::string, LiveRequest> live_engine_ids_ ABSL_GUARDED_BY(mu_);
+  // Last member: destroyed (its queued tasks run, its threads joined) before everything above.
+  WorkPool work_pool_;
 };
 
 }  // namespace spqr

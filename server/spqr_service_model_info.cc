@@ -4,6 +4,7 @@
 #include <string>
 
 #include "server/model_info.h"
+#include "server/request_parsing.h"
 #include "server/spqr_service.h"
 
 namespace spqr {
@@ -48,14 +49,26 @@ RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& eng
   limits.max_stop_string_bytes = config.limits.max_stop_string_bytes;
   limits.max_top_logprobs = std::min<int32_t>(config.limits.max_top_logprobs, limits.vocab_size);
   limits.max_score_pairs = config.limits.max_score_pairs;
+  if (model.tokenizer != nullptr) {
+    limits.max_piece_bytes = model.tokenizer->max_piece_bytes();
+    limits.max_prompt_bytes = int64_t{limits.max_prompt_tokens} * limits.max_piece_bytes;
+  }
   return limits;
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerContext* context,
-                                                        const v1::GetModelInfoRequest* request,
-                                                        v1::ModelInfo* response) {
+                                                        const grpc::ByteBuffer* raw_request,
+                                                        grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Engine* engine = engine_.load();
+  v1::GetModelInfoRequest request;
+  if (absl::Status parsed = ParseRequest(*raw_request, &request); !parsed.ok()) {
+    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(grpc::StatusCode::INVALID_ARGUMENT));
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
+  v1::ModelInfo info;
+  v1::ModelInfo* const response = &info;
   if (grpc::Status status = Admit(context, "GetModelInfo"); !status.ok() || engine == nullptr) {
     if (status.ok()) status = ToGrpcStatus(CheckAccepting());
     metrics_->RecordRpc("GetModelInfo", GrpcCodeName(status.error_code()));
@@ -107,7 +120,9 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
   limits->set_max_queued_requests(options.max_queued_requests);
   limits->set_prefix_caching(options.enable_prefix_caching);
   limits->set_max_message_bytes(static_cast<int32_t>(config_.server.max_message_bytes));
+  limits->set_max_prompt_bytes(limits_.max_prompt_bytes);
   response->set_server_version(SPQR_SERVER_VERSION);
+  *raw_response = SerializeResponse(info);
   metrics_->RecordRpc("GetModelInfo", "OK");
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -478,19 +478,30 @@ bool Engine::Impl::Step() {
   };
   std::vector<Item> items;
   StepPlan step;
+  // Rows of prompt logits scoring requests may still use this step (max_step_logits_bytes).
+  int64_t prompt_logit_rows_left =
+      std::max<int64_t>(1, options_.max_step_logits_bytes / (int64_t{vocab_size_} * 4));
   for (const ScheduledSequence& sch : plan.scheduled) {
     auto it = by_uid.find(sch.id);
     if (it == by_uid.end() || it->second->finished) continue;
     Sequence* seq = it->second;
-    const bool reaches_end =
-        seq->num_computed + sch.num_tokens == static_cast<int32_t>(seq->tokens.size());
+    int32_t count = sch.num_tokens;
+    const bool scoring = seq->request.prompt_logprobs && seq->prefilling();
+    if (scoring) {
+      // Every position of the chunk needs its logits: cut the chunk to what the budget holds;
+      // the rest of the prompt is prefilled in later steps.
+      count = static_cast<int32_t>(std::min<int64_t>(count, prompt_logit_rows_left));
+      if (count == 0) continue;
+      prompt_logit_rows_left -= count;
+    }
+    const bool reaches_end = seq->num_computed + count == static_cast<int32_t>(seq->tokens.size());
     const bool wants_token = seq->completion_tokens() < seq->request.stopping.max_new_tokens;
     int32_t num_logits = reaches_end && wants_token ? 1 : 0;
     // Scoring: the logits of every prompt position give the next prompt token's logprob.
-    if (seq->request.prompt_logprobs && seq->prefilling()) num_logits = sch.num_tokens;
-    items.push_back({seq, seq->num_computed, sch.num_tokens, num_logits});
+    if (scoring) num_logits = count;
+    items.push_back({seq, seq->num_computed, count, num_logits});
     SequenceStep s;
-    s.tokens = std::span<const int32_t>(seq->tokens).subspan(seq->num_computed, sch.num_tokens);
+    s.tokens = std::span<const int32_t>(seq->tokens).subspan(seq->num_computed, count);
     s.start_pos = seq->num_computed;
     s.block_table = allocator_.BlockTable(seq->uid);
     s.num_logits = num_logits;

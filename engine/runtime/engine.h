@@ -36,6 +36,10 @@ struct EngineOptions {
   // Reuse the KV blocks of earlier requests' identical full-block prompt prefixes
   // (docs/scheduling.md): the prefill starts after the cached prefix.
   bool enable_prefix_caching = true;
+  // Most bytes of prompt logits (rows x vocab_size x 4) that scoring (prompt_logprobs) requests
+  // may need in one step. Their prefill chunks are cut to fit (at least one token per step), so
+  // a step's logits never grow with max_batched_tokens x vocabulary.
+  int64_t max_step_logits_bytes = int64_t{256} << 20;
   // Called on the engine thread after every step that ran a forward pass (warm-up excluded),
   // failed ones included. It must be thread-safe with respect to its own state, fast, and must
   // not block or call back into the engine. Empty: no step records.

@@ -51,6 +51,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Open(const std::string& pa
   if (tokenizer->eos_ids_.empty() && tokenizer->sp_->eos_id() >= 0) {
     tokenizer->eos_ids_.push_back(tokenizer->sp_->eos_id());
   }
+  // The longest text one token stands for: a normal piece's UTF-8 bytes, with the word-boundary
+  // marker U+2581 (3 bytes) counted as the one space it decodes to; byte-fallback pieces are 1.
+  constexpr std::string_view kSpaceMarker = "\xe2\x96\x81";
+  int32_t longest = 1;
+  for (int32_t id = 0; id < vocab; ++id) {
+    if (tokenizer->sp_->IsControl(id) || tokenizer->sp_->IsUnknown(id) ||
+        tokenizer->sp_->IsByte(id)) {
+      continue;
+    }
+    const std::string piece = tokenizer->sp_->IdToPiece(id);
+    int32_t bytes = static_cast<int32_t>(piece.size());
+    for (size_t at = piece.find(kSpaceMarker); at != std::string::npos;
+         at = piece.find(kSpaceMarker, at + kSpaceMarker.size())) {
+      bytes -= 2;
+    }
+    longest = std::max(longest, bytes);
+  }
+  tokenizer->max_piece_bytes_ = longest;
   return tokenizer;
 }
 

@@ -31,6 +31,11 @@ class Tokenizer {
   std::string IdToPiece(int32_t id) const;
 
   int32_t vocab_size() const;
+  // The most text bytes one token covers (the longest piece; at least 1). A text longer than
+  // n x max_piece_bytes() bytes needs more than n tokens, unless normalization drops bytes (runs of
+  // whitespace) or unknown characters merge into one unknown token: the server refuses such text
+  // prompts on their byte length before tokenizing them.
+  int32_t max_piece_bytes() const { return max_piece_bytes_; }
   int32_t bos_id() const { return bos_id_; }
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
   bool IsEos(int32_t id) const;
@@ -40,6 +45,7 @@ class Tokenizer {
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   int32_t bos_id_ = -1;
   std::vector<int32_t> eos_ids_;
+  int32_t max_piece_bytes_ = 1;
 };
 
 }  // namespace spqr

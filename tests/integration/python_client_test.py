@@ -174,7 +174,7 @@ class PythonClientTest(unittest.TestCase):
         with self.client.start_generation(prompt, max_new_tokens=long_run, temperature=0.0,
                                           ignore_eos=True) as generation:
             request_id = generation.request_id  # before any token: the request may be queued
-            self.assertRegex(request_id, r"^r[0-9]+$")
+            self.assertRegex(request_id, r"^[0-9a-f]{32}$")  # 128 random bits
             chunks = iter(generation)
             first = next(chunks)
             self.assertEqual(first.request_id, request_id)

@@ -19,6 +19,9 @@ if(TARGET spqr-server AND TARGET spqr-client)
   # Serving runtime through the real server: batching equals solo, cancel/deadline/Abort free
   # their KV blocks, prefix cache hits on a repeated prompt (issue 4).
   spqr_add_server_python_test(server_integration_runtime server_runtime_test.py)
+  # Hostile input (issue 14): unparsable requests, a huge prompt next to a small request, client
+  # strings in the log, random request ids, start-up error messages.
+  spqr_add_server_python_test(server_hardening server_hardening_test.py)
 endif()
 
 # TLS, mTLS, API keys and the per-connection stream limit (throwaway certificates from openssl).

@@ -212,6 +212,50 @@ class TlsTest(unittest.TestCase):
         finally:
             server.kill()
 
+    def start_up_error(self, flags):
+        """Runs a server that must fail start-up; returns its stderr."""
+        server = Server(flags, expect_ready=False)
+        try:
+            self.assertEqual(server.proc.wait(timeout=WAIT_S), 1)
+            time.sleep(0.2)  # let the stderr pump catch up
+            return "\n".join(server.stderr)
+        finally:
+            server.kill()
+
+    def test_key_of_another_certificate_fails_start_up_saying_it_does_not_match(self):
+        # client.key is a valid key, but not the private key of server.pem.
+        stderr = self.start_up_error([
+            "--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+            "--server.tls.key_file", os.path.join(CERTS, "client.key")])
+        self.assertIn("does not match the certificate", stderr)
+        self.assertIn("server.tls.key_file", stderr)
+        self.assertIn("client.key", stderr)
+        self.assertNotIn("cannot listen", stderr)
+
+    def test_files_that_are_not_what_their_key_says_fail_start_up_naming_them(self):
+        # A certificate where the key belongs, a key where the certificate belongs, a key as the
+        # client CA: each is named with its config key.
+        cases = [
+            (["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+              "--server.tls.key_file", os.path.join(CERTS, "server.pem")],
+             "server.tls.key_file", "no PEM private key"),
+            (["--server.tls.cert_file", os.path.join(CERTS, "server.key"),
+              "--server.tls.key_file", os.path.join(CERTS, "server.key")],
+             "server.tls.cert_file", "no PEM certificate"),
+            (["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+              "--server.tls.key_file", os.path.join(CERTS, "server.key"),
+              "--server.tls.client_ca_file", os.path.join(CERTS, "ca.key")],
+             "server.tls.client_ca_file", "no PEM certificate"),
+            (["--server.tls.cert_file", os.path.join(CERTS, "server.pem"),
+              "--server.tls.key_file", os.path.join(CERTS, "missing.key")],
+             "server.tls.key_file", "cannot open"),
+        ]
+        for flags, key, problem in cases:
+            with self.subTest(key=key, problem=problem):
+                stderr = self.start_up_error(flags)
+                self.assertIn(key, stderr)
+                self.assertIn(problem, stderr)
+
 
 class ApiKeyTest(unittest.TestCase):
 

@@ -453,7 +453,8 @@ class AbortTest(unittest.TestCase):
             call = SERVER.stub.Generate(greedy(LONG, text="Tell me a long story"), timeout=120)
             # The server-assigned id arrives before any token, in the initial metadata.
             request_id = dict(call.initial_metadata())["spqr-request-id"]
-            self.assertRegex(request_id, r"^r\d+$")
+            # 128 random bits: unguessable, so only this caller can Abort it without API keys.
+            self.assertRegex(request_id, r"^[0-9a-f]{32}$")
             first = next(call)
             self.assertEqual(first.request_id, request_id)
             response = SERVER.stub.Abort(pb.AbortRequest(request_id=request_id), timeout=10)

@@ -201,6 +201,18 @@ TEST(CommandLineTest, CrossKeyValidation) {
   EXPECT_THAT(parsed.status().message(), HasSubstr("limits.default_max_new_tokens"));
 }
 
+// gRPC would take a port over 65535 modulo 65536 and listen somewhere else.
+TEST(CommandLineTest, ListenPortMustBeANumberInRange) {
+  for (const char* bad : {"127.0.0.1:70000", "127.0.0.1:-1", "127.0.0.1:http", "127.0.0.1:"}) {
+    absl::StatusOr<ServerCommandLine> parsed =
+        ParseServerCommandLine({std::string("--listen=") + bad});
+    EXPECT_THAT(parsed.status().message(), HasSubstr("port in [0, 65535]")) << bad;
+  }
+  for (const char* good : {"127.0.0.1:0", "[::1]:65535", "0.0.0.0:50051", "unix:/tmp/spqr"}) {
+    EXPECT_TRUE(ParseServerCommandLine({std::string("--listen=") + good}).ok()) << good;
+  }
+}
+
 TEST(CommandLineTest, TlsKeysMustBeConsistent) {
   auto parse = [](std::vector<std::string> flags) {
     flags.push_back("--model=/m");

@@ -2,6 +2,7 @@
 // pieces: LoadModel on the committed test model with the CPU backend.
 #include "engine/runtime/engine.h"
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -213,6 +214,47 @@ TEST_F(EngineTest, PromptLogprobsForScoringAcrossPrefillChunks) {
   EXPECT_EQ(chunks2[0].prompt_logprobs.size(), prompt.size() - 1);
   for (size_t i = 1; i < chunks2.size(); ++i) EXPECT_TRUE(chunks2[i].prompt_logprobs.empty());
   EXPECT_EQ(Tokens(chunks2), ReferenceGreedy(prompt, 3));
+}
+
+// Scoring needs the logits of every prompt position: max_step_logits_bytes cuts its prefill
+// chunks so that one step never holds more rows than the budget (here 5 rows of kVocab floats),
+// and the results are those of the unbounded run (the reference logits).
+TEST_F(EngineTest, PromptLogitsPerStepStayWithinTheBudget) {
+  EngineOptions options = SmallOptions();
+  options.max_step_logits_bytes = int64_t{5} * kVocab * 4 + 3;  // 5 rows (rounded down)
+  std::mutex mu;
+  std::vector<StepRecord> steps;
+  options.step_observer = [&](const StepRecord& step) {
+    std::lock_guard<std::mutex> lock(mu);
+    steps.push_back(step);
+  };
+  auto engine = MakeEngine(options);
+  const std::vector<int32_t> prompt = Prompt(50, 9);
+  GenerateRequest r = Greedy("score", prompt, 0);
+  r.prompt_logprobs = true;
+  GenerateRequest other = Greedy("score2", Prompt(30, 4), 0);
+  other.prompt_logprobs = true;
+  ASSERT_TRUE(engine->Submit(r, collector_.For("score")).ok());
+  ASSERT_TRUE(engine->Submit(other, collector_.For("score2")).ok());
+  const auto chunks = collector_.Wait("score");
+  EXPECT_EQ(collector_.Wait("score2")[0].prompt_logprobs.size(), 29u);
+  ASSERT_EQ(chunks.size(), 1u);
+  ASSERT_EQ(chunks[0].prompt_logprobs.size(), prompt.size() - 1);
+  for (size_t i = 1; i < prompt.size(); ++i) {
+    const std::vector<int32_t> prefix(prompt.begin(), prompt.begin() + i);
+    const TokenLogprob want = ComputeTokenLogprob(ReferenceLogits(prefix, -1), prompt[i], 0);
+    EXPECT_FLOAT_EQ(chunks[0].prompt_logprobs[i - 1].logprob, want.logprob) << "position " << i;
+  }
+  engine.reset();  // the last step is reported after its chunks went out
+  std::lock_guard<std::mutex> lock(mu);
+  // 80 prompt positions at 5 per step (without the budget: 24 per step, max_batched_tokens).
+  int64_t prefilled = 0;
+  for (const StepRecord& step : steps) {
+    EXPECT_LE(step.prefill_tokens, 5) << "a step computed more logits rows than the budget";
+    prefilled += step.prefill_tokens;
+  }
+  EXPECT_EQ(prefilled, 80);
+  EXPECT_GE(steps.size(), 16u);
 }
 
 TEST_F(EngineTest, SubmitValidation) {

@@ -25,3 +25,14 @@ if(TARGET spqr_server_lib)
                  SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_health_reflection_test.cc
                  LIBS spqr_server_lib prometheus-cpp::core LABELS unit)
 endif()
+if(TARGET spqr_server_lib)
+  # Raw client bytes (issue 14): request parsing naming the field, LogSafe, the tokenizing pool;
+  # start-up checks (TLS key vs certificate, listen errors, model.dir).
+  spqr_add_gtest(server_request_parsing_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_request_parsing_test.cc
+                 LIBS spqr_server_lib LABELS unit)
+  find_package(OpenSSL REQUIRED)
+  spqr_add_gtest(server_startup_checks_test
+                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/server_startup_checks_test.cc
+                 LIBS spqr_server_lib OpenSSL::Crypto LABELS unit)
+endif()

@@ -216,5 +216,40 @@ TEST(ResponseTest, FinalChunkCarriesFinishReasonStopAndUsage) {
   EXPECT_EQ(text_only.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
 }
 
+// Text prompts are refused on their byte length before any tokenizer runs (the tokenizer is null
+// here: reaching it would fail differently), with the bound and where it comes from in the message.
+TEST(PromptByteBoundTest, LongTextsAreRefusedBeforeTokenizingStatingTheBound) {
+  RequestLimits limits = Limits();
+  limits.max_piece_bytes = 4;
+  limits.max_prompt_bytes = int64_t{limits.max_prompt_tokens} * limits.max_piece_bytes;  // 192
+  v1::GenerateRequest generate;
+  generate.set_text(std::string(193, 'a'));
+  absl::Status s = MakeEngineRequest(generate, nullptr, limits, "r").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("text has 193 bytes; at most 192 are allowed"));
+  EXPECT_THAT(s.message(), HasSubstr("limits.max_prompt_tokens (48) x 4 bytes"));
+  // At the bound the check passes (and the missing tokenizer is what fails).
+  generate.set_text(std::string(192, 'a'));
+  EXPECT_EQ(MakeEngineRequest(generate, nullptr, limits, "r").status().code(),
+            absl::StatusCode::kInternal);
+
+  v1::ScoreRequest score;
+  score.set_text(std::string(1000, 'b'));
+  s = ValidateScoreRequest(score, limits);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("text has 1000 bytes; at most 192"));
+
+  v1::ScoreRequest pairs;
+  v1::ContinuationPair* ok = pairs.mutable_pairs()->add_pairs();
+  ok->set_context("a");
+  ok->set_continuation(" b");
+  v1::ContinuationPair* long_pair = pairs.mutable_pairs()->add_pairs();
+  long_pair->set_context(std::string(100, 'c'));
+  long_pair->set_continuation(std::string(93, 'd'));  // 193 together
+  s = ValidateScoreRequest(pairs, limits);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("pairs.pairs[1] (context + continuation) has 193 bytes"));
+}
+
 }  // namespace
 }  // namespace spqr

@@ -120,6 +120,20 @@ TEST(TokenizerTest, IdToPiece) {
   EXPECT_EQ(tokenizer->IdToPiece(512), "");
 }
 
+// The longest text one token stands for bounds the bytes of a prompt that fits in n tokens (the
+// server refuses longer texts before tokenizing). The test model's longest piece has 8 bytes
+// (measured with Python's sentencepiece over every piece, U+2581 counted as one space).
+TEST(TokenizerTest, MaxPieceBytesBoundsTheTextPerToken) {
+  auto tokenizer = OpenTestTokenizer();
+  EXPECT_EQ(tokenizer->max_piece_bytes(), 8);
+  // Without whitespace runs for the normalizer to collapse, text bytes <= tokens x the bound.
+  for (const std::string text :
+       {"The kernel allocates memory in pages.", "unicode: \xc3\xa9\xe2\x82\xac", "x"}) {
+    const std::vector<int32_t> ids = tokenizer->Encode(text, /*add_bos=*/false);
+    EXPECT_LE(text.size(), ids.size() * tokenizer->max_piece_bytes()) << text;
+  }
+}
+
 TEST(TokenizerTest, OpenErrorsNameThePath) {
   TempDir dir;
   auto missing = Tokenizer::Open(dir.path() + "/tokenizer.model", -1, {});

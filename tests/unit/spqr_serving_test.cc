@@ -277,6 +277,30 @@ TEST_F(SpqrServingTest, Int8KernelLogitsStayCloseToTheExactKernel) {
   EXPECT_GE(same_argmax, positions * 9 / 10);
 }
 
+// With the int8 kernel the SpQR codes live once, in the tile layouts: the loaded model's layers
+// keep only outliers, permutation and second-level values, and the weight bytes the backend holds
+// are within 5 % of the format's own (tile padding of the last 16 rows only).
+TEST_F(SpqrServingTest, Int8KernelHoldsTheCodesOnce) {
+  auto exact = Load(SpqrDir(), "exact");
+  auto int8 = Load(SpqrDir(), "int8");
+  ASSERT_NE(exact, nullptr);
+  ASSERT_NE(int8, nullptr);
+  for (const DecoderLayerWeights& l : int8->weights->layers) {
+    for (const LinearTensors* lin :
+         {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      ASSERT_NE(lin->spqr, nullptr);
+      EXPECT_TRUE(lin->spqr->weight_codes.empty());
+      EXPECT_TRUE(lin->spqr->scale_codes.empty());
+      EXPECT_FALSE(lin->spqr->perm.empty());
+    }
+  }
+  const double ratio = static_cast<double>(int8->backend->memory_stats().weight_bytes) /
+                       static_cast<double>(exact->backend->memory_stats().weight_bytes);
+  std::cout << "int8 / exact resident weight bytes " << ratio << "\n";
+  EXPECT_GE(ratio, 1.0);
+  EXPECT_LE(ratio, 1.05);
+}
+
 // The CPU kernel over T tokens gives every token exactly the format's batch-1 product
 // (SpqrMatmul with batch 1), bit for bit, for every projection of the model: the batched decode
 // shares each decoded row across tokens without changing any token's arithmetic.

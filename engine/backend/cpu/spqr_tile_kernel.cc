@@ -71,18 +71,28 @@ TileIsa BestTileIsa() {
 
 namespace internal {
 
-void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, const float* x_perm_t,
-                float* y_t) {
+void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, int num_tokens,
+                const float* x_perm, float* y, int64_t y_stride) {
   const PackedSpqrLayer& src = *l.source;
+  const int64_t n = l.in_features;
   const int64_t r0 = tile * kTileRows;
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
+  constexpr int kBlock = 8;
   for (int i = 0; i < rows; ++i) {
     const int64_t r = r0 + i;
-    float sparse = 0.0f;
-    for (uint32_t k = src.outlier_row_offsets[r]; k < src.outlier_row_offsets[r + 1]; ++k) {
-      sparse += F16ToF32(src.outlier_values[k]) * x_perm_t[src.outlier_col(k)];
+    const uint32_t begin = src.outlier_row_offsets[r], end = src.outlier_row_offsets[r + 1];
+    for (int t0 = 0; t0 < num_tokens; t0 += kBlock) {
+      const int nt = std::min(kBlock, num_tokens - t0);
+      float sparse[kBlock] = {};
+      for (uint32_t k = begin; k < end; ++k) {
+        const float v = F16ToF32(src.outlier_values[k]);
+        const float* xc = x_perm + t0 * n + src.outlier_col(k);
+        for (int t = 0; t < nt; ++t) sparse[t] = std::fma(v, xc[t * n], sparse[t]);
+      }
+      for (int t = 0; t < nt; ++t) {
+        y[(t0 + t) * y_stride + r] = dense[(t0 + t) * kTileRows + i] + sparse[t];
+      }
     }
-    y_t[r] = dense[i] + sparse;
   }
 }
 
@@ -139,7 +149,7 @@ void MatmulScalar(const SpqrTileLayout& l, const Int8Activations& xq, const floa
           acc[i] = std::fma(s[i], v, acc[i]);
         }
       }
-      internal::FinishRows(l, tile, acc, x_perm + t * l.in_features, y + t * y_stride);
+      internal::FinishRows(l, tile, acc, 1, x_perm + t * l.in_features, y + t * y_stride, y_stride);
     }
   }
 }

@@ -58,10 +58,13 @@ namespace internal {
 void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activations& xq,
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
                               int64_t y_stride);
-// Writes y for rows 16*tile + i, i < 16, of token t: dense[i] + the row's outlier sum. Shared by
-// every implementation so the sparse sum is one piece of code.
-void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense,
-                const float* x_perm_t, float* y_t);
+// Writes y for rows 16*tile + i, i < 16, of tokens t < num_tokens: dense[t * 16 + i] + the row's
+// outlier sum (sparse = fma(value, x, sparse) in CSR order, explicit so every build rounds the
+// same). x_perm: the block's first token, tokens n floats apart; y: its first token's output.
+// Shared by every implementation so the sparse sum is one piece of code; each row's outliers are
+// read once for the whole token block.
+void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense, int num_tokens,
+                const float* x_perm, float* y, int64_t y_stride);
 }  // namespace internal
 
 }  // namespace spqr::cpu

@@ -145,11 +145,9 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
       }
     }
   }
-  alignas(64) float dense[16];
-  for (int t = 0; t < NT; ++t) {
-    _mm512_store_ps(dense, acc[t]);
-    FinishRows(l, tile, dense, x_perm + (t0 + t) * n, y + (t0 + t) * y_stride);
-  }
+  alignas(64) float dense[NT * 16];
+  for (int t = 0; t < NT; ++t) _mm512_store_ps(dense + 16 * t, acc[t]);
+  FinishRows(l, tile, dense, NT, x_perm + t0 * n, y + t0 * y_stride, y_stride);
 }
 
 using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,

@@ -34,7 +34,16 @@ struct SpqrLayerConfig {
 // "spqr", "gptq", "rtn".
 const char* MethodName(SpqrLayerConfig::Method method);
 
-// Checks the configuration against a layer of shape m x n; errors name the parameter and value.
+// Largest beta1 / beta2 accepted: far beyond any real layer width, small enough that products of
+// group sizes and counts stay exact.
+inline constexpr int kMaxGroupSize = 1 << 20;
+
+// Checks the parts of the configuration that do not depend on a layer's shape (ranges of wbits,
+// beta1, beta2, stats_bits, tau, lambda, and method combinations); errors name the parameter,
+// the value and the valid range.
+absl::Status ValidateLayerOptions(const SpqrLayerConfig& config);
+
+// ValidateLayerOptions() plus the checks against a layer of shape m x n (beta1 divides n).
 absl::Status ValidateLayerConfig(const SpqrLayerConfig& config, int64_t m, int64_t n);
 
 struct LayerQuantizationResult {

@@ -13,7 +13,7 @@
 namespace spqr {
 
 // The flat (row-major) index of the first NaN or +-Inf element of `view`, -1 when every element
-// is finite or the dtype is not F32, F16 or BF16. Sequential; reads data as unaligned bytes.
+// is finite or the dtype is not F32, F16 or BF16. Sequential; any alignment of `data` works.
 int64_t FirstNonFiniteIndex(const TensorView& view);
 
 // Scans every F32/F16/BF16 tensor of `views` for NaN/Inf, split into fixed-size chunks spread

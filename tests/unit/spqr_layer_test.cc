@@ -255,7 +255,7 @@ TEST(SpqrLayerTest, ValidationNamesParameterAndValue) {
   expect(c, "stats_bits must be in 3..8 or 16, got 2");
   c = SpqrConfig(0.2);
   c.beta2 = 0;
-  expect(c, "beta2 must be >= 1, got 0");
+  expect(c, "beta2 must be in 1..1048576, got 0");
   c = SpqrConfig(0.2);
   c.method = SpqrLayerConfig::Method::kGptq;
   expect(c, "applies to method spqr only");

@@ -158,9 +158,11 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
   weights->config = config;
   ASSIGN_OR_RETURN(weights->embed_tokens,
                    bind.Tensor("model.embed_tokens.weight", {config.vocab_size, hidden}));
-  weights->layers.resize(config.num_hidden_layers);
+  // num_hidden_layers comes from config.json: layers are appended as their tensors are found
+  // (never sized from the number up front), so a huge count fails at the first missing tensor
+  // instead of in an allocation.
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    DecoderLayerWeights& layer = weights->layers[i];
+    DecoderLayerWeights& layer = weights->layers.emplace_back();
     const std::string p = absl::StrCat("model.layers.", i, ".");
     ASSIGN_OR_RETURN(layer.input_layernorm, bind.Tensor(p + "input_layernorm.weight", {hidden}));
     ASSIGN_OR_RETURN(layer.q_proj, bind.Linear(p + "self_attn.q_proj", q_dim, hidden, bias));

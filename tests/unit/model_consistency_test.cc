@@ -155,5 +155,19 @@ TEST_F(ModelConsistencyTest, UntrustedCountsInSpqrMetaAreBoundedBeforeAllocation
   }
 }
 
+TEST_F(ModelConsistencyTest, AHugeLayerCountInConfigFailsAtTheFirstMissingLayer) {
+  // 4e9 layers would be ~1 TB of layer records if sized from the count before binding.
+  for (const bool spqr : {false, true}) {
+    const fs::path dir = *root_ / (spqr ? "layers_spqr" : "layers_dense");
+    fs::remove_all(dir);
+    fs::copy(spqr ? *root_ / "spqr" : fs::path(SPQR_SOURCE_DIR) / "tests/data/test-model", dir,
+             fs::copy_options::recursive);
+    damage::EditConfig(dir.string(), [](Json& cfg) { cfg["num_hidden_layers"] = 4000000000LL; });
+    const absl::Status st = Load(dir.string());
+    EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+    EXPECT_TRUE(absl::StrContains(st.message(), "model.layers.2.")) << st;
+  }
+}
+
 }  // namespace
 }  // namespace spqr

@@ -222,9 +222,12 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
       const auto layer_start = std::chrono::steady_clock::now();
       DenseLinear& dl = block.linears[li];
       const std::string prefix = absl::StrCat("model.layers.", bi, ".", kBlockLinearNames[li]);
+      SpqrLayerConfig layer_config = job.layer;
+      layer_config.stop = job.stop;
       auto res = QuantizeLayer(dl.weight.data(), dl.out_features, dl.in_features,
-                               hs[kHessianOf[li]]->matrix().data(), job.layer, threads);
+                               hs[kHessianOf[li]]->matrix().data(), layer_config, threads);
       if (!res.ok()) {
+        if (stopped()) return interrupted();
         return absl::Status(res.status().code(),
                             absl::StrCat(prefix, ": ", res.status().message()));
       }

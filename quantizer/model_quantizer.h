@@ -28,8 +28,8 @@ struct ModelQuantizeJob {
   SpqrLayerConfig layer;         // applied to every linear layer of every block
   int threads = 0;               // 0 = all cores, else 1..kMaxThreads
   // When set and it becomes non-zero (a signal number, from a signal handler), the job stops at
-  // its next check (between calibration windows and layers), removes its temporary directory and
-  // returns CANCELLED.
+  // its next check (between calibration windows, layers and a layer's column blocks), removes its
+  // temporary directory and returns CANCELLED.
   const std::atomic<int>* stop = nullptr;
 };
 

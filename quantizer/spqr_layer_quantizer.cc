@@ -185,8 +185,13 @@ absl::StatusOr<LayerQuantizationResult> QuantizeLayer(const float* w, int64_t m,
   p.inv_chol = is_rtn ? nullptr : prep.inv_chol.data();
   p.inv_chol_diag = is_rtn ? nullptr : prep.inv_chol_diag.data();
   p.threads = threads;
+  p.stop = config.stop;
   ColumnLoopOutput loop;
   RunColumnLoop(wp.data(), p, &loop);
+  if (loop.stopped) {
+    return absl::CancelledError(
+        absl::StrCat("interrupted by signal ", config.stop->load(), " while quantizing the layer"));
+  }
 
   PackedSpqrLayer& l = result.packed;
   l.out_features = m;

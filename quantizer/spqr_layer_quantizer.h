@@ -3,6 +3,7 @@
 // one output format, so their comparisons are fair (docs/model-format.md, "Methods").
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -29,6 +30,9 @@ struct SpqrLayerConfig {
   bool act_order = true;
   int block_size = 128;  // GPTQ lazy-batch width (rounded to a multiple of beta1 when beta1 < it)
   bool compute_hessian_error = true;
+  // When set and it becomes non-zero (a signal number), QuantizeLayer returns CANCELLED at the
+  // next column block, so an interrupted job does not wait for a whole large layer.
+  const std::atomic<int>* stop = nullptr;
 };
 
 // "spqr", "gptq", "rtn".

@@ -20,4 +20,5 @@ spqr_add_gtest(quantizer_output_dir_test
 # Runs the built tools (--help of every binary, signals during a real spqr-quantize run).
 spqr_add_gtest(quantizer_cli_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/quantizer_cli_test.cc
                LIBS absl::strings LABELS unit quantizer)
-add_dependencies(quantizer_cli_test spqr-quantize spqr-eval spqr-server spqr-client spqr-bench-cpu)
+add_dependencies(quantizer_cli_test spqr-quantize spqr-eval spqr-server spqr-client spqr-bench-cpu
+                 spqr-bench-finite-check)

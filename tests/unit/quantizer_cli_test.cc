@@ -115,7 +115,7 @@ TEST_F(CliTest, HelpPrintsUsageOnStdoutAndExitsZero) {
   const std::vector<std::pair<std::string, std::string>> tools = {
       {"/quantizer/spqr-quantize", "--calibration"}, {"/quantizer/spqr-eval", "--text"},
       {"/server/spqr-server", "--config"},           {"/server/spqr-client", "generate"},
-      {"/bench/spqr-bench-cpu", "--threads"},
+      {"/bench/spqr-bench-cpu", "--threads"},        {"/bench/spqr-bench-finite-check", "--model"},
   };
   for (const auto& [tool, expected] : tools) {
     for (const char* flag : {"--help", "-h"}) {

@@ -79,11 +79,13 @@ class CliTest : public ::testing::Test {
 
   // Runs spqr-quantize until its first layer is done, stops it, checks its temporary directory
   // exists, sends `sig` and lets it continue: it must exit 128 + sig with no directory left.
+  // 64 x 256 calibration tokens (nearly all of the text) keep the rest of the run, 13 more layers
+  // and their forward passes, long against the few ms between the progress line and SIGSTOP.
   void InterruptQuantizerWith(int sig) {
     const std::string out = (root_ / "out").string();
     const pid_t pid =
         Spawn({kBin + "/quantizer/spqr-quantize", "--model", kTestModel, "--out", out,
-               "--calibration", kText, "--nsamples", "32", "--seqlen", "256", "--threads", "1"});
+               "--calibration", kText, "--nsamples", "64", "--seqlen", "256", "--threads", "1"});
     ASSERT_GT(pid, 0);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (!absl::StrContains(Slurp(Err()), "\"event\":\"layer\"") &&

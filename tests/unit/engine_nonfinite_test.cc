@@ -45,11 +45,12 @@ TEST_F(EngineNonFiniteTest, NanInAPromptStepFailsOnlyThatRequest) {
   std::vector<int32_t> bad = CleanPrompt(10, 1);
   bad[4] = kPoison;
   const std::vector<int32_t> good = CleanPrompt(10, 2);
-  // Both in the same step.
+  // "good" is admitted and held in its prefill step; "bad" queues meanwhile, so the next step
+  // batches good's decode with bad's prefill: one step, one poisoned sequence.
   control_->Pause();
-  ASSERT_TRUE(engine->Submit(Greedy("bad", bad, 6), collector_.For("bad")).ok());
   ASSERT_TRUE(engine->Submit(Greedy("good", good, 6), collector_.For("good")).ok());
   WaitUntilNothingWaits(*engine);
+  ASSERT_TRUE(engine->Submit(Greedy("bad", bad, 6), collector_.For("bad")).ok());
   control_->Resume();
   const auto bad_chunks = collector_.Wait("bad");
   ExpectFailedWithInternal(bad_chunks);
@@ -62,6 +63,7 @@ TEST_F(EngineNonFiniteTest, NanInAPromptStepFailsOnlyThatRequest) {
   const auto good_chunks = collector_.Wait("good");
   EXPECT_EQ(good_chunks.back().finish_reason, FinishReason::kLength);
   EXPECT_EQ(Tokens(good_chunks), ReferenceGreedy(good, 6));
+  EXPECT_GE(control_->max_seqs_per_step.load(), 2);  // they did share a step
   EXPECT_EQ(engine->GetStats().nonfinite_logits_failures_total, 1);
   ExpectAllBlocksFree(*engine);
 }

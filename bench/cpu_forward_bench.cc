@@ -270,10 +270,20 @@ int Run(const Args& args) {
 }  // namespace spqr
 
 int main(int argc, char** argv) {
+  constexpr char kUsage[] =
+      "usage: spqr-bench-cpu [--model DIR] [--threads N] [--prompts 128,512] "
+      "[--decode-steps 128] [--decode-context 128] [--repeats 3]\n"
+      "  --threads: 0 = all cores, else 1..1024; the other numbers must be positive\n";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h" || a == "-help") {
+      std::cout << kUsage;
+      return 0;
+    }
+  }
   spqr::Args args;
-  if (!spqr::ParseArgs(argc, argv, &args)) {
-    std::cerr << "usage: spqr-bench-cpu [--model DIR] [--threads N] [--prompts 128,512] "
-                 "[--decode-steps 128] [--decode-context 128] [--repeats 3]\n";
+  if (!spqr::ParseArgs(argc, argv, &args) || args.threads < 0 || args.threads > 1024) {
+    std::cerr << kUsage;
     return 2;
   }
   return spqr::Run(args);

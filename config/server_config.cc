@@ -513,6 +513,10 @@ absl::StatusOr<ServerCommandLine> ParseServerCommandLine(const std::vector<std::
   std::vector<std::pair<const ConfigKey*, std::string>> overrides;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
+    if (arg == "-h") {
+      result.help = true;
+      continue;
+    }
     if (arg.size() < 3 || arg.substr(0, 2) != "--") {
       return absl::InvalidArgumentError(
           absl::StrFormat("unexpected argument '%s' (flags are --key=value)", arg));

@@ -90,6 +90,10 @@ void RunColumnLoop(float* w, const ColumnLoopParams& p, ColumnLoopOutput* out) {
   Eigen::Map<RowMat> wm(w, m, n);
 
   for (int64_t b0 = 0; b0 < n; b0 += block) {
+    if (p.stop != nullptr && p.stop->load() != 0) {
+      out->stopped = true;
+      return;
+    }
     const int64_t b1 = std::min(n, b0 + block);
     for (int64_t c = b0; c < b1;) {
       if (c % p.beta1 == 0) FitGroup(w, p, c / p.beta1, out, &scale, &zero);

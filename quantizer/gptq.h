@@ -2,6 +2,7 @@
 // quantization, the SpQR outlier test and GPTQ's error propagation in lazy blocks.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -22,9 +23,13 @@ struct ColumnLoopParams {
   const float* inv_chol = nullptr;
   const float* inv_chol_diag = nullptr;
   int threads = 1;
+  // When set and non-zero at the start of a column block, the loop returns early with
+  // ColumnLoopOutput::stopped set (the caller's job was interrupted; the output is incomplete).
+  const std::atomic<int>* stop = nullptr;
 };
 
 struct ColumnLoopOutput {
+  bool stopped = false;
   std::vector<uint8_t> codes;                 // [m][n], permuted columns
   std::vector<uint8_t> scale_codes;           // [m][G] (stats_bits < 16)
   std::vector<uint8_t> zero_codes;            // [m][G] (stats_bits < 16)

@@ -1,7 +1,5 @@
 #include "quantizer/model_quantizer.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,6 +19,7 @@
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "quantizer/block_forward.h"
+#include "quantizer/output_dir.h"
 #include "quantizer/safetensors_writer.h"
 
 namespace spqr {
@@ -73,6 +72,16 @@ absl::Status ValidateAgainstModel(const SpqrLayerConfig& cfg, const LlamaWeights
   return absl::OkStatus();
 }
 
+// Removes a directory when the job returns early (error or interruption) unless released.
+struct RemoveOnExit {
+  std::string path;
+  ~RemoveOnExit() {
+    if (path.empty()) return;
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
 double Norm2(const std::vector<float>& a, const std::vector<float>* b) {
   double s = 0.0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -93,20 +102,37 @@ int64_t PeakRssBytes() {
   return 0;
 }
 
+absl::Status ValidateJobOptions(const ModelQuantizeJob& job) {
+  if (job.nsamples < 1 || job.nsamples > kMaxCalibrationWindows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("nsamples must be in 1..", kMaxCalibrationWindows, ", got ", job.nsamples));
+  }
+  if (job.seqlen < 2 || job.seqlen > kMaxCalibrationSeqlen) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seqlen must be in 2..", kMaxCalibrationSeqlen, ", got ", job.seqlen));
+  }
+  if (job.threads < 0 || job.threads > kMaxThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads must be in 0..", kMaxThreads, " (0 = all cores), got ", job.threads));
+  }
+  return ValidateLayerOptions(job.layer);
+}
+
 absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
                                                   const ProgressFn& progress) {
   const auto start = std::chrono::steady_clock::now();
-  if (job.nsamples < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("nsamples must be >= 1, got ", job.nsamples));
-  }
-  if (job.seqlen < 2) {
-    return absl::InvalidArgumentError(absl::StrCat("seqlen must be >= 2, got ", job.seqlen));
-  }
-  if (job.output_dir.empty()) return absl::InvalidArgumentError("no output directory given");
-  if (fs::exists(job.output_dir) && !job.force) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("output '", job.output_dir, "' exists; pass --force to overwrite it"));
-  }
+  RETURN_IF_ERROR(ValidateJobOptions(job));
+  RETURN_IF_ERROR(
+      CheckOutputDirectory(job.model_dir, job.output_dir, job.calibration_text, job.force));
+  // Set by the caller's signal handler; checked between calibration windows and layers.
+  const auto stopped = [&job] { return job.stop != nullptr && job.stop->load() != 0; };
+  std::string tmp;
+  const auto interrupted = [&] {
+    return absl::CancelledError(absl::StrCat("interrupted by signal ", job.stop->load(),
+                                             tmp.empty() ? "" : "; the temporary directory '", tmp,
+                                             tmp.empty() ? "" : "' is removed",
+                                             " and nothing was written to '", job.output_dir, "'"));
+  };
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(job.model_dir));
   if (config.model_type != "llama" && config.model_type != "mistral" &&
       config.model_type != "qwen2") {
@@ -152,14 +178,13 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
   }
   const std::vector<float> inv_freq =
       cpu::ComputeRopeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling);
+  if (stopped()) return interrupted();
 
-  // Everything is written under a temporary name and renamed at the end.
-  const std::string tmp = absl::StrCat(job.output_dir, ".tmp-", getpid());
+  // Everything is written under a fresh temporary name, removed on any early return, and renamed
+  // at the end.
+  ASSIGN_OR_RETURN(tmp, CreateTemporaryOutput(job.output_dir));
+  RemoveOnExit remove_tmp{tmp};
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directories(tmp, ec)) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot create '", tmp, "': ", ec.message()));
-  }
   const int64_t blocks = static_cast<int64_t>(weights->layers.size());
   const int64_t shards = blocks + 1;
   auto shard_name = [&](int64_t i) {
@@ -186,19 +211,23 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
     hooks.inputs[3] = &h3;
     HessianAccumulator* hs[4] = {&h0, &h1, &h2, &h3};
     for (int s = 0; s < job.nsamples; ++s) {
+      if (stopped()) return interrupted();
       const int64_t off = static_cast<int64_t>(s) * job.seqlen * hidden;
       BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_fp.data() + off,
                    &hooks, threads);
     }
     std::vector<OwnedTensor> owned;
     for (int li = 0; li < 7; ++li) {
+      if (stopped()) return interrupted();
       const auto layer_start = std::chrono::steady_clock::now();
       DenseLinear& dl = block.linears[li];
       const std::string prefix = absl::StrCat("model.layers.", bi, ".", kBlockLinearNames[li]);
+      SpqrLayerConfig layer_config = job.layer;
+      layer_config.stop = job.stop;
       auto res = QuantizeLayer(dl.weight.data(), dl.out_features, dl.in_features,
-                               hs[kHessianOf[li]]->matrix().data(), job.layer, threads);
+                               hs[kHessianOf[li]]->matrix().data(), layer_config, threads);
       if (!res.ok()) {
-        fs::remove_all(tmp, ec);
+        if (stopped()) return interrupted();
         return absl::Status(res.status().code(),
                             absl::StrCat(prefix, ": ", res.status().message()));
       }
@@ -236,6 +265,7 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
     }
     // Next block's inputs come from this block with quantized weights.
     for (int s = 0; s < job.nsamples; ++s) {
+      if (stopped()) return interrupted();
       const int64_t off = static_cast<int64_t>(s) * job.seqlen * hidden;
       BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_q.data() + off,
                    nullptr, threads);
@@ -349,12 +379,15 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
   report.peak_rss_bytes = PeakRssBytes();
   RETURN_IF_ERROR(WriteTextFile(tmp + "/quantization_report.json", report.ToJson() + "\n"));
   RETURN_IF_ERROR(WriteTextFile(tmp + "/quantization_report.txt", report.ToText()));
-  if (fs::exists(job.output_dir)) fs::remove_all(job.output_dir, ec);
-  fs::rename(tmp, job.output_dir, ec);
-  if (ec) {
-    return absl::DataLossError(
-        absl::StrCat("cannot rename '", tmp, "' to '", job.output_dir, "': ", ec.message()));
+  RETURN_IF_ERROR(
+      WriteTextFile(tmp + "/" + kOutputMarker, OutputMarkerJson(kQuantizerVersion, job.model_dir)));
+  if (stopped()) return interrupted();
+  const absl::Status published = PublishOutput(tmp, job.output_dir, job.force);
+  // Published, or kept because the destination changed under us (the message names it).
+  if (published.ok() || published.code() == absl::StatusCode::kFailedPrecondition) {
+    remove_tmp.path.clear();
   }
+  RETURN_IF_ERROR(published);
   return report;
 }
 

@@ -3,6 +3,7 @@
 // blocks, and writes a self-contained SpQR model directory (docs/model-format.md).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -14,16 +15,31 @@
 namespace spqr {
 
 struct ModelQuantizeJob {
-  std::string model_dir;   // HF checkpoint directory the engine can load
-  std::string output_dir;  // created; must not exist unless `force`
+  std::string model_dir;  // HF checkpoint directory the engine can load
+  // Created (via a temporary sibling renamed at the end). May exist only as an empty directory,
+  // or, with `force`, as an earlier spqr-quantize output (quantizer/output_dir.h); never as, in
+  // or around the model directory.
+  std::string output_dir;
   bool force = false;
   std::string calibration_text;  // path of a UTF-8 text file
-  int nsamples = 128;            // calibration windows
-  int seqlen = 2048;             // tokens per window
+  int nsamples = 128;            // calibration windows, 1..kMaxCalibrationWindows
+  int seqlen = 2048;             // tokens per window, 2..kMaxCalibrationSeqlen
   uint64_t seed = 0;             // window draw
   SpqrLayerConfig layer;         // applied to every linear layer of every block
-  int threads = 0;               // 0 = all cores
+  int threads = 0;               // 0 = all cores, else 1..kMaxThreads
+  // When set and it becomes non-zero (a signal number, from a signal handler), the job stops at
+  // its next check (between calibration windows, layers and a layer's column blocks), removes its
+  // temporary directory and returns CANCELLED.
+  const std::atomic<int>* stop = nullptr;
 };
+
+inline constexpr int kMaxCalibrationWindows = 1 << 20;
+inline constexpr int kMaxCalibrationSeqlen = 1 << 20;
+inline constexpr int kMaxThreads = 1024;
+
+// Checks every number of `job` (nsamples, seqlen, threads and the layer options) against its
+// valid range, before anything is loaded; errors name the option, the value and the range.
+absl::Status ValidateJobOptions(const ModelQuantizeJob& job);
 
 struct LayerReport {
   std::string name;

@@ -65,21 +65,18 @@ const char* MethodName(SpqrLayerConfig::Method method) {
   return "unknown";
 }
 
-absl::Status ValidateLayerConfig(const SpqrLayerConfig& c, int64_t m, int64_t n) {
-  if (m <= 0 || n <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer shape must be positive, got ", m, "x", n));
-  }
+absl::Status ValidateLayerOptions(const SpqrLayerConfig& c) {
   if (c.wbits < 2 || c.wbits > 8) {
     return absl::InvalidArgumentError(absl::StrCat("wbits must be in 2..8, got ", c.wbits));
   }
-  if (c.beta1 < 0 || (c.beta1 > 0 && n % c.beta1 != 0)) {
-    return absl::InvalidArgumentError(absl::StrCat("beta1=", c.beta1,
-                                                   " must divide the layer's input width ", n,
-                                                   " (or be 0 for one group per row)"));
+  if (c.beta1 < 0 || c.beta1 > kMaxGroupSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beta1 must be in 0..", kMaxGroupSize,
+                     " (0 = one group per row, i.e. the layer's input width), got ", c.beta1));
   }
-  if (c.beta2 < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("beta2 must be >= 1, got ", c.beta2));
+  if (c.beta2 < 1 || c.beta2 > kMaxGroupSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beta2 must be in 1..", kMaxGroupSize, ", got ", c.beta2));
   }
   if (!((c.stats_bits >= 3 && c.stats_bits <= 8) || c.stats_bits == kFp16Stats)) {
     return absl::InvalidArgumentError(
@@ -103,6 +100,20 @@ absl::Status ValidateLayerConfig(const SpqrLayerConfig& c, int64_t m, int64_t n)
   }
   if (c.block_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("block_size must be >= 1, got ", c.block_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLayerConfig(const SpqrLayerConfig& c, int64_t m, int64_t n) {
+  if (m <= 0 || n <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer shape must be positive, got ", m, "x", n));
+  }
+  if (absl::Status st = ValidateLayerOptions(c); !st.ok()) return st;
+  if (c.beta1 > 0 && n % c.beta1 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("beta1=", c.beta1,
+                                                   " must divide the layer's input width ", n,
+                                                   " (or be 0 for one group per row)"));
   }
   return absl::OkStatus();
 }
@@ -174,8 +185,13 @@ absl::StatusOr<LayerQuantizationResult> QuantizeLayer(const float* w, int64_t m,
   p.inv_chol = is_rtn ? nullptr : prep.inv_chol.data();
   p.inv_chol_diag = is_rtn ? nullptr : prep.inv_chol_diag.data();
   p.threads = threads;
+  p.stop = config.stop;
   ColumnLoopOutput loop;
   RunColumnLoop(wp.data(), p, &loop);
+  if (loop.stopped) {
+    return absl::CancelledError(
+        absl::StrCat("interrupted by signal ", config.stop->load(), " while quantizing the layer"));
+  }
 
   PackedSpqrLayer& l = result.packed;
   l.out_features = m;

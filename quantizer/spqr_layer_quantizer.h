@@ -3,6 +3,7 @@
 // one output format, so their comparisons are fair (docs/model-format.md, "Methods").
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -29,12 +30,24 @@ struct SpqrLayerConfig {
   bool act_order = true;
   int block_size = 128;  // GPTQ lazy-batch width (rounded to a multiple of beta1 when beta1 < it)
   bool compute_hessian_error = true;
+  // When set and it becomes non-zero (a signal number), QuantizeLayer returns CANCELLED at the
+  // next column block, so an interrupted job does not wait for a whole large layer.
+  const std::atomic<int>* stop = nullptr;
 };
 
 // "spqr", "gptq", "rtn".
 const char* MethodName(SpqrLayerConfig::Method method);
 
-// Checks the configuration against a layer of shape m x n; errors name the parameter and value.
+// Largest beta1 / beta2 accepted: far beyond any real layer width, small enough that products of
+// group sizes and counts stay exact.
+inline constexpr int kMaxGroupSize = 1 << 20;
+
+// Checks the parts of the configuration that do not depend on a layer's shape (ranges of wbits,
+// beta1, beta2, stats_bits, tau, lambda, and method combinations); errors name the parameter,
+// the value and the valid range.
+absl::Status ValidateLayerOptions(const SpqrLayerConfig& config);
+
+// ValidateLayerOptions() plus the checks against a layer of shape m x n (beta1 divides n).
 absl::Status ValidateLayerConfig(const SpqrLayerConfig& config, int64_t m, int64_t n);
 
 struct LayerQuantizationResult {

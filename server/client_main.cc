@@ -68,6 +68,11 @@ struct Args {
 bool ParseArgs(int argc, char** argv, Args* args, std::string* error) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
+    // "-h" in the command's place is help; later it may be a prompt ("generate -h").
+    if (arg == "-h" && args->positional.empty()) {
+      args->flags.emplace("help", "true");
+      continue;
+    }
     if (arg.size() < 3 || arg.substr(0, 2) != "--") {
       args->positional.push_back(arg);
       continue;

@@ -15,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "engine/util/status_macros.h"
+#include "engine/util/system_memory.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -162,8 +163,25 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
   return options;
 }
 
+// The CPU backend keeps the KV cache in host memory: a budget beyond what this process may use
+// is refused before the model is loaded (the backend checks the exact pool size again).
+namespace {
+absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config) {
+  if (config.model.backend == "cuda") return absl::OkStatus();
+  const HostMemoryLimit limit = GetHostMemoryLimit();
+  if (limit.bytes > 0 && config.engine.kv_cache_bytes > limit.bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "engine.kv_cache_bytes=%d exceeds %s of %d bytes; the %s backend keeps the KV cache in "
+        "host memory, so it could only fail to allocate (docs/operations.md#sizing)",
+        config.engine.kv_cache_bytes, limit.source, limit.bytes, config.model.backend));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::Status RunServer(const ServerConfig& config) {
   SetLogLevel(config.server.log_level);
+  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config));
   SignalWaiter signals;  // before any other thread exists
 
   ServerMetrics metrics(config.metrics.vllm_compatible_names);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "engine/format/spqr_layer.h"
 #include "engine/model/safetensors.h"
 
 namespace spqr {
@@ -20,6 +21,8 @@ struct SpqrQuantizationInfo {
   double lambda = 0.0;
   bool act_order = false;
   double avg_bits_formula = 0.0, avg_bits_real = 0.0, outlier_share = 0.0;
+  // Whether config.json states them (they are reports, optional in the format).
+  bool has_avg_bits_formula = false, has_avg_bits_real = false, has_outlier_share = false;
   std::string quantizer_version;
   std::string calibration;                      // "file=..., nsamples=..., seqlen=..., seed=..."
   std::map<std::string, uint32_t> shard_crc32;  // file name -> CRC-32 of the whole file
@@ -32,7 +35,32 @@ absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
     const std::string& config_json, const std::string& source);
 
 // Recomputes the CRC-32 of every shard file listed in `info` (DATA_LOSS naming the file on a
-// mismatch, NOT_FOUND when a listed shard is not part of the checkpoint).
+// mismatch, NOT_FOUND when a listed shard is not part of the checkpoint). Every shard of the
+// checkpoint must have an entry: DATA_LOSS naming the shard otherwise (a shard without a checksum
+// would be loaded unchecked).
 absl::Status VerifyShardChecksums(const Checkpoint& checkpoint, const SpqrQuantizationInfo& info);
+
+// Checks one packed layer's own parameters (its spqr_meta) against config.json's
+// quantization_config: wbits, beta1 (0 in the config = one group per row, i.e. in_features),
+// beta2 (bilevel statistics only), stats_bits, and outliers only where the config allows them
+// (method spqr with a finite tau). INVALID_ARGUMENT naming the layer and both values.
+absl::Status CheckLayerMatchesQuantizationConfig(const SpqrQuantizationInfo& info,
+                                                 const PackedSpqrLayer& layer,
+                                                 const std::string& prefix);
+
+// The model-wide figures of the packed layers, summed in binding order.
+struct SpqrLayerTotals {
+  int64_t parameters = 0;       // sum of out x in
+  int64_t outliers = 0;         // sum of num_outliers()
+  int64_t payload_bytes = 0;    // sum of SpqrLayerPayloadBytes()
+  double formula_weighted = 0;  // sum of SpqrFormulaBitsPerParameter() x parameters
+  void Add(const PackedSpqrLayer& layer);
+};
+
+// Checks the model-wide figures config.json reports (outlier_share, avg_bits_real,
+// avg_bits_formula; each only when present) against `totals` over every packed layer.
+// INVALID_ARGUMENT naming both values.
+absl::Status CheckTotalsMatchQuantizationConfig(const SpqrQuantizationInfo& info,
+                                                const SpqrLayerTotals& totals);
 
 }  // namespace spqr

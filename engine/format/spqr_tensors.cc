@@ -174,8 +174,34 @@ absl::StatusOr<PackedSpqrLayer> SpqrLayerFromTensors(const TensorLookup& lookup,
                                                    meta[kMetaColumnIdBits],
                                                    " do not match in_features=", l.in_features));
   }
+  // The counts in spqr_meta are untrusted: bound them before anything is sized from them. Shapes
+  // derived below multiply m and n, so the product must stay far from int64 overflow, and the
+  // outlier count can neither exceed the weights nor the bytes its tensor really holds (the
+  // safetensors loader has bounded every tensor by the file size).
+  constexpr int64_t kMaxLayerElements = int64_t{1} << 40;
+  if (l.out_features > kMaxLayerElements / l.in_features) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", meta_name, "': shape ", l.out_features, " x ", l.in_features,
+                     " exceeds the supported ", kMaxLayerElements, " weights per layer"));
+  }
+  const int64_t nnz = meta[kMetaNumOutliers];
+  if (nnz > l.out_features * l.in_features) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", meta_name, "': ", nnz,
+                                                   " outliers exceed the layer's ",
+                                                   l.out_features * l.in_features, " weights"));
+  }
+  const std::string values_name = prefix + ".spqr_outlier_values";
+  const TensorView* values_t = lookup(values_name);
+  if (values_t == nullptr) {
+    return absl::NotFoundError(absl::StrCat("missing SpQR tensor '", values_name, "'"));
+  }
+  if (values_t->nbytes != static_cast<size_t>(nnz) * sizeof(uint16_t)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", meta_name, "' counts ", nnz,
+                                                   " outliers but '", values_name, "' holds ",
+                                                   values_t->nbytes, " bytes"));
+  }
   // Size the outlier arrays so PayloadSpecs() derives the expected shapes.
-  l.outlier_values.resize(meta[kMetaNumOutliers]);
+  l.outlier_values.resize(static_cast<size_t>(nnz));
   for (const PayloadSpec& s : PayloadSpecs(l)) {
     const std::string name = absl::StrCat(prefix, ".", s.suffix);
     const TensorView* t = lookup(name);

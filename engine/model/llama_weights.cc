@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "engine/format/spqr_model.h"
 #include "engine/format/spqr_tensors.h"
+#include "engine/model/finite_check.h"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
@@ -30,10 +31,13 @@ bool IsFloatType(DType dtype) {
 // Looks up one tensor and checks it is floating point with exactly `shape`.
 class Binder {
  public:
-  // `spqr_model`: the checkpoint is an SpQR model directory, so projections stored packed
-  // ("<prefix>.spqr_meta" present) are bound as SpQR layers.
-  Binder(const Checkpoint& checkpoint, bool spqr_model)
-      : checkpoint_(checkpoint), spqr_model_(spqr_model) {}
+  // `quantization`: the checkpoint is an SpQR model directory (null: dense), so the decoder
+  // projections must be stored packed ("<prefix>.spqr_meta") and are bound as SpQR layers, each
+  // checked against the quantization_config and added to totals().
+  Binder(const Checkpoint& checkpoint, const SpqrQuantizationInfo* quantization)
+      : checkpoint_(checkpoint), quantization_(quantization) {}
+
+  const SpqrLayerTotals& totals() const { return totals_; }
 
   absl::StatusOr<TensorView> Tensor(const std::string& name, std::vector<int64_t> shape) const {
     ASSIGN_OR_RETURN(const TensorView* view, checkpoint_.Require(name));
@@ -59,12 +63,20 @@ class Binder {
   // `prefix`.weight of [out, in], plus `prefix`.bias of [out] when `with_bias`. A bias the
   // config does not expect is an error: ignoring it would silently compute a different model.
   absl::StatusOr<LinearTensors> Linear(const std::string& prefix, int64_t out, int64_t in,
-                                       bool with_bias) const {
+                                       bool with_bias) {
     LinearTensors linear;
     linear.out_features = out;
     linear.in_features = in;
     const TensorLookup lookup = [this](const std::string& name) { return checkpoint_.Find(name); };
-    if (spqr_model_ && HasSpqrLayer(lookup, prefix)) {
+    if (quantization_ != nullptr) {
+      // The quantizer packs every decoder projection; a dense one would make the reported
+      // quantization (bits, outliers) describe a different model than the one served.
+      if (!HasSpqrLayer(lookup, prefix)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "projection '", prefix, "' in ", checkpoint_.dir(), " has no '", prefix,
+            ".spqr_meta': config.json has a quantization_config, so every decoder projection must "
+            "be stored SpQR-packed"));
+      }
       ASSIGN_OR_RETURN(PackedSpqrLayer packed, SpqrLayerFromTensors(lookup, prefix));
       if (packed.out_features != out || packed.in_features != in) {
         return absl::InvalidArgumentError(
@@ -72,6 +84,8 @@ class Binder {
                          ShapeString({out, in}), ", found ",
                          ShapeString({packed.out_features, packed.in_features})));
       }
+      RETURN_IF_ERROR(CheckLayerMatchesQuantizationConfig(*quantization_, packed, prefix));
+      totals_.Add(packed);
       linear.spqr = std::make_shared<const PackedSpqrLayer>(std::move(packed));
     } else {
       ASSIGN_OR_RETURN(linear.weight, Tensor(prefix + ".weight", {out, in}));
@@ -90,7 +104,8 @@ class Binder {
 
  private:
   const Checkpoint& checkpoint_;
-  const bool spqr_model_;
+  const SpqrQuantizationInfo* const quantization_;
+  SpqrLayerTotals totals_;
 };
 
 // The quantization_config of the checkpoint's config.json, nullopt for a dense checkpoint (or a
@@ -132,7 +147,7 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
                    ReadQuantizationConfig(*checkpoint));
   // Corruption anywhere in a shard is reported before any tensor is interpreted.
   if (quantization) RETURN_IF_ERROR(VerifyShardChecksums(*checkpoint, *quantization));
-  const Binder bind(*checkpoint, quantization.has_value());
+  Binder bind(*checkpoint, quantization ? &*quantization : nullptr);
   const int64_t hidden = config.hidden_size;
   const int64_t q_dim = config.num_attention_heads * config.head_dim;
   const int64_t kv_dim = config.num_key_value_heads * config.head_dim;
@@ -143,9 +158,11 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
   weights->config = config;
   ASSIGN_OR_RETURN(weights->embed_tokens,
                    bind.Tensor("model.embed_tokens.weight", {config.vocab_size, hidden}));
-  weights->layers.resize(config.num_hidden_layers);
+  // num_hidden_layers comes from config.json: layers are appended as their tensors are found
+  // (never sized from the number up front), so a huge count fails at the first missing tensor
+  // instead of in an allocation.
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    DecoderLayerWeights& layer = weights->layers[i];
+    DecoderLayerWeights& layer = weights->layers.emplace_back();
     const std::string p = absl::StrCat("model.layers.", i, ".");
     ASSIGN_OR_RETURN(layer.input_layernorm, bind.Tensor(p + "input_layernorm.weight", {hidden}));
     ASSIGN_OR_RETURN(layer.q_proj, bind.Linear(p + "self_attn.q_proj", q_dim, hidden, bias));
@@ -159,6 +176,12 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
     ASSIGN_OR_RETURN(layer.down_proj, bind.Linear(p + "mlp.down_proj", hidden, inter, false));
   }
   RETURN_IF_ERROR(CheckNoExtraLayers(*checkpoint, config));
+  if (quantization) {
+    if (absl::Status st = CheckTotalsMatchQuantizationConfig(*quantization, bind.totals());
+        !st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(checkpoint->dir(), ": ", st.message()));
+    }
+  }
   ASSIGN_OR_RETURN(weights->norm, bind.Tensor("model.norm.weight", {hidden}));
 
   // Tied models use the embedding matrix as the output projection, as transformers does even
@@ -174,6 +197,9 @@ absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
   } else {
     ASSIGN_OR_RETURN(weights->lm_head.weight,
                      bind.Tensor("lm_head.weight", {config.vocab_size, hidden}));
+  }
+  if (absl::Status finite = CheckTensorsFinite(DenseFloatTensors(*weights)); !finite.ok()) {
+    return absl::DataLossError(absl::StrCat(checkpoint->dir(), ": ", finite.message()));
   }
   weights->checkpoint = std::move(checkpoint);
   return std::shared_ptr<const LlamaWeights>(std::move(weights));

@@ -47,6 +47,8 @@ struct LlamaWeights {
 // (DATA_LOSS naming the file) and every projection stored as "<prefix>.spqr_*" is bound as an SpQR
 // layer (SpqrLayerFromTensors: version, shapes, per-layer CRC and structure checked); its shape
 // must match the config. An unknown format version is FAILED_PRECONDITION naming config.json.
+// Every dense float tensor is then scanned for NaN/Inf (CheckTensorsFinite, in parallel):
+// DATA_LOSS naming the tensor and the first bad flat index.
 absl::StatusOr<std::shared_ptr<const LlamaWeights>> BindLlamaWeights(
     std::shared_ptr<const Checkpoint> checkpoint, const ModelConfig& config);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <limits>
@@ -50,6 +51,14 @@ struct Sequence {
   int32_t completion_tokens() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
   bool prefilling() const { return num_computed < prompt_len; }
 };
+
+// Index of the first NaN or +-Inf among `n` values, -1 when all are finite.
+int64_t FirstNonFinite(const float* values, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(values[i])) return i;
+  }
+  return -1;
+}
 
 }  // namespace
 
@@ -546,14 +555,52 @@ bool Engine::Impl::Step() {
     return true;
   }
 
+  size_t total_rows = 0;
+  for (const Item& item : items) total_rows += item.num_logits;
+  // A backend that returns too few logits would make the rows below read out of bounds.
+  if (out.logits.size() != total_rows * vocab_size_ ||
+      (total_rows > 0 && out.vocab_size != vocab_size_)) {
+    record.ok = false;
+    for (Item& item : items) {
+      Finish(*item.seq, FinishReason::kError, OutputChunk(),
+             absl::InternalError(absl::StrCat(
+                 "forward step: the backend returned ", out.logits.size(), " logits of vocab_size ",
+                 out.vocab_size, ", expected ", total_rows, " rows of ", vocab_size_)));
+    }
+    return true;
+  }
+
   size_t row = 0;
   for (Item& item : items) {
     Sequence& seq = *item.seq;
+    const size_t first_row = row;
+    row += item.num_logits;
+    // Second line behind the load-time weight check: a NaN/Inf logit (an overflow in the model
+    // or a backend fault) would make sampling and logprobs meaningless. The request fails and
+    // this step's KV blocks of it are not offered to the prefix cache (they may hold the fault).
+    const int64_t bad =
+        item.num_logits > 0
+            ? FirstNonFinite(out.row(first_row), int64_t{item.num_logits} * out.vocab_size)
+            : -1;
+    if (bad >= 0) {
+      const int32_t pos =
+          item.start + item.count - item.num_logits + static_cast<int32_t>(bad / out.vocab_size);
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.nonfinite_logits_failures_total;
+      }
+      Finish(seq, FinishReason::kError, OutputChunk(),
+             absl::InternalError(absl::StrCat(
+                 "the model produced a non-finite logit (",
+                 out.logits[first_row * out.vocab_size + bad], ") after position ", pos,
+                 " for vocabulary entry ", bad % out.vocab_size,
+                 "; the request was stopped instead of sampling from it (a numerical fault in the "
+                 "model or the backend, not in the request)")));
+      continue;
+    }
     seq.num_computed += item.count;
     // Full blocks written by now become reusable by later requests with the same prefix.
     allocator_.CacheFullBlocks(seq.uid, seq.tokens, seq.num_computed);
-    const size_t first_row = row;
-    row += item.num_logits;
     if (seq.request.prompt_logprobs && item.start < seq.prompt_len) {
       // Row i holds the logits at position start + (count - num_logits) + i, which predict the
       // token after it.
@@ -740,7 +787,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<LoadedMod
   KvPoolShape shape;
   shape.num_blocks = static_cast<int32_t>(num_blocks);
   shape.block_size = options.kv_block_size;
-  RETURN_IF_ERROR(backend.AllocateKvPool(shape));
+  if (absl::Status pool = backend.AllocateKvPool(shape); !pool.ok()) {
+    return absl::Status(pool.code(), absl::StrCat("kv_cache_bytes (", options.kv_cache_bytes,
+                                                  "): ", pool.message()));
+  }
 
   // Warm-up: one token through the whole model proves the weights and the pool work before the
   // server reports ready. Block 0 is overwritten by the first real sequence that uses it.
@@ -756,6 +806,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<LoadedMod
   if (out.vocab_size <= 0 || out.logits.size() != static_cast<size_t>(out.vocab_size)) {
     return absl::InternalError(absl::StrCat("warm-up forward pass returned ", out.logits.size(),
                                             " logits for vocab_size ", out.vocab_size));
+  }
+  if (const int64_t bad = FirstNonFinite(out.logits.data(), out.vocab_size); bad >= 0) {
+    return absl::InternalError(absl::StrCat("warm-up forward pass produced a non-finite logit (",
+                                            out.logits[bad], ") for vocabulary entry ", bad,
+                                            "; the model cannot be served"));
   }
   auto impl = std::make_unique<Impl>(std::move(model), options, shape.num_blocks, out.vocab_size);
   impl->Start();

@@ -60,6 +60,8 @@ struct EngineStats {
   int64_t preemptions_total = 0;
   int64_t prefix_cache_queries_total = 0;  // cacheable prompt blocks of admitted requests
   int64_t prefix_cache_hits_total = 0;     // of which reused from the cache
+  // Requests failed with INTERNAL because a step produced a NaN/Inf logit for them.
+  int64_t nonfinite_logits_failures_total = 0;
   double last_step_seconds = 0.0;
 };
 

@@ -1,5 +1,6 @@
 # Engine runtime: sampler, detokenizer, KV block allocator, scheduler and the engine loop.
-foreach(name sampler detokenizer block_allocator scheduler engine prefix_cache engine_step_observer)
+foreach(name sampler detokenizer block_allocator scheduler engine prefix_cache engine_step_observer
+             engine_nonfinite)
   spqr_add_gtest(${name}_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/${name}_test.cc
                  LIBS spqr_engine_runtime LABELS unit)
 endforeach()

@@ -77,6 +77,11 @@ struct FakeControl {
   std::atomic<int> max_seqs_per_step{0};
   std::atomic<bool> fail{false};
   int32_t eos_from = -1;
+  // Logits after a context that holds `poison_token` get `poison_value` (NaN, Inf) at entry
+  // `poison_entry`: a numerical fault that hits only the sequences that saw the token.
+  int32_t poison_token = -1;
+  float poison_value = 0.0f;
+  int32_t poison_entry = 0;
 
   void Pause() {
     std::lock_guard<std::mutex> lock(mu);
@@ -131,7 +136,10 @@ class FakeBackend : public Backend {
         const int32_t last = end - s.num_logits + r;  // logits after position `last`
         std::vector<int32_t> context;
         for (int32_t p = 0; p <= last; ++p) context.push_back(pool_[Slot(s, p)]);
-        const std::vector<float> row = ReferenceLogits(context, control_->eos_from);
+        std::vector<float> row = ReferenceLogits(context, control_->eos_from);
+        if (std::find(context.begin(), context.end(), control_->poison_token) != context.end()) {
+          row[control_->poison_entry] = control_->poison_value;
+        }
         out->logits.insert(out->logits.end(), row.begin(), row.end());
       }
     }

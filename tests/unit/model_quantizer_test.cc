@@ -127,8 +127,8 @@ TEST_F(ModelQuantizerTest, DeterministicForSeedAndThreads) {
   }
 }
 
-TEST_F(ModelQuantizerTest, RefusesToOverwriteWithoutForce) {
-  fs::create_directories(job_.output_dir);
+TEST_F(ModelQuantizerTest, RefusesToOverwriteAnEarlierOutputWithoutForce) {
+  ASSERT_TRUE(QuantizeModel(job_, nullptr).ok());
   auto report = QuantizeModel(job_, nullptr);
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), absl::StatusCode::kAlreadyExists);

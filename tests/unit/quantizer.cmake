@@ -14,3 +14,11 @@ spqr_add_gtest(spqr_layer_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_layer_test
                LIBS ${quant_libs} LABELS unit quantizer)
 spqr_add_gtest(model_quantizer_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/model_quantizer_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(quantizer_output_dir_test
+               SOURCES ${CMAKE_CURRENT_LIST_DIR}/quantizer_output_dir_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
+# Runs the built tools (--help of every binary, signals during a real spqr-quantize run).
+spqr_add_gtest(quantizer_cli_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/quantizer_cli_test.cc
+               LIBS absl::strings LABELS unit quantizer)
+add_dependencies(quantizer_cli_test spqr-quantize spqr-eval spqr-server spqr-client spqr-bench-cpu
+                 spqr-bench-finite-check)

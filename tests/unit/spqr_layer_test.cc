@@ -3,6 +3,7 @@
 #include "engine/format/spqr_layer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -234,6 +235,21 @@ TEST(SpqrLayerTest, DeterministicForSameThreadCount) {
   EXPECT_EQ(std::memcmp(a->dequantized.data(), b->dequantized.data(), m * n * 4), 0);
 }
 
+TEST(SpqrLayerTest, ARaisedStopCancelsAtTheNextColumnBlock) {
+  const int64_t m = 16, n = 512;
+  const auto w = testing::RandomWeights(m, n, 71);
+  const auto h = testing::CorrelatedHessian(n, 72);
+  std::atomic<int> stop{0};
+  SpqrLayerConfig c = SpqrConfig(0.2);
+  c.stop = &stop;
+  EXPECT_TRUE(QuantizeLayer(w.data(), m, n, h.data(), c, 1).ok());
+  stop = 15;
+  auto res = QuantizeLayer(w.data(), m, n, h.data(), c, 1);
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code(), absl::StatusCode::kCancelled) << res.status();
+  EXPECT_NE(res.status().message().find("signal 15"), std::string::npos) << res.status();
+}
+
 TEST(SpqrLayerTest, ValidationNamesParameterAndValue) {
   const int64_t m = 8, n = 48;
   const auto w = testing::RandomWeights(m, n, 1);
@@ -255,7 +271,7 @@ TEST(SpqrLayerTest, ValidationNamesParameterAndValue) {
   expect(c, "stats_bits must be in 3..8 or 16, got 2");
   c = SpqrConfig(0.2);
   c.beta2 = 0;
-  expect(c, "beta2 must be >= 1, got 0");
+  expect(c, "beta2 must be in 1..1048576, got 0");
   c = SpqrConfig(0.2);
   c.method = SpqrLayerConfig::Method::kGptq;
   expect(c, "applies to method spqr only");

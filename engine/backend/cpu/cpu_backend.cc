@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/backend/cpu/attention.h"
 #include "engine/backend/cpu/embedding.h"
@@ -20,6 +23,7 @@
 #include "engine/backend/cpu/spqr_tile_layout.h"
 #include "engine/backend/cpu/swiglu.h"
 #include "engine/util/status_macros.h"
+#include "engine/util/system_memory.h"
 
 namespace spqr {
 namespace {
@@ -173,8 +177,27 @@ class CpuBackend : public Backend {
           absl::StrFormat("KV pool: num_blocks %d and block_size %d must be positive",
                           shape.num_blocks, shape.block_size));
     }
-    pool_ = cpu::PagedKvPool(c_.num_hidden_layers, c_.num_key_value_heads, c_.head_dim,
-                             shape.num_blocks, shape.block_size);
+    // The pool is zero-filled host memory: a size beyond what this process may use ends in
+    // std::bad_alloc or, with overcommit, in the OOM killer later. Refuse it here instead.
+    int64_t bytes = 0;
+    const bool overflow = __builtin_mul_overflow(
+        static_cast<int64_t>(shape.num_blocks) * shape.block_size, KvBytesPerToken(), &bytes);
+    const HostMemoryLimit limit = GetHostMemoryLimit();
+    if (overflow || (limit.bytes > 0 && bytes > limit.bytes)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "KV pool of %d blocks x %d tokens x %d bytes per token = %s bytes exceeds %s of %d "
+          "bytes; the CPU backend keeps the KV cache in host memory",
+          shape.num_blocks, shape.block_size, KvBytesPerToken(),
+          overflow ? std::string("more than 2^63") : absl::StrCat(bytes), limit.source,
+          limit.bytes));
+    }
+    try {
+      pool_ = cpu::PagedKvPool(c_.num_hidden_layers, c_.num_key_value_heads, c_.head_dim,
+                               shape.num_blocks, shape.block_size);
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("cannot allocate a KV pool of %d bytes in host memory", bytes));
+    }
     pool_shape_ = shape;
     return absl::OkStatus();
   }

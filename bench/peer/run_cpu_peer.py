@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """CPU peer benchmark: our engine against llama.cpp on the same machine, in one interleaved run.
 
-One command prepares the models (if missing), measures the machine's memory read bandwidth, then runs
---repeats rounds; each round runs every row's two engines one after the other (A B A B ...), with
-/proc/loadavg recorded before each run, because the machine is shared and only ratios from one run
-travel. Raw results go to one JSON file; bench/peer/make_peer_table.py makes the Markdown table of
-docs/cpu-performance.md from it. The method is shared/docs/peer-llamacpp.md (issue 11).
+One command prepares the models (if missing), measures the machine's memory read bandwidth, then
+runs --repeats rounds; each round runs every row's two engines one after the other (A B A B ...),
+with /proc/loadavg recorded before each run, because the machine is shared and only ratios from one
+run travel. Raw results go to one JSON file; bench/peer/make_peer_table.py makes the Markdown table
+of docs/cpu-performance.md from it (method: docs/cpu-performance.md, issue 11). Both engines run
+with the same OMP_WAIT_POLICY (default passive, see omp_env).
 
 Rows (ours / llama.cpp):
   synth dense      our bf16 synthetic model         / llama.cpp F16 GGUF of it
@@ -197,39 +198,55 @@ def build_membw(tmpdir):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_ours(build, model, threads, inner, prompts):
-    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+def omp_env(policy):
+    """The environment of every benchmark run: both engines use OpenMP (llama.cpp's ggml-cpu is
+    built with it), so both get the same OMP_WAIT_POLICY. On a shared, oversubscribed machine the
+    default (spinning) policy measures the scheduler, not the kernels: measured here on
+    models/reference, llama.cpp decode ran at 17.6 tok/s spinning and 364 tok/s passive."""
+    env = dict(os.environ)
+    if policy != "inherit":
+        env["OMP_WAIT_POLICY"] = policy
+    return env
+
+
+def env_prefix(env):
+    return f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']} " if "OMP_WAIT_POLICY" in env else ""
+
+
+def run_ours(build, model, threads, inner, prompts, env):
     cmd = [os.path.join(build, "bench", "spqr-bench-cpu"), "--model", model, "--threads",
            str(threads), "--repeats", str(inner), "--prompts", str(prompts), "--decode-context",
            str(DECODE_CONTEXT), "--decode-steps", str(DECODE_STEPS)]
     out, _, secs = run(cmd, env=env)
     j = json.loads(out)
     prefill = {p["prompt_tokens"]: p["tokens_per_second"] for p in j["prefill"]}
-    return {"command": "OMP_WAIT_POLICY=passive " + " ".join(cmd), "wall_seconds": secs,
+    return {"command": env_prefix(env) + " ".join(cmd), "wall_seconds": secs,
             "prefill_tokens": prompts, "prefill_tok_s": prefill.get(prompts),
             "decode_tok_s": j["decode"]["tokens_per_second"], "raw": j}
 
 
-def run_llama_prefill(bindir, gguf, threads, inner):
+def run_llama_prefill(bindir, gguf, threads, inner, env):
     cmd = [os.path.join(bindir, "llama-bench"), "-m", gguf, "-p", str(PREFILL_TOKENS), "-n", "0",
            "-t", str(threads), "-r", str(inner), "-o", "json"]
-    out, _, secs = run(cmd)
+    out, _, secs = run(cmd, env=env)
     j = json.loads(out)
     row = next(r for r in j if r["n_prompt"] == PREFILL_TOKENS and r["n_gen"] == 0)
-    return {"command": " ".join(cmd), "wall_seconds": secs, "prefill_tokens": PREFILL_TOKENS,
+    return {"command": env_prefix(env) + " ".join(cmd), "wall_seconds": secs,
+            "prefill_tokens": PREFILL_TOKENS,
             "prefill_tok_s": max(row["samples_ts"]), "raw": j}
 
 
-def run_llama_decode(bindir, gguf, threads, ctx):
+def run_llama_decode(bindir, gguf, threads, ctx, env):
     cmd = [os.path.join(bindir, "llama-batched-bench"), "-m", gguf, "-c", str(ctx), "-b", "512",
            "-ub", "512", "-npp", str(DECODE_CONTEXT), "-ntg", str(DECODE_STEPS), "-npl", "1",
            "-t", str(threads), "--output-format", "jsonl"]
-    out, err, secs = run(cmd)
+    out, err, secs = run(cmd, env=env)
     rows = [json.loads(line) for line in (out + "\n" + err).splitlines()
             if line.startswith("{") and '"speed_tg"' in line]
     if len(rows) != 1:
         sys.exit(f"error: expected one jsonl result from {' '.join(cmd)}, got {len(rows)}")
-    return {"command": " ".join(cmd), "wall_seconds": secs, "decode_tok_s": rows[0]["speed_tg"],
+    return {"command": env_prefix(env) + " ".join(cmd), "wall_seconds": secs,
+            "decode_tok_s": rows[0]["speed_tg"],
             "raw": rows[0]}
 
 
@@ -250,6 +267,8 @@ def main():
     ap.add_argument("--rows", default="dense,w4,w3,reference",
                     help=f"table rows to run, from {','.join(ROWS)} (w4-inf, w3-inf: our SpQR "
                     "16/16 without outliers, no llama.cpp peer)")
+    ap.add_argument("--omp-wait-policy", default="passive",
+                    help="OMP_WAIT_POLICY of both engines' runs ('inherit': leave it as it is)")
     ap.add_argument("--label", default="", help="free text stored in the JSON (e.g. preliminary)")
     ap.add_argument("--out", help="default bench/results/cpu-peer/<UTC date>[-label].json")
     args = ap.parse_args()
@@ -276,6 +295,10 @@ def main():
 
     def add(key, engine, row, label, path, kind="synth"):
         models[key] = {"engine": engine, "row": row, "label": label, "path": path, "kind": kind}
+        if engine == "ours":  # the checkpoint's bytes, embeddings included (for reference)
+            models[key]["file_bytes"] = sum(
+                os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+                if f.endswith(".safetensors"))
 
     for r in rows:
         if r == "dense":
@@ -333,6 +356,7 @@ def main():
             partner = [k for k, n in models.items() if n["engine"] == "llama.cpp" and
                        n["row"] == m["row"]]
             order += partner
+    bench_env = omp_env(args.omp_wait_policy)
     runs = []
     for rnd in range(args.repeats):
         for key in order:
@@ -340,14 +364,14 @@ def main():
             if m["engine"] == "ours":
                 steps = [("bench", lambda m=m: run_ours(
                     build, m["path"], args.threads, args.inner_repeats,
-                    128 if m["kind"] == "reference" else PREFILL_TOKENS))]
+                    128 if m["kind"] == "reference" else PREFILL_TOKENS, bench_env))]
             else:
                 ctx = 512 if m["kind"] == "reference" else 1024
                 steps = [("decode", lambda m=m, ctx=ctx: run_llama_decode(
-                    bindir, m["path"], args.threads, ctx))]
+                    bindir, m["path"], args.threads, ctx, bench_env))]
                 if m["kind"] != "reference":
                     steps.insert(0, ("prefill", lambda m=m: run_llama_prefill(
-                        bindir, m["path"], args.threads, args.inner_repeats)))
+                        bindir, m["path"], args.threads, args.inner_repeats, bench_env)))
             for what, fn in steps:
                 la = loadavg()
                 log(f"round {rnd + 1}/{args.repeats} {key} {what} (loadavg {la})")
@@ -381,9 +405,8 @@ def main():
                    "inner_repeats": args.inner_repeats, "prefill_tokens": PREFILL_TOKENS,
                    "decode_context": DECODE_CONTEXT, "decode_steps": DECODE_STEPS,
                    "reference_prefill_tokens_ours": 128,
-                   "order": order, "ours_env": "OMP_WAIT_POLICY=passive",
-                   "llama_env": "inherited (OMP_WAIT_POLICY="
-                                f"{os.environ.get('OMP_WAIT_POLICY', 'unset')})"},
+                   "order": order,
+                   "omp_wait_policy": bench_env.get("OMP_WAIT_POLICY", "(unset)")},
         "machine": {"cpu_model": cpu_model(), "nproc": os.cpu_count(), "cpu_flags": cpu_flags(),
                     "kernel": platform.release()},
         "ours": {"build": build, "git_commit": first_ours.get("git_commit"),

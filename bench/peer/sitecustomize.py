@@ -1,4 +1,4 @@
-"""Lets llama.cpp's convert_hf_to_gguf.py run on Debian 12's python3-torch 1.13 (peer benchmark only).
+"""Lets llama.cpp's convert_hf_to_gguf.py run on Debian 12's python3-torch 1.13 (peer benchmark).
 
 Put this directory first on PYTHONPATH when running the converter (bench/peer/run_cpu_peer.py does):
 Python imports `sitecustomize` at startup. Debian's torch 1.13 lacks the float8 dtype names that the
@@ -23,7 +23,8 @@ for _name in ("float8_e4m3fn", "float8_e5m2"):
 _DTYPES = {
     "F64": (np.float64, None), "F32": (np.float32, None), "F16": (np.float16, None),
     "BF16": (np.int16, torch.bfloat16), "I64": (np.int64, None), "I32": (np.int32, None),
-    "I16": (np.int16, None), "I8": (np.int8, None), "U8": (np.uint8, None), "BOOL": (np.bool_, None),
+    "I16": (np.int16, None), "I8": (np.int8, None), "U8": (np.uint8, None),
+    "BOOL": (np.bool_, None),
 }
 
 

@@ -181,9 +181,7 @@ def gguf_bytes(llama, path):
 def measure_bandwidth(exe, threads):
     threads_list = "1" if threads == 1 else f"1,{threads}"
     out, _, _ = run([exe, "--gib", "1", "--threads", threads_list, "--repeats", "5"])
-    result = json.loads(out)
-    result["loadavg_before"] = None  # filled by the caller
-    return result
+    return json.loads(out)
 
 
 def build_membw(tmpdir):

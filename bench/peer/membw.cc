@@ -102,14 +102,13 @@ int main(int argc, char** argv) {
         const size_t begin = chunks * id / nt * chunk, end = chunks * (id + 1) / nt * chunk;
         total += SumRange(a + begin, end - begin);
       }
-      const double s =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       secs.push_back(s);
       best = std::min(best, s);
       checksum = total;
     }
-    std::printf("%s{\"threads\": %d, \"best_gb_per_second\": %.3f, \"run_seconds\": [", k ? ", " : "",
-                t, n * sizeof(float) / best / 1e9);
+    std::printf("%s{\"threads\": %d, \"best_gb_per_second\": %.3f, \"run_seconds\": [",
+                k ? ", " : "", t, n * sizeof(float) / best / 1e9);
     for (size_t r = 0; r < secs.size(); ++r) std::printf("%s%.6f", r ? ", " : "", secs[r]);
     std::printf("], \"checksum\": %.6g}", checksum);
   }

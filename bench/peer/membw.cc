@@ -26,7 +26,14 @@ using Vec = __m512;
 inline Vec Zero() { return _mm512_setzero_ps(); }
 inline Vec Load(const float* p) { return _mm512_load_ps(p); }
 inline Vec Add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-inline float Reduce(Vec v) { return _mm512_reduce_add_ps(v); }
+// Not _mm512_reduce_add_ps: GCC 12's header trips -Wuninitialized on it.
+inline float Reduce(Vec v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0;
+  for (float x : t) s += x;
+  return s;
+}
 constexpr int kLanes = 16;
 #elif defined(__AVX__)
 constexpr const char* kIsa = "avx";

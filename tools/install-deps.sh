@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages the project needs to build, test and run (idempotent,
 # non-interactive). Used by the README's commands, .ci/run and the Dockerfile's builder stage.
+#   --peer  also what the llama.cpp peer benchmark needs (bench/peer/run_cpu_peer.py: its GGUF
+#           converter runs on Debian's torch); not needed to build, test or run the server.
 set -euo pipefail
 
 PACKAGES=(
@@ -11,6 +13,7 @@ PACKAGES=(
   python3 python3-numpy python3-grpcio python3-protobuf python3-sentencepiece python3-yaml
   prometheus
 )
+if [[ ${1:-} == --peer ]]; then PACKAGES+=(python3-torch python3-tqdm); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

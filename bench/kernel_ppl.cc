@@ -102,7 +102,13 @@ int Main(int argc, char** argv) {
   }
   std::stringstream buf;
   buf << in.rdbuf();
-  nlohmann::json result = {{"model", args.model}, {"text", args.text}, {"seqlen", args.seqlen}};
+  std::string loadavg;
+  std::getline(std::ifstream("/proc/loadavg"), loadavg);
+  nlohmann::json result = {{"model", args.model},
+                           {"text", args.text},
+                           {"seqlen", args.seqlen},
+                           {"threads", args.threads},
+                           {"loadavg_at_start", loadavg}};
   for (const std::string& kernel : args.kernels) {
     ModelLoadOptions options;
     options.backend = "cpu";

@@ -22,6 +22,11 @@ else
   SOURCE_SHA=$(sha256sum models/reference/model.safetensors | cut -d' ' -f1)
   if [[ ! -f "$MODEL/config.json" || "$(cat "$MODEL/source.sha256" 2>/dev/null)" != "$SOURCE_SHA" ]]; then
     echo "quickstart: quantizing models/reference -> $MODEL (first run, or the weights changed)"
+    # A copy made by an older quickstart has no spqr-quantize output marker, so --force would
+    # (rightly) refuse it; it is ours (source.sha256 says so): remove it first.
+    if [[ -f "$MODEL/source.sha256" && ! -f "$MODEL/.spqr-quantize-output" ]]; then
+      rm -rf "$MODEL"
+    fi
     "$BUILD_DIR/quantizer/spqr-quantize" --model models/reference --out "$MODEL" --force \
       --calibration models/reference/calibration.txt --method spqr --wbits 4 --beta1 16 \
       --beta2 16 --stats_bits 3 --tau 0.2 --nsamples 32 --seqlen 512 --seed 0

@@ -158,8 +158,8 @@ std::vector<ConfigKey> MakeKeys() {
        {"auto", "exact", "int8"},
        {"spqr_cpu_kernel"}},
       {SPQR_CONFIG_KEY(model.dense_cpu_kernel),
-       "dense BF16 matmul kernel of the CPU backend (auto = bf16 where the CPU has AVX512-BF16, "
-       "else exact; docs/cpu-performance.md)",
+       "dense BF16 matmul kernel of the CPU backend (auto = exact; bf16 needs AVX512-BF16; "
+       "docs/cpu-performance.md)",
        0,
        0,
        {"auto", "exact", "bf16"},

@@ -63,17 +63,18 @@ namespace spqr::emu {
 
 template <typename T>
 uint64_t ToBits(const T& v) {
-  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>,
+  // Not is_trivially_copyable: __half2 has a user-written copy assignment, yet is plain bits.
+  static_assert(sizeof(T) <= 8 && std::is_trivially_destructible_v<T>,
                 "warp intrinsics exchange values of at most 8 bytes");
   uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
+  std::memcpy(&bits, static_cast<const void*>(&v), sizeof(T));
   return bits;
 }
 
 template <typename T>
 T FromBits(uint64_t bits) {
-  T v;
-  std::memcpy(&v, &bits, sizeof(T));
+  T v{};
+  std::memcpy(static_cast<void*>(&v), &bits, sizeof(T));
   return v;
 }
 

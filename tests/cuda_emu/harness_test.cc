@@ -3,6 +3,8 @@
 // abort with a message, that shuffles/ballot follow the CUDA C++ Programming Guide, that shared
 // memory is per block and poisoned, that launch errors are reported like a GPU's, and that the
 // PTX wrappers' host references follow the PTX ISA.
+#include "engine/backend/cuda/emu/harness.h"
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -13,7 +15,6 @@
 
 #include "engine/backend/cuda/device_buffer.h"
 #include "engine/backend/cuda/device_query.h"
-#include "engine/backend/cuda/emu/harness.h"
 #include "engine/backend/cuda/launch.cuh"
 #include "engine/backend/cuda/ptx.cuh"
 #include "gmock/gmock.h"
@@ -133,19 +134,24 @@ __global__ void SharedPerBlock(int* first_read, int* after, unsigned* dynamic_fi
 }
 
 // Position of each thread in the execution order of its block.
-__global__ void RecordOrder(int* counter, int* out) {
-  out[threadIdx.x] = atomicAdd(counter, 1);
-}
+__global__ void RecordOrder(int* counter, int* out) { out[threadIdx.x] = atomicAdd(counter, 1); }
 
 __global__ void Coordinates(uint4* out) {
   const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
-  out[b * blockDim.x * blockDim.y * blockDim.z + t] =
-      make_uint4(threadIdx.x, threadIdx.y, threadIdx.z, blockIdx.x + 100 * blockIdx.y +
-                                                            10000 * blockIdx.z);
+  out[b * blockDim.x * blockDim.y * blockDim.z + t] = make_uint4(
+      threadIdx.x, threadIdx.y, threadIdx.z, blockIdx.x + 100 * blockIdx.y + 10000 * blockIdx.z);
 }
 
 __global__ void Noop(int*) {}
+
+__global__ void WriteOnePerThread(int* out) { out[threadIdx.x] = 1; }
+
+__global__ void SharedOverflow(int* out) {
+  SPQR_SHARED_ARRAY(int, s, 4);
+  s[threadIdx.x] = 1;  // 8 threads, 4 slots
+  out[0] = s[0];
+}
 
 // ---- Helpers ----
 
@@ -319,6 +325,22 @@ TEST(HarnessDeathTest, DeviceBuiltinsOutsideAKernelAbort) {
   EXPECT_DEATH((void)threadIdx.x, "threadIdx called outside a kernel");
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// Under ASan (the cuda_emu_asan ctest) every device allocation and every shared variable is its
+// own heap block, so out-of-bounds accesses in a kernel are reported where they happen.
+TEST(HarnessDeathTest, AsanCatchesAnOutOfBoundsGlobalWrite) {
+  DeviceBuffer out = Zeros<int>(31);
+  EXPECT_DEATH(SPQR_LAUNCH(WriteOnePerThread, 1, 32, 0, nullptr, out.as<int>()),
+               "heap-buffer-overflow");
+}
+
+TEST(HarnessDeathTest, AsanCatchesASharedMemoryOverflow) {
+  DeviceBuffer out = Zeros<int>(1);
+  EXPECT_DEATH(SPQR_LAUNCH(SharedOverflow, 1, 8, 0, nullptr, out.as<int>()),
+               "heap-buffer-overflow");
+}
+#endif
+
 // ---- Warp intrinsics against the Programming Guide ----
 
 // The Guide's definitions, written per lane.
@@ -375,7 +397,7 @@ TEST(HarnessTest, ShufflesMatchTheProgrammingGuide) {
 TEST(HarnessTest, BallotAllAnyCoverExactlyTheMask) {
   std::vector<int> predicate(64);
   for (int t = 0; t < 64; ++t) predicate[t] = (t * 7) % 3 == 0;
-  predicate[40] = 7;  // any non-zero value counts as true
+  predicate[40] = 7;                               // any non-zero value counts as true
   for (int t = 48; t < 64; ++t) predicate[t] = 1;  // warp 1, lanes 16-31: outside the mask
   DeviceBuffer d_pred = Upload(predicate);
   DeviceBuffer ballot = Zeros<unsigned>(64);

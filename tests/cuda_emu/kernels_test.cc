@@ -177,8 +177,8 @@ TEST_P(KernelParityTest, RopeMatchesCpuBackend) {
                         Case{3, 8, 1, 128, 0, RopeScaling::Type::kLlama3},
                         Case{2, 3, 3, 64, 1, RopeScaling::Type::kLinear},
                         Case{2, 5, 0, 64, 0, RopeScaling::Type::kNone}}) {
-    SCOPED_TRACE(::testing::Message() << "q " << c.q_heads << " kv " << c.kv_heads << " d "
-                                      << c.head_dim);
+    SCOPED_TRACE(::testing::Message()
+                 << "q " << c.q_heads << " kv " << c.kv_heads << " d " << c.head_dim);
     RopeScaling scaling;
     scaling.type = c.scaling;
     scaling.factor = c.scaling == RopeScaling::Type::kNone ? 1.0 : 8.0;
@@ -417,8 +417,7 @@ TEST_P(KernelParityTest, KernelsRanOnTheHarness) {
 INSTANTIATE_TEST_SUITE_P(Orders, KernelParityTest,
                          ::testing::Values(emu::ThreadOrder::kForward, emu::ThreadOrder::kReverse),
                          [](const ::testing::TestParamInfo<emu::ThreadOrder>& info) {
-                           return info.param == emu::ThreadOrder::kForward ? "forward"
-                                                                           : "reverse";
+                           return info.param == emu::ThreadOrder::kForward ? "forward" : "reverse";
                          });
 
 }  // namespace

@@ -39,10 +39,10 @@
   ::spqr::emu::Launch(#kernel, kernel, (grid), (block), (smem), (stream)__VA_OPT__(, ) __VA_ARGS__)
 // The tag's address (a static object per declaration and template instance) names the variable;
 // every thread of a block gets the same block-local storage.
-#define SPQR_SHARED_ARRAY(type, name, count)                                        \
-  static constexpr char spqr_shared_tag_##name = 0;                                 \
-  type(&name)[count] = *static_cast<type(*)[count]>(::spqr::emu::StaticShared(     \
-      &spqr_shared_tag_##name, sizeof(type[count]), #name))
+#define SPQR_SHARED_ARRAY(type, name, count)         \
+  static constexpr char spqr_shared_tag_##name = 0;  \
+  type(&name)[count] = *static_cast<type(*)[count]>( \
+      ::spqr::emu::StaticShared(&spqr_shared_tag_##name, sizeof(type[count]), #name))
 #define SPQR_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::spqr::emu::DynamicShared())
 

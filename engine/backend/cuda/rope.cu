@@ -5,9 +5,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 absl::Status LaunchRope(const RopeParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchRope";

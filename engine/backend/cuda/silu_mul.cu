@@ -7,9 +7,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSiluMul";
@@ -26,7 +24,8 @@ absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   RETURN_IF_ERROR(
       CheckInRange(p.output_row_stride, p.cols, int64_t{1} << 40, kOp, "output_row_stride"));
   constexpr int64_t kMaxRowsPerLaunch = 65535;
-  const unsigned col_blocks = static_cast<unsigned>((p.cols + kernels::kSiluMulThreads - 1) / kernels::kSiluMulThreads);
+  const unsigned col_blocks =
+      static_cast<unsigned>((p.cols + kernels::kSiluMulThreads - 1) / kernels::kSiluMulThreads);
   for (int64_t row0 = 0; row0 < p.rows; row0 += kMaxRowsPerLaunch) {
     SiluMulParams chunk = p;
     chunk.rows = std::min(kMaxRowsPerLaunch, p.rows - row0);

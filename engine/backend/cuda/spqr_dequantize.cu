@@ -6,9 +6,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 absl::Status LaunchSpqrDequantize(const SpqrDequantizeParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSpqrDequantize";
@@ -22,8 +20,8 @@ absl::Status LaunchSpqrDequantize(const SpqrDequantizeParams& p, cudaStream_t st
                   stream, l, static_cast<float*>(p.output));
       break;
     case DType::kF16:
-      SPQR_LAUNCH(kernels::SpqrDequantizeKernel<__half>, blocks, kernels::kSpqrDequantizeThreads,
-                  0, stream, l, static_cast<__half*>(p.output));
+      SPQR_LAUNCH(kernels::SpqrDequantizeKernel<__half>, blocks, kernels::kSpqrDequantizeThreads, 0,
+                  stream, l, static_cast<__half*>(p.output));
       break;
     default:
       return absl::InvalidArgumentError(

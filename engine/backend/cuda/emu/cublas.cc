@@ -15,9 +15,7 @@ struct EmuCublas {
   cudaStream_t stream = nullptr;
 };
 
-bool ReadableType(cudaDataType t) {
-  return t == CUDA_R_16F || t == CUDA_R_16BF || t == CUDA_R_32F;
-}
+bool ReadableType(cudaDataType t) { return t == CUDA_R_16F || t == CUDA_R_16BF || t == CUDA_R_32F; }
 
 float Load(const void* base, cudaDataType t, int64_t i) {
   switch (t) {
@@ -78,8 +76,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
   }
   const bool ta = transa != CUBLAS_OP_N;
   const bool tb = transb != CUBLAS_OP_N;
-  if (m < 0 || n < 0 || k < 0 || lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m ||
-      lda < 1 || ldb < 1 || ldc < 1) {
+  if (m < 0 || n < 0 || k < 0 || lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1 ||
+      ldb < 1 || ldc < 1) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   const float a = *static_cast<const float*>(alpha);
@@ -87,14 +85,15 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
   std::vector<float> row(k);
   for (int i = 0; i < m; ++i) {
     for (int p = 0; p < k; ++p) {
-      row[p] = Load(A, Atype, ta ? static_cast<int64_t>(i) * lda + p
-                                 : static_cast<int64_t>(p) * lda + i);
+      row[p] = Load(A, Atype,
+                    ta ? static_cast<int64_t>(i) * lda + p : static_cast<int64_t>(p) * lda + i);
     }
     for (int j = 0; j < n; ++j) {
       float acc = 0.0f;
       for (int p = 0; p < k; ++p) {
-        acc += row[p] * Load(B, Btype, tb ? static_cast<int64_t>(p) * ldb + j
-                                          : static_cast<int64_t>(j) * ldb + p);
+        acc += row[p] *
+               Load(B, Btype,
+                    tb ? static_cast<int64_t>(p) * ldb + j : static_cast<int64_t>(j) * ldb + p);
       }
       const int64_t c = static_cast<int64_t>(j) * ldc + i;
       // beta == 0 must not read C (it may hold NaN), as cuBLAS documents.

@@ -107,8 +107,8 @@ T __shfl_sync(unsigned mask, T var, int srcLane, int width = 32,
               std::source_location site = std::source_location::current()) {
   ::spqr::emu::CheckWidth("__shfl_sync", width);
   uint64_t lanes[32];
-  const int lane = ::spqr::emu::WarpExchange("__shfl_sync", mask, ::spqr::emu::ToBits(var), lanes,
-                                             site);
+  const int lane =
+      ::spqr::emu::WarpExchange("__shfl_sync", mask, ::spqr::emu::ToBits(var), lanes, site);
   const int src = (lane & ~(width - 1)) + (srcLane & (width - 1));
   return ::spqr::emu::ReadLane<T>("__shfl_sync", mask, lanes, src);
 }
@@ -119,10 +119,10 @@ T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32,
                  std::source_location site = std::source_location::current()) {
   ::spqr::emu::CheckWidth("__shfl_up_sync", width);
   uint64_t lanes[32];
-  const int lane = ::spqr::emu::WarpExchange("__shfl_up_sync", mask, ::spqr::emu::ToBits(var),
-                                             lanes, site);
-  const int src = (lane & (width - 1)) >= static_cast<int>(delta) ? lane - static_cast<int>(delta)
-                                                                  : lane;
+  const int lane =
+      ::spqr::emu::WarpExchange("__shfl_up_sync", mask, ::spqr::emu::ToBits(var), lanes, site);
+  const int src =
+      (lane & (width - 1)) >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
   return ::spqr::emu::ReadLane<T>("__shfl_up_sync", mask, lanes, src);
 }
 
@@ -132,10 +132,11 @@ T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32,
                    std::source_location site = std::source_location::current()) {
   ::spqr::emu::CheckWidth("__shfl_down_sync", width);
   uint64_t lanes[32];
-  const int lane = ::spqr::emu::WarpExchange("__shfl_down_sync", mask, ::spqr::emu::ToBits(var),
-                                             lanes, site);
-  const int src =
-      (lane & (width - 1)) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  const int lane =
+      ::spqr::emu::WarpExchange("__shfl_down_sync", mask, ::spqr::emu::ToBits(var), lanes, site);
+  const int src = (lane & (width - 1)) + static_cast<int>(delta) < width
+                      ? lane + static_cast<int>(delta)
+                      : lane;
   return ::spqr::emu::ReadLane<T>("__shfl_down_sync", mask, lanes, src);
 }
 
@@ -145,8 +146,8 @@ T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = 32,
                   std::source_location site = std::source_location::current()) {
   ::spqr::emu::CheckWidth("__shfl_xor_sync", width);
   uint64_t lanes[32];
-  const int lane = ::spqr::emu::WarpExchange("__shfl_xor_sync", mask, ::spqr::emu::ToBits(var),
-                                             lanes, site);
+  const int lane =
+      ::spqr::emu::WarpExchange("__shfl_xor_sync", mask, ::spqr::emu::ToBits(var), lanes, site);
   int src = (lane ^ laneMask) & 31;
   if (src >= ((lane / width) + 1) * width) src = lane;
   return ::spqr::emu::ReadLane<T>("__shfl_xor_sync", mask, lanes, src);
@@ -246,10 +247,12 @@ inline void __sincosf(float a, float* s, float* c) {
 }
 inline float __fdividef(float a, float b) { return a / b; }
 
-inline unsigned __float_as_uint(float f) { return ::spqr::emu::FromBits<unsigned>(
-    ::spqr::emu::ToBits(f)); }
-inline float __uint_as_float(unsigned u) { return ::spqr::emu::FromBits<float>(
-    ::spqr::emu::ToBits(u)); }
+inline unsigned __float_as_uint(float f) {
+  return ::spqr::emu::FromBits<unsigned>(::spqr::emu::ToBits(f));
+}
+inline float __uint_as_float(unsigned u) {
+  return ::spqr::emu::FromBits<float>(::spqr::emu::ToBits(u));
+}
 inline int __float_as_int(float f) { return ::spqr::emu::FromBits<int>(::spqr::emu::ToBits(f)); }
 inline float __int_as_float(int i) { return ::spqr::emu::FromBits<float>(::spqr::emu::ToBits(i)); }
 
@@ -266,8 +269,8 @@ inline unsigned __brev(unsigned x) {
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   const uint64_t v = (uint64_t{y} << 32) | x;
   unsigned r = 0;
-  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu)
-                                   << (8 * i);
+  for (int i = 0; i < 4; ++i)
+    r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
   return r;
 }
 
@@ -292,8 +295,8 @@ void SetLastLaunchError(cudaError_t error);  // defined with the runtime (runtim
 // parameter types, as a launch does, and runs the grid before returning. A configuration a GPU
 // would refuse runs nothing and is reported by cudaGetLastError(), as on a GPU.
 template <typename... KernelParams, typename... Args>
-void Launch(const char* name, void (*kernel)(KernelParams...), dim3 grid, dim3 block,
-            size_t smem, cudaStream_t stream, Args&&... args) {
+void Launch(const char* name, void (*kernel)(KernelParams...), dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(KernelParams) == sizeof...(Args), "wrong number of kernel arguments");
   (void)stream;  // every launch is synchronous: stream order is trivially kept
   using Params = std::tuple<std::decay_t<KernelParams>...>;

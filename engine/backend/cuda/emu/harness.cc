@@ -56,8 +56,10 @@ Schedule ScheduleFromEnvironment() {
     if (env[7] == ':') s.seed = std::strtoull(env + 8, nullptr, 10);
     return s;
   }
-  std::fprintf(stderr, "CUDA harness: SPQR_CUDA_EMU_ORDER='%s' is not forward, reverse or "
-                       "shuffle:<seed>\n", env);
+  std::fprintf(stderr,
+               "CUDA harness: SPQR_CUDA_EMU_ORDER='%s' is not forward, reverse or "
+               "shuffle:<seed>\n",
+               env);
   std::abort();
 }
 
@@ -103,7 +105,7 @@ struct Thread {
   Status status = Status::kRunnable;
   const char* op = nullptr;  // what it waits at (for messages)
   std::source_location site;
-  unsigned mask = 0;           // of the warp op it waits in
+  unsigned mask = 0;                 // of the warp op it waits in
   ctx::fcontext_t self = nullptr;    // the suspended fiber
   ctx::fcontext_t caller = nullptr;  // the scheduler, while the fiber runs
   char* stack = nullptr;
@@ -244,8 +246,8 @@ std::string DescribeThreads(const Block& b) {
         key = absl::StrFormat("wait in %s (%s) with mask 0x%08x", th.op, Site(th.site), th.mask);
         break;
     }
-    auto it = std::find_if(entries.begin(), entries.end(),
-                           [&](const Entry& e) { return e.key == key; });
+    auto it =
+        std::find_if(entries.begin(), entries.end(), [&](const Entry& e) { return e.key == key; });
     if (it == entries.end()) {
       entries.push_back({key, 1, &th});
     } else {
@@ -373,7 +375,8 @@ cudaError_t SetMaxDynamicSharedBytes(const void* kernel_id, int bytes) {
 cudaError_t RunGrid(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block,
                     size_t dynamic_smem_bytes, void (*body)(void*), void* closure) {
   if (t_block != nullptr) {
-    Fail(absl::StrCat("kernel ", kernel_name, " launched from inside a kernel (dynamic "
+    Fail(absl::StrCat("kernel ", kernel_name,
+                      " launched from inside a kernel (dynamic "
                       "parallelism is not emulated)"));
   }
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -494,8 +497,9 @@ int WarpExchange(const char* op, unsigned mask, uint64_t value, uint64_t* lanes,
     w.groups.push_back({mask, op, site, 0u, 0u, w.next_id++});
     it = std::prev(w.groups.end());
   } else if (std::strcmp(it->op, op) != 0) {
-    Fail(absl::StrFormat("lanes of mask 0x%08x call different warp intrinsics: %s at %s and %s at %s",
-                         mask, it->op, Site(it->site), op, Site(site)));
+    Fail(absl::StrFormat(
+        "lanes of mask 0x%08x call different warp intrinsics: %s at %s and %s at %s", mask, it->op,
+        Site(it->site), op, Site(site)));
   }
   const uint64_t id = it->id;
   w.slot[lane] = value;

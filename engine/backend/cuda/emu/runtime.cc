@@ -111,31 +111,30 @@ cudaError_t cudaGetLastError() {
 
 cudaError_t cudaPeekAtLastError() { return spqr::emu::t_last_error; }
 
-#define SPQR_EMU_ERRORS(X)                                                             \
-  X(cudaSuccess, "no error")                                                           \
-  X(cudaErrorInvalidValue, "invalid argument")                                         \
-  X(cudaErrorMemoryAllocation, "out of memory")                                        \
-  X(cudaErrorInitializationError, "initialization error")                              \
-  X(cudaErrorInvalidConfiguration, "invalid configuration argument")                   \
-  X(cudaErrorInvalidDevicePointer, "invalid device pointer")                           \
-  X(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy")              \
-  X(cudaErrorInsufficientDriver,                                                       \
-    "CUDA driver version is insufficient for CUDA runtime version")                    \
-  X(cudaErrorNoDevice, "no CUDA-capable device is detected")                           \
-  X(cudaErrorInvalidDevice, "invalid device ordinal")                                  \
-  X(cudaErrorInvalidDeviceFunction, "invalid device function")                         \
-  X(cudaErrorInvalidKernelImage, "device kernel image is invalid")                     \
+#define SPQR_EMU_ERRORS(X)                                                                       \
+  X(cudaSuccess, "no error")                                                                     \
+  X(cudaErrorInvalidValue, "invalid argument")                                                   \
+  X(cudaErrorMemoryAllocation, "out of memory")                                                  \
+  X(cudaErrorInitializationError, "initialization error")                                        \
+  X(cudaErrorInvalidConfiguration, "invalid configuration argument")                             \
+  X(cudaErrorInvalidDevicePointer, "invalid device pointer")                                     \
+  X(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy")                        \
+  X(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version") \
+  X(cudaErrorNoDevice, "no CUDA-capable device is detected")                                     \
+  X(cudaErrorInvalidDevice, "invalid device ordinal")                                            \
+  X(cudaErrorInvalidDeviceFunction, "invalid device function")                                   \
+  X(cudaErrorInvalidKernelImage, "device kernel image is invalid")                               \
   X(cudaErrorNoKernelImageForDevice, "no kernel image is available for execution on the device") \
-  X(cudaErrorInvalidResourceHandle, "invalid resource handle")                         \
-  X(cudaErrorNotReady, "device not ready")                                             \
-  X(cudaErrorIllegalAddress, "an illegal memory access was encountered")              \
-  X(cudaErrorLaunchFailure, "unspecified launch failure")                              \
-  X(cudaErrorDevicesUnavailable, "CUDA-capable device(s) is/are busy or unavailable")  \
-  X(cudaErrorSystemDriverMismatch,                                                     \
-    "system has unsupported display driver / cuda driver combination")                \
-  X(cudaErrorCompatNotSupportedOnDevice,                                               \
-    "forward compatibility was attempted on non supported HW")                         \
-  X(cudaErrorStubLibrary, "CUDA driver is a stub library")                             \
+  X(cudaErrorInvalidResourceHandle, "invalid resource handle")                                   \
+  X(cudaErrorNotReady, "device not ready")                                                       \
+  X(cudaErrorIllegalAddress, "an illegal memory access was encountered")                         \
+  X(cudaErrorLaunchFailure, "unspecified launch failure")                                        \
+  X(cudaErrorDevicesUnavailable, "CUDA-capable device(s) is/are busy or unavailable")            \
+  X(cudaErrorSystemDriverMismatch,                                                               \
+    "system has unsupported display driver / cuda driver combination")                           \
+  X(cudaErrorCompatNotSupportedOnDevice,                                                         \
+    "forward compatibility was attempted on non supported HW")                                   \
+  X(cudaErrorStubLibrary, "CUDA driver is a stub library")                                       \
   X(cudaErrorNotSupported, "operation not supported")
 
 const char* cudaGetErrorName(cudaError_t error) {

@@ -19,3 +19,9 @@ target_include_directories(cuda_emu_asan_test PRIVATE ${SPQR_ROOT})
 add_test(NAME cuda_emu_asan COMMAND cuda_emu_asan_test)
 set_tests_properties(cuda_emu_asan PROPERTIES LABELS cuda_emu TIMEOUT 600
                      ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0")
+
+# The GPU test suite (tests/gpu, written for a device) run unchanged on the harness: the same
+# parity checks against their double-precision twins, on the same shapes, without a GPU.
+file(GLOB gpu_suite_src CONFIGURE_DEPENDS ${SPQR_ROOT}/tests/gpu/*_test.cc)
+spqr_add_gtest(cuda_emu_gpu_suite_test SOURCES ${gpu_suite_src}
+               LIBS spqr_engine_cuda_emu LABELS cuda_emu)

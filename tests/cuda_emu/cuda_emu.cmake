@@ -21,7 +21,13 @@ set_tests_properties(cuda_emu_asan PROPERTIES LABELS cuda_emu TIMEOUT 600
                      ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0")
 
 # The GPU test suite (tests/gpu, written for a device) run unchanged on the harness: the same
-# parity checks against their double-precision twins, on the same shapes, without a GPU.
+# parity checks against their double-precision twins, on the same shapes, without a GPU. Its
+# threads and blocks run in a shuffled order (cuda_emu_test covers forward and reverse).
 file(GLOB gpu_suite_src CONFIGURE_DEPENDS ${SPQR_ROOT}/tests/gpu/*_test.cc)
-spqr_add_gtest(cuda_emu_gpu_suite_test SOURCES ${gpu_suite_src}
-               LIBS spqr_engine_cuda_emu LABELS cuda_emu)
+add_executable(cuda_emu_gpu_suite_test ${gpu_suite_src})
+target_link_libraries(cuda_emu_gpu_suite_test PRIVATE spqr_engine_cuda_emu GTest::gtest GTest::gmock
+                                                      GTest::gtest_main)
+target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})
+gtest_discover_tests(cuda_emu_gpu_suite_test TEST_PREFIX "emu."
+                     PROPERTIES LABELS cuda_emu ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:1"
+                                SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)

@@ -24,7 +24,7 @@ set_tests_properties(cuda_emu_asan PROPERTIES LABELS cuda_emu TIMEOUT 600
 # parity checks against their double-precision twins, on the same shapes, without a GPU. Its
 # threads and blocks run in a shuffled order (cuda_emu_test covers forward and reverse).
 file(GLOB gpu_suite_src CONFIGURE_DEPENDS ${SPQR_ROOT}/tests/gpu/*_test.cc)
-add_executable(cuda_emu_gpu_suite_test ${gpu_suite_src})
+add_executable(cuda_emu_gpu_suite_test ${gpu_suite_src} ${CMAKE_CURRENT_LIST_DIR}/ptx_probe_emu.cc)
 target_link_libraries(cuda_emu_gpu_suite_test PRIVATE spqr_engine_cuda_emu GTest::gtest GTest::gmock
                                                       GTest::gtest_main)
 target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})

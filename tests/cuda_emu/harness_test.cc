@@ -145,6 +145,16 @@ __global__ void Coordinates(uint4* out) {
 
 __global__ void Noop(int*) {}
 
+// Two rounds of __syncthreads_count/_and/_or with different predicates.
+__global__ void BarrierVotes(int* out) {
+  const int t = threadIdx.x;
+  const int count = __syncthreads_count(t % 3 == 0);
+  const int all = __syncthreads_and(t < 100);
+  const int any = __syncthreads_or(t == 37);
+  const int none = __syncthreads_or(0);
+  out[t] = count * 1000 + all * 100 + any * 10 + none;
+}
+
 __global__ void WriteOnePerThread(int* out) { out[threadIdx.x] = 1; }
 
 __global__ void SharedOverflow(int* out) {
@@ -278,6 +288,17 @@ TEST(HarnessTest, CoordinatesCoverA3dGridAndBlock) {
         }
       }
     }
+  }
+}
+
+TEST(HarnessTest, BarrierVotesCountTheBlock) {
+  for (const emu::Schedule& order : kOrders) {
+    SCOPED_TRACE(emu::ScheduleName(order));
+    emu::ScopedSchedule scoped(order);
+    DeviceBuffer out = Zeros<int>(96);
+    SPQR_LAUNCH(BarrierVotes, 1, 96, 0, nullptr, out.as<int>());
+    // 32 of 96 threads have t % 3 == 0; all are < 100; thread 37 votes yes; nobody in the last.
+    EXPECT_EQ(Download<int>(out), std::vector<int>(96, 32 * 1000 + 100 + 10 + 0));
   }
 }
 

@@ -18,7 +18,9 @@ template <uint8_t kLut>
 __host__ __device__ __forceinline__ uint32_t Lop3(uint32_t a, uint32_t b, uint32_t c) {
 #if defined(__CUDA_ARCH__)
   uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, %4;" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(kLut));
+  asm("lop3.b32 %0, %1, %2, %3, %4;"
+      : "=r"(d)
+      : "r"(a), "r"(b), "r"(c), "n"(static_cast<int>(kLut)));
   return d;
 #else
   uint32_t d = 0;

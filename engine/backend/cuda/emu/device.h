@@ -3,7 +3,8 @@
 // docs/cuda-harness.md). Included only through engine/backend/cuda/launch.cuh, never when nvcc
 // compiles.
 //
-// Provided: threadIdx/blockIdx/blockDim/gridDim/warpSize; __syncthreads (block barrier);
+// Provided: threadIdx/blockIdx/blockDim/gridDim/warpSize; __syncthreads (block barrier) and its
+// _count/_and/_or forms;
 // __syncwarp, __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync, __ballot_sync,
 // __all_sync, __any_sync (each an exchange among exactly the lanes of its mask, checked as the
 // CUDA C++ Programming Guide specifies them); __ldg; the _rn arithmetic intrinsics; rsqrtf and
@@ -54,7 +55,20 @@ inline constexpr int warpSize = 32;
 // ---- Synchronization ----
 
 inline void __syncthreads(std::source_location site = std::source_location::current()) {
-  ::spqr::emu::SyncThreads(site);
+  ::spqr::emu::SyncThreadsCount(0, site);
+}
+inline int __syncthreads_count(int predicate,
+                               std::source_location site = std::source_location::current()) {
+  return ::spqr::emu::SyncThreadsCount(predicate != 0, site);
+}
+inline int __syncthreads_or(int predicate,
+                            std::source_location site = std::source_location::current()) {
+  return ::spqr::emu::SyncThreadsCount(predicate != 0, site) > 0;
+}
+inline int __syncthreads_and(int predicate,
+                             std::source_location site = std::source_location::current()) {
+  const dim3& d = ::spqr::emu::BlockDim();
+  return ::spqr::emu::SyncThreadsCount(predicate != 0, site) == static_cast<int>(d.x * d.y * d.z);
 }
 inline void __threadfence() {}
 inline void __threadfence_block() {}

@@ -106,6 +106,7 @@ struct Thread {
   const char* op = nullptr;  // what it waits at (for messages)
   std::source_location site;
   unsigned mask = 0;                 // of the warp op it waits in
+  int predicate = 0;                 // its __syncthreads_count argument
   ctx::fcontext_t self = nullptr;    // the suspended fiber
   ctx::fcontext_t caller = nullptr;  // the scheduler, while the fiber runs
   char* stack = nullptr;
@@ -138,6 +139,7 @@ struct Block {
   size_t static_bytes = 0;
   std::unique_ptr<unsigned char[]> dynamic;
   uint64_t progress = 0;  // changes whenever some thread's state changes
+  int barrier_count = 0;  // threads with a non-zero predicate at the last released barrier
   void (*body)(void*) = nullptr;
   void* closure = nullptr;
 };
@@ -328,7 +330,13 @@ void RunBlock(Block& b, const Schedule& schedule, uint64_t block_linear) {
           FailBlock(b, "divergent __syncthreads: threads wait at different barriers");
         }
       }
-      for (Thread& th : b.threads) th.status = Status::kRunnable;
+      // No thread can reach the next barrier before every thread has left this one, so all of
+      // them read this count before it changes.
+      b.barrier_count = 0;
+      for (Thread& th : b.threads) {
+        b.barrier_count += th.predicate != 0;
+        th.status = Status::kRunnable;
+      }
       ++b.progress;
     } else if (b.progress == before) {
       FailBlock(b, "deadlock: no thread can proceed");
@@ -443,12 +451,14 @@ const dim3& GridDim() {
   return t_block->grid;
 }
 
-void SyncThreads(const std::source_location& site) {
+int SyncThreadsCount(int predicate, const std::source_location& site) {
   Thread& th = Current("__syncthreads");
   th.status = Status::kAtBarrier;
   th.site = site;
+  th.predicate = predicate;
   ++t_block->progress;
   Yield(th, false);  // the scheduler resumes it once every thread of the block has arrived
+  return t_block->barrier_count;
 }
 
 void* StaticShared(const void* tag, size_t bytes, const char* name) {

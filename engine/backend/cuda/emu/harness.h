@@ -90,7 +90,8 @@ const uint3& BlockIdx();
 const dim3& BlockDim();
 const dim3& GridDim();
 
-void SyncThreads(const std::source_location& site);
+// __syncthreads; returns how many threads of the block passed a non-zero predicate.
+int SyncThreadsCount(int predicate, const std::source_location& site);
 
 // The block's copy of the static shared variable identified by `tag` (the address of a static
 // object unique to the declaration), `bytes` long, 0xff-filled when the block first reaches it.

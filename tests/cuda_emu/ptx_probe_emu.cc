@@ -1,0 +1,9 @@
+// The PTX wrapper probe of tests/gpu compiled for the CPU harness (see tests/gpu/ptx_probe.cu).
+#include "tests/gpu/ptx_probe.cuh"
+#include "tests/gpu/ptx_probe.h"
+
+namespace spqr::testing {
+
+void LaunchPtxProbe(const uint32_t* in, uint32_t* out, int n) { LaunchPtxProbeKernel(in, out, n); }
+
+}  // namespace spqr::testing

@@ -5,6 +5,7 @@
 // PTX wrappers' host references follow the PTX ISA.
 #include "engine/backend/cuda/emu/harness.h"
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -452,6 +453,25 @@ TEST(HarnessTest, ShufflesCarry64BitAndHalf2Values) {
     EXPECT_EQ(__low2float(h[l]), static_cast<float>(l ^ 1));
     EXPECT_EQ(__high2float(h[l]), -static_cast<float>(l ^ 1));
   }
+}
+
+// The toolkit's half types on the host, plus the fused multiply-adds the harness adds (they are
+// device-only in cuda_fp16.h).
+TEST(HarnessTest, HalfArithmeticWorksOnTheHost) {
+  const __half a = __float2half(1.5f), b = __float2half(2.25f), c = __float2half(-0.5f);
+  EXPECT_EQ(__half2float(__hadd(a, b)), 3.75f);
+  EXPECT_EQ(__half2float(__hmul(a, b)), 3.375f);
+  EXPECT_EQ(__half2float(__hfma(a, b, c)), 2.875f);
+  // Fused, i.e. one rounding: x = 1 + 2^-10, x * x - (1 + 2^-9) = 2^-20 exactly (an fp16
+  // subnormal), where rounding the product first would give 0.
+  const __half x1 = __float2half(1.0f + 1.0f / 1024);
+  EXPECT_EQ(__half2float(__hfma(x1, x1, __float2half(-(1.0f + 1.0f / 512)))), 1.0f / (1 << 20));
+  const __half2 x = __floats2half2_rn(1.0f, 2.0f), y = __floats2half2_rn(3.0f, 4.0f);
+  const __half2 z = __hfma2(x, y, x);
+  EXPECT_EQ(__low2float(z), 4.0f);
+  EXPECT_EQ(__high2float(z), 10.0f);
+  const __nv_bfloat16 p = __float2bfloat16(1.5f);
+  EXPECT_EQ(__bfloat162float(__hfma(p, p, p)), 3.75f);
 }
 
 // ---- Shared memory ----

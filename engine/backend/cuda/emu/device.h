@@ -261,6 +261,28 @@ inline void __sincosf(float a, float* s, float* c) {
 }
 inline float __fdividef(float a, float b) { return a / b; }
 
+// Fused multiply-add of 16-bit values, device-only in cuda_fp16.h / cuda_bf16.h: a * b + c formed
+// in double (the product of two 16-bit values is exact; the sum is exact unless the exponents are
+// more than ~30 apart) and rounded once to the 16-bit type.
+inline __half __hfma(__half a, __half b, __half c) {
+  return __double2half(std::fma(static_cast<double>(__half2float(a)),
+                                static_cast<double>(__half2float(b)),
+                                static_cast<double>(__half2float(c))));
+}
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  return __halves2half2(__hfma(__low2half(a), __low2half(b), __low2half(c)),
+                        __hfma(__high2half(a), __high2half(b), __high2half(c)));
+}
+inline __nv_bfloat16 __hfma(__nv_bfloat16 a, __nv_bfloat16 b, __nv_bfloat16 c) {
+  return __double2bfloat16(std::fma(static_cast<double>(__bfloat162float(a)),
+                                    static_cast<double>(__bfloat162float(b)),
+                                    static_cast<double>(__bfloat162float(c))));
+}
+inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) {
+  return __halves2bfloat162(__hfma(__low2bfloat16(a), __low2bfloat16(b), __low2bfloat16(c)),
+                            __hfma(__high2bfloat16(a), __high2bfloat16(b), __high2bfloat16(c)));
+}
+
 inline unsigned __float_as_uint(float f) {
   return ::spqr::emu::FromBits<unsigned>(::spqr::emu::ToBits(f));
 }

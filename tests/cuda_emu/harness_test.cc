@@ -146,6 +146,23 @@ __global__ void Coordinates(uint4* out) {
 
 __global__ void Noop(int*) {}
 
+// 32 threads each copy 2 x 16 bytes of a 256-int tile into shared memory with cp.async, in two
+// commit groups; kMode 0 waits for neither, 1 for the first (wait_group 1), 2 for both.
+template <int kMode>
+__global__ void CpAsyncTile(const int* in, int* out) {
+  SPQR_SHARED_ARRAY(int4, tile4, 64);
+  int* tile = reinterpret_cast<int*>(tile4);
+  const int t = threadIdx.x;
+  CpAsync<16>(tile + 4 * t, in + 4 * t);
+  CpAsyncCommit();
+  CpAsync<16>(tile + 128 + 4 * t, in + 128 + 4 * t);
+  CpAsyncCommit();
+  if (kMode == 1) CpAsyncWait<1>();
+  if (kMode == 2) CpAsyncWait<0>();
+  __syncthreads();
+  for (int i = 0; i < 8; ++i) out[8 * t + i] = tile[8 * t + i];
+}
+
 // Two rounds of __syncthreads_count/_and/_or with different predicates.
 __global__ void BarrierVotes(int* out) {
   const int t = threadIdx.x;
@@ -490,6 +507,25 @@ TEST(HarnessTest, SharedMemoryIsPerBlockAndPoisoned) {
     EXPECT_EQ(Download<unsigned>(dyn), std::vector<unsigned>(5, 0xffffffffu));
     const std::vector<int> a = Download<int>(after);
     for (int i = 0; i < 5 * 64; ++i) EXPECT_EQ(a[i], i / 64);
+  }
+}
+
+TEST(HarnessTest, CpAsyncLandsOnlyWhenItsGroupIsWaitedFor) {
+  std::vector<int> in(256);
+  std::iota(in.begin(), in.end(), 0);
+  DeviceBuffer d_in = Upload(in);
+  std::vector<int> first_half = in;
+  std::fill(first_half.begin() + 128, first_half.end(), -1);
+  for (const emu::Schedule& order : kOrders) {
+    SCOPED_TRACE(emu::ScheduleName(order));
+    emu::ScopedSchedule scoped(order);
+    DeviceBuffer none = Zeros<int>(256), first = Zeros<int>(256), both = Zeros<int>(256);
+    SPQR_LAUNCH(CpAsyncTile<0>, 1, 32, 0, nullptr, d_in.as<int>(), none.as<int>());
+    SPQR_LAUNCH(CpAsyncTile<1>, 1, 32, 0, nullptr, d_in.as<int>(), first.as<int>());
+    SPQR_LAUNCH(CpAsyncTile<2>, 1, 32, 0, nullptr, d_in.as<int>(), both.as<int>());
+    EXPECT_EQ(Download<int>(none), std::vector<int>(256, -1));  // still the poison
+    EXPECT_EQ(Download<int>(first), first_half);
+    EXPECT_EQ(Download<int>(both), in);
   }
 }
 

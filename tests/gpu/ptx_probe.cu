@@ -5,4 +5,6 @@ namespace spqr::testing {
 
 void LaunchPtxProbe(const uint32_t* in, uint32_t* out, int n) { LaunchPtxProbeKernel(in, out, n); }
 
+void LaunchCpAsyncProbe(const int* in, int* out) { LaunchCpAsyncProbeKernel(in, out); }
+
 }  // namespace spqr::testing

@@ -26,6 +26,27 @@ __global__ void PtxProbeKernel(const uint32_t* in, uint32_t* out, int n) {
   o[4] = Prmt(a, b, s);
 }
 
+// cp.async: 32 threads copy a 256-int tile to shared memory in two commit groups, wait for both,
+// and write the tile back out.
+__global__ void CpAsyncProbeKernel(const int* in, int* out) {
+  SPQR_SHARED_ARRAY(int4, tile4, 64);  // int4: the 16-byte alignment cp.async needs
+  int* tile = reinterpret_cast<int*>(tile4);
+  const int t = threadIdx.x;
+  CpAsync<16>(tile + 4 * t, in + 4 * t);
+  CpAsyncCommit();
+  CpAsync<8>(tile + 128 + 4 * t, in + 128 + 4 * t);
+  CpAsync<4>(tile + 130 + 4 * t, in + 130 + 4 * t);
+  CpAsync<4>(tile + 131 + 4 * t, in + 131 + 4 * t);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  for (int i = 0; i < 8; ++i) out[8 * t + i] = tile[8 * t + i];
+}
+
+inline void LaunchCpAsyncProbeKernel(const int* in, int* out) {
+  SPQR_LAUNCH(CpAsyncProbeKernel, 1, 32, 0, nullptr, in, out);
+}
+
 inline void LaunchPtxProbeKernel(const uint32_t* in, uint32_t* out, int n) {
   SPQR_LAUNCH(PtxProbeKernel, (n + 63) / 64, 64, 0, nullptr, in, out, n);
 }

@@ -43,5 +43,21 @@ TEST(PtxWrappersTest, DeviceInstructionsMatchHostReferences) {
   }
 }
 
+TEST(PtxWrappersTest, CpAsyncCopiesATileThroughSharedMemory) {
+  SPQR_SKIP_WITHOUT_CUDA_DEVICE();
+  std::vector<int> in(256);
+  for (int i = 0; i < 256; ++i) in[i] = 1000 + 7 * i;
+  absl::StatusOr<DeviceBuffer> d_in = DeviceBuffer::FromVector(in);
+  ASSERT_TRUE(d_in.ok()) << d_in.status();
+  absl::StatusOr<DeviceBuffer> d_out = DeviceBuffer::Allocate(256 * sizeof(int));
+  ASSERT_TRUE(d_out.ok()) << d_out.status();
+  testing::LaunchCpAsyncProbe(d_in->as<int>(), d_out->as<int>());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  absl::StatusOr<std::vector<int>> out = d_out->ToVector<int>();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, in);
+}
+
 }  // namespace
 }  // namespace spqr

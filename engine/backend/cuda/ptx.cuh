@@ -8,6 +8,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
+
+#if !defined(__CUDACC__) && defined(SPQR_CUDA_EMU)
+#include "engine/backend/cuda/emu/harness.h"
+#endif
 
 namespace spqr {
 
@@ -50,6 +55,50 @@ __host__ __device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t b, uint32
     d |= byte << (8 * i);
   }
   return d;
+#endif
+}
+
+// cp.async (sm_80+): copies kBytes (4, 8 or 16; both addresses aligned to it) from global to
+// shared memory without blocking the thread. The data is only guaranteed in shared memory after
+// CpAsyncWait<N>() has retired its group (and, for other threads to read it, a __syncthreads).
+// Under the CPU harness the copy really is deferred: the source is read when the copy is issued
+// and shared memory written only when its group is waited for, so a missing commit/wait reads
+// the 0xff poison. Plain host code (no harness) copies at once.
+template <int kBytes>
+__device__ __forceinline__ void CpAsync(void* shared_dst, const void* global_src) {
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
+#if defined(__CUDA_ARCH__)
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(global_src),
+                 "n"(kBytes));
+  }
+#elif defined(SPQR_CUDA_EMU)
+  ::spqr::emu::CpAsyncIssue(shared_dst, global_src, kBytes);
+#else
+  std::memcpy(shared_dst, global_src, kBytes);
+#endif
+}
+
+// cp.async.commit_group: the thread's cp.async issued since the last commit form one group.
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#elif defined(SPQR_CUDA_EMU)
+  ::spqr::emu::CpAsyncCommit();
+#endif
+}
+
+// cp.async.wait_group N: returns once at most the N most recent committed groups of this thread
+// are still in flight.
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#elif defined(SPQR_CUDA_EMU)
+  ::spqr::emu::CpAsyncWait(N);
 #endif
 }
 

@@ -99,14 +99,23 @@ class StackPool {
 
 enum class Status { kRunnable, kAtBarrier, kInWarpOp, kExited };
 
+struct PendingCopy {
+  void* dst;
+  unsigned char data[16];
+  int bytes;
+  int64_t group;  // -1 while not committed
+};
+
 struct Thread {
   uint3 idx{};
   int linear = 0;
   Status status = Status::kRunnable;
   const char* op = nullptr;  // what it waits at (for messages)
   std::source_location site;
-  unsigned mask = 0;                 // of the warp op it waits in
-  int predicate = 0;                 // its __syncthreads_count argument
+  unsigned mask = 0;                // of the warp op it waits in
+  int predicate = 0;                // its __syncthreads_count argument
+  std::vector<PendingCopy> copies;  // cp.async not yet waited for
+  int64_t committed_groups = 0;
   ctx::fcontext_t self = nullptr;    // the suspended fiber
   ctx::fcontext_t caller = nullptr;  // the scheduler, while the fiber runs
   char* stack = nullptr;
@@ -540,6 +549,40 @@ int WarpExchange(const char* op, unsigned mask, uint64_t value, uint64_t* lanes,
   }
   th.status = Status::kRunnable;
   return lane;
+}
+
+void CpAsyncIssue(void* dst, const void* src, int bytes) {
+  Thread& th = Current("cp.async");
+  if (bytes != 4 && bytes != 8 && bytes != 16) Fail("cp.async copies 4, 8 or 16 bytes");
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 ||
+      reinterpret_cast<uintptr_t>(src) % bytes != 0) {
+    Fail(absl::StrFormat("cp.async of %d bytes with a misaligned address", bytes));
+  }
+  PendingCopy c{dst, {}, bytes, -1};
+  std::memcpy(c.data, src, bytes);
+  th.copies.push_back(c);
+}
+
+void CpAsyncCommit() {
+  Thread& th = Current("cp.async.commit_group");
+  ++th.committed_groups;
+  for (PendingCopy& c : th.copies) {
+    if (c.group < 0) c.group = th.committed_groups;
+  }
+}
+
+void CpAsyncWait(int n) {
+  Thread& th = Current("cp.async.wait_group");
+  const int64_t last_done = th.committed_groups - n;
+  std::vector<PendingCopy> still;
+  for (const PendingCopy& c : th.copies) {
+    if (c.group >= 0 && c.group <= last_done) {
+      std::memcpy(c.dst, c.data, c.bytes);
+    } else {
+      still.push_back(c);
+    }
+  }
+  th.copies.swap(still);
 }
 
 void Fail(const std::string& message) {

@@ -106,6 +106,13 @@ void* DynamicShared();
 int WarpExchange(const char* op, unsigned mask, uint64_t value, uint64_t* lanes,
                  const std::source_location& site);
 
+// cp.async for the calling thread (engine/backend/cuda/ptx.cuh): Issue reads `bytes` from `src`
+// now and queues the write to `dst`; Commit closes the current group; Wait(n) performs the writes
+// of all but the n most recently committed groups. Writes never waited for are dropped at exit.
+void CpAsyncIssue(void* dst, const void* src, int bytes);
+void CpAsyncCommit();
+void CpAsyncWait(int n);
+
 // Prints "CUDA harness: <message>" with the kernel, block and thread when called from a kernel,
 // then aborts.
 [[noreturn]] void Fail(const std::string& message);

@@ -3,6 +3,8 @@
 // CPU harness uses. Compiled by nvcc in ptx_probe.cu and by g++ in tests/cuda_emu/ptx_probe_emu.cc.
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "engine/backend/cuda/launch.cuh"
@@ -41,6 +43,37 @@ __global__ void CpAsyncProbeKernel(const int* in, int* out) {
   CpAsyncWait<0>();
   __syncthreads();
   for (int i = 0; i < 8; ++i) out[8 * t + i] = tile[8 * t + i];
+}
+
+// One warp: D = A B + C for A 16x16 fp16 row-major (loaded with ldmatrix from shared memory),
+// B 16x8 fp16 given as B^T (8x16 row-major: mma's "col" layout, fragments read directly) and C,
+// D 16x8 fp32 row-major, through mma.m16n8k16.
+__global__ void MmaProbeKernel(const __half* a, const __half* bt, const float* c, float* d) {
+  SPQR_SHARED_ARRAY(int4, a_tile4, 32);  // 256 halves, 16-byte aligned rows for ldmatrix
+  __half* a_tile = reinterpret_cast<__half*>(a_tile4);
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) a_tile[i] = a[i];
+  __syncwarp();
+  const int quarter = lane / 8;  // (rows 0-7 | 8-15) x (cols 0-7 | 8-15), rows varying first
+  const int row = lane % 8 + (quarter % 2) * 8;
+  const int col = (quarter / 2) * 8;
+  uint32_t af[4];
+  LdMatrixX4(af, a_tile + row * 16 + col);
+  const int g = lane / 4, t = lane % 4;
+  const uint32_t bf[2] = {*reinterpret_cast<const uint32_t*>(bt + g * 16 + 2 * t),
+                          *reinterpret_cast<const uint32_t*>(bt + g * 16 + 2 * t + 8)};
+  const float cf[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
+                       c[(g + 8) * 8 + 2 * t + 1]};
+  float df[4];
+  MmaM16N8K16F16F32(df, af, bf, cf);
+  d[g * 8 + 2 * t] = df[0];
+  d[g * 8 + 2 * t + 1] = df[1];
+  d[(g + 8) * 8 + 2 * t] = df[2];
+  d[(g + 8) * 8 + 2 * t + 1] = df[3];
+}
+
+inline void LaunchMmaProbeKernel(const __half* a, const __half* bt, const float* c, float* d) {
+  SPQR_LAUNCH(MmaProbeKernel, 1, 32, 0, nullptr, a, bt, c, d);
 }
 
 inline void LaunchCpAsyncProbeKernel(const int* in, int* out) {

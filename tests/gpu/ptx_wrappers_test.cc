@@ -4,11 +4,13 @@
 // present.
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <random>
 #include <vector>
 
 #include "engine/backend/cuda/device_buffer.h"
 #include "engine/backend/cuda/ptx.cuh"
+#include "engine/util/half.h"
 #include "gtest/gtest.h"
 #include "tests/gpu/cuda_test_support.h"
 #include "tests/gpu/ptx_probe.h"
@@ -57,6 +59,42 @@ TEST(PtxWrappersTest, CpAsyncCopiesATileThroughSharedMemory) {
   absl::StatusOr<std::vector<int>> out = d_out->ToVector<int>();
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(*out, in);
+}
+
+// ldmatrix + mma against a double-precision product: checks the fragment layouts ptx.cuh
+// documents (on a GPU, the hardware's; on the harness, its reference's consistency).
+TEST(PtxWrappersTest, LdMatrixAndMmaComputeATileProduct) {
+  SPQR_SKIP_WITHOUT_CUDA_DEVICE();
+  std::mt19937 rng(testing::FreshSeed());
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<uint16_t> a(256), bt(128);
+  std::vector<float> af(256), btf(128), c(128);
+  for (int i = 0; i < 256; ++i) af[i] = F16ToF32(a[i] = F32ToF16(u(rng)));
+  for (int i = 0; i < 128; ++i) btf[i] = F16ToF32(bt[i] = F32ToF16(u(rng)));
+  for (float& v : c) v = u(rng);
+  absl::StatusOr<DeviceBuffer> d_a = DeviceBuffer::FromVector(a);
+  absl::StatusOr<DeviceBuffer> d_bt = DeviceBuffer::FromVector(bt);
+  absl::StatusOr<DeviceBuffer> d_c = DeviceBuffer::FromVector(c);
+  absl::StatusOr<DeviceBuffer> d_d = DeviceBuffer::Allocate(128 * sizeof(float));
+  ASSERT_TRUE(d_a.ok() && d_bt.ok() && d_c.ok() && d_d.ok());
+  ASSERT_TRUE(d_d->Fill(0xff).ok());
+  testing::LaunchMmaProbe(d_a->as<uint16_t>(), d_bt->as<uint16_t>(), d_c->as<float>(),
+                          d_d->as<float>());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  absl::StatusOr<std::vector<float>> d = d_d->ToVector<float>();
+  ASSERT_TRUE(d.ok()) << d.status();
+  for (int m = 0; m < 16; ++m) {
+    for (int n = 0; n < 8; ++n) {
+      double want = c[m * 8 + n], magnitude = std::abs(want);
+      for (int k = 0; k < 16; ++k) {
+        want += double{af[m * 16 + k]} * btf[n * 16 + k];
+        magnitude += std::abs(double{af[m * 16 + k]} * btf[n * 16 + k]);
+      }
+      // fp32 accumulation of 17 terms, in whatever order and rounding the tensor core uses.
+      EXPECT_NEAR((*d)[m * 8 + n], want, 17 * std::ldexp(magnitude, -22)) << m << "," << n;
+    }
+  }
 }
 
 }  // namespace

@@ -10,6 +10,11 @@ set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIS
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 
+add_test(NAME cuda_emu_env_order
+         COMMAND cuda_emu_test --gtest_filter=HarnessTest.InitialScheduleComesFromTheEnvironment)
+set_tests_properties(cuda_emu_env_order PROPERTIES LABELS cuda_emu
+                                                   ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:42")
+
 add_executable(cuda_emu_asan_test ${cuda_emu_tests})
 target_link_libraries(cuda_emu_asan_test PRIVATE spqr_engine_cuda_emu_asan spqr_engine_cpu
                                                  GTest::gtest GTest::gmock GTest::gtest_main)

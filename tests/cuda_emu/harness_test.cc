@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -284,6 +285,14 @@ TEST(HarnessTest, ThreadOrderIsForwardReverseOrShuffled) {
       EXPECT_EQ(got, forward);  // still a permutation: each thread ran exactly once
     }
   }
+}
+
+// The initial schedule is SPQR_CUDA_EMU_ORDER's (the ctest cuda_emu_env_order sets it to
+// "shuffle:42"; unset means forward).
+TEST(HarnessTest, InitialScheduleComesFromTheEnvironment) {
+  const char* env = std::getenv("SPQR_CUDA_EMU_ORDER");
+  const std::string want = env == nullptr ? "forward" : env;
+  EXPECT_EQ(emu::ScheduleName(emu::GetSchedule()), want);
 }
 
 TEST(HarnessTest, CoordinatesCoverA3dGridAndBlock) {

@@ -6,8 +6,6 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
-namespace {}  // namespace
-
 absl::Status LaunchSpqrDequantize(const SpqrDequantizeParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSpqrDequantize";
   const SpqrLayerDeviceView& l = p.layer;

@@ -5,6 +5,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
+
 absl::Status LaunchRope(const RopeParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchRope";
   RETURN_IF_ERROR(CheckInRange(p.num_tokens, 0, kMaxKernelRows, kOp, "num_tokens"));

@@ -7,6 +7,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
+
 absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSiluMul";
   // gridDim.y is limited to 65535 rows per launch; larger batches are split below.

@@ -6,6 +6,7 @@
 #include "engine/util/status_macros.h"
 
 namespace spqr {
+
 absl::Status LaunchSpqrDequantize(const SpqrDequantizeParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSpqrDequantize";
   const SpqrLayerDeviceView& l = p.layer;

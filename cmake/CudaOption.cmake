@@ -28,3 +28,26 @@ if(NOT SPQR_CUDA STREQUAL "OFF")
   endif()
 endif()
 message(STATUS "SpQR CUDA backend: ${SPQR_WITH_CUDA}")
+
+# SPQR_CUDA_EMU=ON|OFF|AUTO: the CPU execution harness for the CUDA code (docs/cuda-harness.md).
+# It needs the toolkit's headers (not nvcc, not a GPU) and Boost.Context; AUTO builds it when both
+# are found.
+set(SPQR_CUDA_EMU "AUTO" CACHE STRING "Build the CPU harness for the CUDA code: ON, OFF or AUTO")
+set_property(CACHE SPQR_CUDA_EMU PROPERTY STRINGS ON OFF AUTO)
+set(SPQR_WITH_CUDA_EMU OFF)
+if(NOT SPQR_CUDA_EMU STREQUAL "OFF")
+  if(NOT CUDAToolkit_FOUND)
+    if(NOT CUDAToolkit_ROOT AND EXISTS /usr/local/cuda/include/cuda_runtime.h)
+      set(CUDAToolkit_ROOT /usr/local/cuda)
+    endif()
+    find_package(CUDAToolkit QUIET)
+  endif()
+  find_package(boost_context CONFIG QUIET)
+  if(CUDAToolkit_FOUND AND boost_context_FOUND)
+    set(SPQR_WITH_CUDA_EMU ON)
+  elseif(SPQR_CUDA_EMU STREQUAL "ON")
+    message(FATAL_ERROR "SPQR_CUDA_EMU=ON needs the CUDA toolkit headers (found: ${CUDAToolkit_FOUND})"
+                        " and Boost.Context, libboost-context-dev (found: ${boost_context_FOUND})")
+  endif()
+endif()
+message(STATUS "SpQR CUDA CPU harness: ${SPQR_WITH_CUDA_EMU}")

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/cast_f32.cuh"
+#include "engine/backend/cuda/cast_f32_kernel.cuh"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/util/status_macros.h"
@@ -12,25 +13,8 @@
 namespace spqr {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kernels::kCastF32Threads;
 constexpr int64_t kMaxBlocks = 65536;  // grid-stride beyond this: enough to fill any current GPU
-
-__device__ __forceinline__ void Store(__half* out, int64_t i, float v) {
-  out[i] = __float2half_rn(v);
-}
-__device__ __forceinline__ void Store(__nv_bfloat16* out, int64_t i, float v) {
-  out[i] = __float2bfloat16_rn(v);
-}
-
-template <typename OutT>
-__global__ void __launch_bounds__(kThreads)
-    CastF32Kernel(const float* __restrict__ input, OutT* __restrict__ output, int64_t count) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
-       i += stride) {
-    Store(output, i, input[i]);
-  }
-}
 
 }  // namespace
 
@@ -44,12 +28,12 @@ absl::Status LaunchCastF32(const CastF32Params& p, cudaStream_t stream) {
       static_cast<unsigned>(std::min(kMaxBlocks, (p.count + kThreads - 1) / kThreads));
   switch (p.output_dtype) {
     case DType::kF16:
-      CastF32Kernel<<<blocks, kThreads, 0, stream>>>(p.input, static_cast<__half*>(p.output),
-                                                     p.count);
+      SPQR_LAUNCH(kernels::CastF32Kernel<__half>, blocks, kThreads, 0, stream, p.input,
+                  static_cast<__half*>(p.output), p.count);
       break;
     case DType::kBF16:
-      CastF32Kernel<<<blocks, kThreads, 0, stream>>>(p.input, static_cast<__nv_bfloat16*>(p.output),
-                                                     p.count);
+      SPQR_LAUNCH(kernels::CastF32Kernel<__nv_bfloat16>, blocks, kThreads, 0, stream, p.input,
+                  static_cast<__nv_bfloat16*>(p.output), p.count);
       break;
     default:
       return absl::InvalidArgumentError(

@@ -18,7 +18,9 @@ __global__ void ProbeKernel(int* out) {
 // Fills info->can_run_kernels; the current device must be info->ordinal.
 void CheckKernelImage(CudaDeviceInfo* info) {
   cudaFuncAttributes attributes{};
-  const cudaError_t error = cudaFuncGetAttributes(&attributes, ProbeKernel);
+  // The C entry point (not the template overload), so the CPU harness's g++ build compiles it too.
+  const cudaError_t error =
+      cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(ProbeKernel));
   if (error == cudaSuccess) {
     info->can_run_kernels = true;
     return;

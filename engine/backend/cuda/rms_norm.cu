@@ -1,55 +1,18 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/backend/cuda/rms_norm.cuh"
+#include "engine/backend/cuda/rms_norm_kernel.cuh"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
 namespace {
 
-constexpr int kThreads = 256;
-
-__device__ __forceinline__ float LoadWeight(const __half* w, int64_t i) {
-  return __half2float(w[i]);
-}
-__device__ __forceinline__ float LoadWeight(const __nv_bfloat16* w, int64_t i) {
-  return __bfloat162float(w[i]);
-}
-__device__ __forceinline__ float LoadWeight(const float* w, int64_t i) { return w[i]; }
-
-// One block per row: each thread sums the squares of a strided slice, the block reduces through
-// warp shuffles and one shared-memory hop, then every thread scales its slice.
-template <typename WeightT>
-__global__ void __launch_bounds__(kThreads)
-    RmsNormKernel(const float* input, const WeightT* __restrict__ weight, float* output,
-                  int64_t dim, int64_t in_stride, int64_t out_stride, float eps) {
-  const float* x = input + blockIdx.x * in_stride;
-  float* y = output + blockIdx.x * out_stride;
-  float sum = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) sum += x[i] * x[i];
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  __shared__ float warp_sums[kThreads / 32];
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = sum;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
-  const float scale = rsqrtf(total / static_cast<float>(dim) + eps);
-  // Reading x again (rather than caching it in registers) keeps any dim supported; the row is
-  // still in L1/L2 from the first pass.
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads)
-    y[i] = LoadWeight(weight, i) * (x[i] * scale);
-}
-
 template <typename WeightT>
 void Launch(const RmsNormParams& p, cudaStream_t stream) {
-  RmsNormKernel<WeightT><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(
-      p.input, static_cast<const WeightT*>(p.weight), p.output, p.dim, p.input_row_stride,
-      p.output_row_stride, p.eps);
+  SPQR_LAUNCH(kernels::RmsNormKernel<WeightT>, static_cast<unsigned>(p.rows),
+              kernels::kRmsNormThreads, 0, stream, p.input, static_cast<const WeightT*>(p.weight),
+              p.output, p.dim, p.input_row_stride, p.output_row_stride, p.eps);
 }
 
 }  // namespace

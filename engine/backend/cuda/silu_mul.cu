@@ -3,25 +3,10 @@
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/backend/cuda/silu_mul.cuh"
+#include "engine/backend/cuda/silu_mul_kernel.cuh"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
-namespace {
-
-constexpr int kThreads = 256;
-
-// Grid: x over column tiles, y over rows (so no division per element). expf, not __expf: the fast
-// form's error grows with |g| and this must match the CPU twin closely.
-__global__ void __launch_bounds__(kThreads) SiluMulKernel(SiluMulParams p) {
-  const int64_t row = blockIdx.y;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (col >= p.cols) return;
-  const float g = p.gate[row * p.gate_row_stride + col];
-  const float u = p.up[row * p.up_row_stride + col];
-  p.output[row * p.output_row_stride + col] = g / (1.0f + expf(-g)) * u;
-}
-
-}  // namespace
 
 absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   constexpr char kOp[] = "LaunchSiluMul";
@@ -38,7 +23,8 @@ absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
   RETURN_IF_ERROR(
       CheckInRange(p.output_row_stride, p.cols, int64_t{1} << 40, kOp, "output_row_stride"));
   constexpr int64_t kMaxRowsPerLaunch = 65535;
-  const unsigned col_blocks = static_cast<unsigned>((p.cols + kThreads - 1) / kThreads);
+  const unsigned col_blocks =
+      static_cast<unsigned>((p.cols + kernels::kSiluMulThreads - 1) / kernels::kSiluMulThreads);
   for (int64_t row0 = 0; row0 < p.rows; row0 += kMaxRowsPerLaunch) {
     SiluMulParams chunk = p;
     chunk.rows = std::min(kMaxRowsPerLaunch, p.rows - row0);
@@ -46,7 +32,7 @@ absl::Status LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
     chunk.up += row0 * p.up_row_stride;
     chunk.output += row0 * p.output_row_stride;
     const dim3 grid(col_blocks, static_cast<unsigned>(chunk.rows));
-    SiluMulKernel<<<grid, kThreads, 0, stream>>>(chunk);
+    SPQR_LAUNCH(kernels::SiluMulKernel, grid, kernels::kSiluMulThreads, 0, stream, chunk);
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();

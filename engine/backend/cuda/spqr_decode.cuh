@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "engine/backend/cuda/launch.cuh"
 #include "engine/backend/cuda/spqr_device_layer.h"
 
 namespace spqr {

@@ -1,0 +1,38 @@
+# Tests on the CPU harness for the CUDA code (label cuda_emu; docs/cuda-harness.md): the harness's
+# own behaviour, and the CUDA kernels against the CPU backend's ops, run without a GPU. The same
+# two test files are also built with AddressSanitizer (harness, kernels and tests instrumented)
+# and registered as one ctest, cuda_emu_asan.
+if(NOT SPQR_WITH_CUDA_EMU)
+  return()
+endif()
+
+set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc)
+spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
+               LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
+
+add_test(NAME cuda_emu_env_order
+         COMMAND cuda_emu_test --gtest_filter=HarnessTest.InitialScheduleComesFromTheEnvironment)
+set_tests_properties(cuda_emu_env_order PROPERTIES LABELS cuda_emu
+                                                   ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:42")
+
+add_executable(cuda_emu_asan_test ${cuda_emu_tests})
+target_link_libraries(cuda_emu_asan_test PRIVATE spqr_engine_cuda_emu_asan spqr_engine_cpu
+                                                 GTest::gtest GTest::gmock GTest::gtest_main)
+target_include_directories(cuda_emu_asan_test PRIVATE ${SPQR_ROOT})
+# One ctest for the whole binary (its death tests fork, which is slow under ASan when each case
+# is its own process). detect_leaks=0: LeakSanitizer needs ptrace, which containers often deny.
+add_test(NAME cuda_emu_asan COMMAND cuda_emu_asan_test)
+set_tests_properties(cuda_emu_asan PROPERTIES LABELS cuda_emu TIMEOUT 600
+                     ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0")
+
+# The GPU test suite (tests/gpu, written for a device) run unchanged on the harness: the same
+# parity checks against their double-precision twins, on the same shapes, without a GPU. Its
+# threads and blocks run in a shuffled order (cuda_emu_test covers forward and reverse).
+file(GLOB gpu_suite_src CONFIGURE_DEPENDS ${SPQR_ROOT}/tests/gpu/*_test.cc)
+add_executable(cuda_emu_gpu_suite_test ${gpu_suite_src} ${CMAKE_CURRENT_LIST_DIR}/ptx_probe_emu.cc)
+target_link_libraries(cuda_emu_gpu_suite_test PRIVATE spqr_engine_cuda_emu GTest::gtest GTest::gmock
+                                                      GTest::gtest_main)
+target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})
+gtest_discover_tests(cuda_emu_gpu_suite_test TEST_PREFIX "emu."
+                     PROPERTIES LABELS cuda_emu ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:1"
+                                SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)

@@ -279,7 +279,8 @@ TEST_F(SpqrServingTest, Int8KernelLogitsStayCloseToTheExactKernel) {
 
 // With the int8 kernel the SpQR codes live once, in the tile layouts: the loaded model's layers
 // keep only outliers, permutation and second-level values, and the weight bytes the backend holds
-// are within 5 % of the format's own (tile padding of the last 16 rows only).
+// are at most 1.05x the format's own (measured 0.986x: the layout adds the padding of the last
+// 16-row tile but drops the format's per-row 32-bit word padding of the code rows).
 TEST_F(SpqrServingTest, Int8KernelHoldsTheCodesOnce) {
   auto exact = Load(SpqrDir(), "exact");
   auto int8 = Load(SpqrDir(), "int8");
@@ -297,7 +298,7 @@ TEST_F(SpqrServingTest, Int8KernelHoldsTheCodesOnce) {
   const double ratio = static_cast<double>(int8->backend->memory_stats().weight_bytes) /
                        static_cast<double>(exact->backend->memory_stats().weight_bytes);
   std::cout << "int8 / exact resident weight bytes " << ratio << "\n";
-  EXPECT_GE(ratio, 1.0);
+  EXPECT_GE(ratio, 0.9);
   EXPECT_LE(ratio, 1.05);
 }
 

@@ -38,7 +38,7 @@ void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int uni
         sum = d * static_cast<float>(isum);
       } else {
         // All zero (or non-finite input, which the dense sum then carries through d = NaN).
-        std::memset(q, 0, static_cast<size_t>(unit_cols));
+        std::fill(q, q + unit_cols, int8_t{0});
         if (!std::isfinite(amax)) d = sum = amax;
       }
       out->scale[t * units + u] = d;
@@ -71,27 +71,30 @@ TileIsa BestTileIsa() {
 
 namespace internal {
 
+float TreeSum16(const float* l) {
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
+}
+
 void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride) {
   const PackedSpqrLayer& src = *l.source;
   const int64_t n = l.in_features;
   const int64_t r0 = tile * kTileRows;
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
-  constexpr int kBlock = 8;
   for (int i = 0; i < rows; ++i) {
     const int64_t r = r0 + i;
     const uint32_t begin = src.outlier_row_offsets[r], end = src.outlier_row_offsets[r + 1];
-    for (int t0 = 0; t0 < num_tokens; t0 += kBlock) {
-      const int nt = std::min(kBlock, num_tokens - t0);
-      float sparse[kBlock] = {};
+    for (int t = 0; t < num_tokens; ++t) {
+      float lanes[16] = {};
       for (uint32_t k = begin; k < end; ++k) {
-        const float v = F16ToF32(src.outlier_values[k]);
-        const float* xc = x_perm + t0 * n + src.outlier_col(k);
-        for (int t = 0; t < nt; ++t) sparse[t] = std::fma(v, xc[t * n], sparse[t]);
+        float& lane = lanes[(k - begin) % 16];
+        lane = std::fma(F16ToF32(src.outlier_values[k]), x_perm[t * n + src.outlier_col(k)], lane);
       }
-      for (int t = 0; t < nt; ++t) {
-        y[(t0 + t) * y_stride + r] = dense[(t0 + t) * kTileRows + i] + sparse[t];
-      }
+      y[t * y_stride + r] = dense[t * kTileRows + i] + TreeSum16(lanes);
     }
   }
 }

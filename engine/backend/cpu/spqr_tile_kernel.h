@@ -7,8 +7,10 @@
 // to row r is then exactly s * (d * sum(code * q) - z * S): the integer dot product is exact, the
 // only approximation is x ~ d * q. Per row and token, in fp32 and in this order for units
 // u = 0, 1, ...:  p = float(idot) * d;  v = fma(-z, S, p);  acc = fma(s, v, acc);
-// then y = acc + sparse, where sparse is the outlier residuals times the UNquantized inputs
-// (sparse += value * x in CSR order). Scale and zero are decoded exactly as the format does.
+// then y = acc + sparse, where sparse is the outlier residuals times the UNquantized inputs: the
+// row's i-th outlier (CSR order) goes to lane i % 16, lane = fma(value, x, lane), and sparse is
+// the tree sum of the 16 lanes ((l, l+8), (l, l+4), (l, l+2), (0, 1)), which a 16-wide gather
+// computes directly. Scale and zero are decoded exactly as the format does.
 // Every implementation below computes this same sequence, so all give the same bits, and a
 // token's result depends neither on the other tokens of the call nor on the thread count.
 // What quantizing the activations costs in perplexity is measured against the exact kernel
@@ -59,12 +61,13 @@ void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activation
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
                               int64_t y_stride);
 // Writes y for rows 16*tile + i, i < 16, of tokens t < num_tokens: dense[t * 16 + i] + the row's
-// outlier sum (sparse = fma(value, x, sparse) in CSR order, explicit so every build rounds the
-// same). x_perm: the block's first token, tokens n floats apart; y: its first token's output.
-// Shared by every implementation so the sparse sum is one piece of code; each row's outliers are
-// read once for the whole token block.
+// outlier sum as documented above (the reference implementation; the AVX-512 one gathers 16
+// outliers at a time with the same lanes and the same bits). x_perm: the block's first token,
+// tokens n floats apart; y: its first token's output.
 void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride);
+// Sum of 16 lanes in the fixed tree order above.
+float TreeSum16(const float* lanes);
 }  // namespace internal
 
 }  // namespace spqr::cpu

@@ -9,6 +9,7 @@
 // weight is read from memory once per call.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -101,6 +102,47 @@ inline void UnpackTile(const uint8_t* t, __m512i* ch) {
   }
 }
 
+// FinishRows (spqr_tile_kernel.h) with the outliers gathered 16 at a time: outlier i of a row in
+// lane i % 16, exactly the reference's lanes, so the same bits.
+template <int NT>
+void FinishRowsGather(const SpqrTileLayout& l, int64_t tile, const float* dense,
+                      const float* x_perm, float* y, int64_t y_stride) {
+  const PackedSpqrLayer& src = *l.source;
+  const int64_t n = l.in_features;
+  const int64_t r0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
+  const bool wide = src.wide_column_ids();
+  alignas(64) float lanes[16];
+  for (int i = 0; i < rows; ++i) {
+    const int64_t r = r0 + i;
+    const uint32_t begin = src.outlier_row_offsets[r], end = src.outlier_row_offsets[r + 1];
+    if (begin == end) {
+      // No outliers: the tree sum of 16 zero lanes is +0.
+      for (int t = 0; t < NT; ++t) y[t * y_stride + r] = dense[t * kTileRows + i] + 0.0f;
+      continue;
+    }
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    for (uint32_t k = begin; k < end; k += 16) {
+      const uint32_t left = end - k;
+      const __mmask16 m = left >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << left) - 1);
+      const __m512i cols =
+          wide
+              ? _mm512_maskz_loadu_epi32(m, src.outlier_cols_u32.data() + k)
+              : _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src.outlier_cols_u16.data() + k));
+      const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src.outlier_values.data() + k));
+      for (int t = 0; t < NT; ++t) {
+        const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, cols, x_perm + t * n, 4);
+        acc[t] = _mm512_mask3_fmadd_ps(v, x, acc[t], m);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      _mm512_store_ps(lanes, acc[t]);
+      y[t * y_stride + r] = dense[t * kTileRows + i] + TreeSum16(lanes);
+    }
+  }
+}
+
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
@@ -159,7 +201,7 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
   }
   alignas(64) float dense[NT * 16];
   for (int t = 0; t < NT; ++t) _mm512_store_ps(dense + 16 * t, acc[t]);
-  FinishRows(l, tile, dense, NT, x_perm + t0 * n, y + t0 * y_stride, y_stride);
+  FinishRowsGather<NT>(l, tile, dense, x_perm + t0 * n, y + t0 * y_stride, y_stride);
 }
 
 using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,

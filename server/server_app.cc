@@ -269,6 +269,8 @@ absl::Status RunServer(const ServerConfig& config) {
     return absl::Status(model.status().code(),
                         absl::StrCat("loading the model: ", model.status().message()));
   }
+  Logf(LogLevel::kInfo, "model loaded in %.1f s; %s",
+       absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description());
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(*std::move(model), [&] {
     EngineOptions options = ToEngineOptions(config);
     // `metrics` outlives the engine (declared first in this function).

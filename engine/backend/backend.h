@@ -58,6 +58,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // One line for the start-up log: the backend and the choices it made (kernels, threads, device).
+  virtual std::string description() const { return name(); }
   // Bytes one token slot takes in the KV pool (all layers, K and V).
   virtual int64_t KvBytesPerToken() const = 0;
   // (Re)allocates the KV pool. Must be called before Forward.

@@ -165,6 +165,16 @@ class CpuBackend : public Backend {
 
   std::string name() const override { return "cpu"; }
 
+  std::string description() const override {
+    int spqr_layers = 0;
+    for (const LinearTensors* l : AllLinears(*w_)) spqr_layers += l->spqr != nullptr;
+    return absl::StrFormat(
+        "cpu: %d threads; SpQR layers: %d of %d on the int8 tile kernel (%s), the rest exact; "
+        "dense BF16 layers: %s kernel",
+        num_threads_, static_cast<int>(tiles_.size()), spqr_layers, cpu::TileIsaName(isa_),
+        bf16_dot_ ? "bf16" : "exact");
+  }
+
   int64_t KvBytesPerToken() const override {
     return cpu::PagedKvPool::FloatsPerToken(c_.num_hidden_layers, c_.num_key_value_heads,
                                             c_.head_dim) *

@@ -2,8 +2,8 @@
 // it (every "<prefix>.spqr_meta", at most 4) goes through SpqrLayerFromTensors, which checks the
 // per-layer counts, shapes and CRC-32 and then ValidateSpqrLayer. Every input must end in an error
 // status or in a layer that
-//   - validates again and writes back (SpqrLayerToTensors) to exactly the payload bytes it was
-//     read from,
+//   - validates again and writes back (SpqrLayerToTensors) to exactly the bytes it was read from
+//     (spqr_meta up to its CRC slot; the slots after it are unused),
 //   - agrees with a quantization_config built from its own parameters,
 //   - decodes (DequantizeSpqrLayer, layers up to 2^16 weights) with the per-row statistics of the
 //     kernels' path (DecodeRowStats) bit-identical to the per-group reference (DecodeGroupStats).

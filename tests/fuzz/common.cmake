@@ -10,6 +10,10 @@ set(SPQR_FUZZ_SECONDS 0 CACHE STRING
 if(SPQR_FUZZ AND NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
   message(FATAL_ERROR "SPQR_FUZZ=ON needs clang (-DCMAKE_CXX_COMPILER=clang++), not ${CMAKE_CXX_COMPILER_ID}")
 endif()
+# `fuzz_targets` builds every fuzz target (tools/fuzz.sh builds only that).
+if(SPQR_FUZZ)
+  add_custom_target(fuzz_targets)
+endif()
 # Undefined behaviour must stop the run like a memory error does; by default UBSan only reports
 # and libFuzzer would go on as if the input were fine.
 set(SPQR_FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g)
@@ -33,4 +37,5 @@ function(spqr_add_fuzz_test name runs)
            COMMAND ${name}_fuzz ${budget} -seed=1 -timeout=20 -artifact_prefix=${CMAKE_BINARY_DIR}/fuzz/
                    ${ARGN} ${work} ${SPQR_FUZZ_DIR}/corpus/${name})
   set_tests_properties(${name}_fuzz.smoke PROPERTIES LABELS fuzz TIMEOUT ${timeout})
+  add_dependencies(fuzz_targets ${name}_fuzz)
 endfunction()

@@ -34,6 +34,7 @@ if(SPQR_FUZZ)
   target_include_directories(make_spqr_seeds PRIVATE ${SPQR_ROOT})
   target_link_libraries(make_spqr_seeds PRIVATE absl::status absl::statusor absl::strings
                                                 nlohmann_json::nlohmann_json)
+  add_dependencies(fuzz_targets make_spqr_seeds)
   set(seeds ${CMAKE_BINARY_DIR}/fuzz/spqr_format_seeds)
   # Every seed it writes must equal the committed one (the corpus also holds regression inputs).
   add_test(NAME spqr_format_fuzz.seeds_up_to_date

@@ -3,6 +3,8 @@
 # non-interactive). Used by the README's commands, .ci/run and the Dockerfile's builder stage.
 #   --peer  also what the llama.cpp peer benchmark needs (bench/peer/run_cpu_peer.py: its GGUF
 #           converter runs on Debian's torch); not needed to build, test or run the server.
+#   --fuzz  also clang and its libFuzzer runtime (libclang-rt-14-dev, only a Recommends of clang-14,
+#           which --no-install-recommends skips) for the fuzz targets in tests/fuzz (.ci/run).
 set -euo pipefail
 
 PACKAGES=(
@@ -14,7 +16,13 @@ PACKAGES=(
   python3 python3-numpy python3-grpcio python3-protobuf python3-sentencepiece python3-yaml
   prometheus
 )
-if [[ ${1:-} == --peer ]]; then PACKAGES+=(python3-torch python3-tqdm); fi
+for arg in "$@"; do
+  case "$arg" in
+    --peer) PACKAGES+=(python3-torch python3-tqdm) ;;
+    --fuzz) PACKAGES+=(clang libclang-rt-14-dev) ;;
+    *) echo "install-deps: unknown option $arg (known: --peer, --fuzz)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${PACKAGES[@]}"; do

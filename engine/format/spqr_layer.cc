@@ -136,6 +136,12 @@ absl::Status ValidateSpqrLayer(const PackedSpqrLayer& l, const std::string& name
     if (end < begin) {
       return absl::DataLossError(absl::StrCat(name, ": outlier_row_offsets decrease at row ", r));
     }
+    // The last offset is nnz, but a row before it may still point past the end (e.g. 0, 9, 2 with
+    // nnz = 2): bound every row before its column ids are read.
+    if (end > nnz) {
+      return absl::DataLossError(absl::StrCat(name, ": outlier_row_offsets[", r + 1, "] = ", end,
+                                              " exceeds the ", nnz, " outliers"));
+    }
     for (uint32_t k = begin; k < end; ++k) {
       const uint32_t c = l.outlier_col(k);
       if (c >= n || (k > begin && c <= l.outlier_col(k - 1))) {

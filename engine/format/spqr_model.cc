@@ -8,9 +8,81 @@
 #include "absl/strings/str_cat.h"
 #include "engine/format/spqr_layer.h"
 #include "engine/format/spqr_tensors.h"
+#include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace spqr {
+
+namespace {
+
+// Typed reads of quantization_config keys; errors name the key. nlohmann's own conversions are not
+// safe on untrusted text: value() throws on a wrong type, get<int>() wraps out-of-range integers
+// and converts out-of-range floats with undefined behaviour (found by model_config_fuzz).
+class QuantizationConfigReader {
+ public:
+  QuantizationConfigReader(const nlohmann::json& object, std::string where)
+      : object_(object), where_(std::move(where)) {}
+
+  const nlohmann::json* Get(const std::string& key) const {
+    auto it = object_.find(key);
+    return it == object_.end() ? nullptr : &*it;
+  }
+
+  absl::Status Error(const std::string& key, const char* expected) const {
+    const nlohmann::json* value = Get(key);
+    return absl::InvalidArgumentError(absl::StrCat(
+        where_, ".", key, " must be ", expected,
+        value == nullptr
+            ? std::string(", but it is missing")
+            : absl::StrCat(", found ", value->type_name(), " ",
+                           value->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))));
+  }
+
+  // An integer in [min, max]; `fallback` when absent (required when there is none).
+  absl::StatusOr<int64_t> Int(const std::string& key, int64_t min, int64_t max,
+                              std::optional<int64_t> fallback = std::nullopt) const {
+    const nlohmann::json* value = Get(key);
+    if (value == nullptr && fallback) return *fallback;
+    const std::string expected = absl::StrCat("an integer in ", min, "..", max);
+    if (value == nullptr || !value->is_number_integer()) return Error(key, expected.c_str());
+    if (value->is_number_unsigned()) {
+      const uint64_t u = value->get<uint64_t>();
+      if (max < 0 || u > static_cast<uint64_t>(max)) return Error(key, expected.c_str());
+      return static_cast<int64_t>(u);
+    }
+    const int64_t i = value->get<int64_t>();
+    if (i < min || i > max) return Error(key, expected.c_str());
+    return i;
+  }
+
+  absl::StatusOr<double> Number(const std::string& key, double fallback) const {
+    const nlohmann::json* value = Get(key);
+    if (value == nullptr) return fallback;
+    if (!value->is_number()) return Error(key, "a number");
+    return value->get<double>();
+  }
+
+  absl::StatusOr<std::string> String(const std::string& key,
+                                     std::optional<std::string> fallback) const {
+    const nlohmann::json* value = Get(key);
+    if (value == nullptr && fallback) return *fallback;
+    if (value == nullptr || !value->is_string()) return Error(key, "a string");
+    return value->get<std::string>();
+  }
+
+  absl::StatusOr<bool> Bool(const std::string& key, bool fallback) const {
+    const nlohmann::json* value = Get(key);
+    if (value == nullptr) return fallback;
+    if (!value->is_boolean()) return Error(key, "true or false");
+    return value->get<bool>();
+  }
+
+ private:
+  const nlohmann::json& object_;
+  const std::string where_;
+};
+
+}  // namespace
 
 absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
     const std::string& config_json, const std::string& source) {
@@ -22,48 +94,69 @@ absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
     return std::optional<SpqrQuantizationInfo>();
   }
   const nlohmann::json& q = j["quantization_config"];
-  if (!q.is_object() || q.value("quant_method", "") != "spqr") {
+  if (!q.is_object() || !q.contains("quant_method") || q["quant_method"] != "spqr") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": quantization_config.quant_method must be \"spqr\" (other schemes unsupported)"));
   }
+  const QuantizationConfigReader r(q, absl::StrCat(source, ": quantization_config"));
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   SpqrQuantizationInfo info;
-  try {
-    info.format_version = q.at("format_version").get<int>();
-    if (info.format_version != kSpqrFormatVersion) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(source, ": unsupported spqr-format version ", info.format_version,
-                       " (this build reads version ", kSpqrFormatVersion, ")"));
+  ASSIGN_OR_RETURN(const int64_t version, r.Int("format_version", 0, kIntMax));
+  if (version != kSpqrFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(source, ": unsupported spqr-format version ",
+                                                      version, " (this build reads version ",
+                                                      kSpqrFormatVersion, ")"));
+  }
+  info.format_version = static_cast<int>(version);
+  ASSIGN_OR_RETURN(info.method, r.String("method", std::nullopt));
+  // Ranges only keep the values representable; CheckLayerMatchesQuantizationConfig compares them
+  // with every layer's own parameters, which ValidateSpqrLayer has range-checked.
+  ASSIGN_OR_RETURN(const int64_t wbits, r.Int("wbits", 0, kIntMax));
+  ASSIGN_OR_RETURN(const int64_t beta1, r.Int("beta1", 0, kIntMax));
+  ASSIGN_OR_RETURN(const int64_t beta2, r.Int("beta2", 0, kIntMax));
+  ASSIGN_OR_RETURN(const int64_t stats_bits, r.Int("stats_bits", 0, kIntMax));
+  info.wbits = static_cast<int>(wbits);
+  info.beta1 = static_cast<int>(beta1);
+  info.beta2 = static_cast<int>(beta2);
+  info.stats_bits = static_cast<int>(stats_bits);
+  const nlohmann::json* tau = r.Get("tau");
+  if (tau == nullptr || !(tau->is_null() || tau->is_number())) {
+    return r.Error("tau", "a number or null");
+  }
+  info.tau = tau->is_null() ? std::numeric_limits<double>::infinity() : tau->get<double>();
+  ASSIGN_OR_RETURN(info.lambda, r.Number("lambda", 0.0));
+  ASSIGN_OR_RETURN(info.act_order, r.Bool("act_order", false));
+  ASSIGN_OR_RETURN(info.avg_bits_formula, r.Number("avg_bits_formula", 0.0));
+  ASSIGN_OR_RETURN(info.avg_bits_real, r.Number("avg_bits_real", 0.0));
+  ASSIGN_OR_RETURN(info.outlier_share, r.Number("outlier_share", 0.0));
+  info.has_avg_bits_formula = q.contains("avg_bits_formula");
+  info.has_avg_bits_real = q.contains("avg_bits_real");
+  info.has_outlier_share = q.contains("outlier_share");
+  ASSIGN_OR_RETURN(info.quantizer_version, r.String("quantizer_version", ""));
+  if (q.contains("calibration") && q["calibration"].is_object()) {
+    const QuantizationConfigReader c(q["calibration"],
+                                     absl::StrCat(source, ": quantization_config.calibration"));
+    constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+    ASSIGN_OR_RETURN(const std::string file, c.String("file", ""));
+    ASSIGN_OR_RETURN(const int64_t nsamples, c.Int("nsamples", 0, kInt64Max, 0));
+    ASSIGN_OR_RETURN(const int64_t seqlen, c.Int("seqlen", 0, kInt64Max, 0));
+    // The seed is a uint64_t in the quantizer.
+    const nlohmann::json* seed = c.Get("seed");
+    if (seed != nullptr && !seed->is_number_unsigned()) {
+      return c.Error("seed", "an integer in 0..18446744073709551615");
     }
-    info.method = q.at("method").get<std::string>();
-    info.wbits = q.at("wbits").get<int>();
-    info.beta1 = q.at("beta1").get<int>();
-    info.beta2 = q.at("beta2").get<int>();
-    info.stats_bits = q.at("stats_bits").get<int>();
-    info.tau =
-        q.at("tau").is_null() ? std::numeric_limits<double>::infinity() : q.at("tau").get<double>();
-    info.lambda = q.value("lambda", 0.0);
-    info.act_order = q.value("act_order", false);
-    info.avg_bits_formula = q.value("avg_bits_formula", 0.0);
-    info.avg_bits_real = q.value("avg_bits_real", 0.0);
-    info.outlier_share = q.value("outlier_share", 0.0);
-    info.has_avg_bits_formula = q.contains("avg_bits_formula");
-    info.has_avg_bits_real = q.contains("avg_bits_real");
-    info.has_outlier_share = q.contains("outlier_share");
-    info.quantizer_version = q.value("quantizer_version", "");
-    if (q.contains("calibration") && q["calibration"].is_object()) {
-      const nlohmann::json& c = q["calibration"];
-      info.calibration =
-          absl::StrCat("file=", c.value("file", ""), ", nsamples=", c.value("nsamples", 0),
-                       ", seqlen=", c.value("seqlen", 0), ", seed=", c.value("seed", uint64_t{0}));
+    info.calibration = absl::StrCat("file=", file, ", nsamples=", nsamples, ", seqlen=", seqlen,
+                                    ", seed=", seed == nullptr ? 0 : seed->get<uint64_t>());
+  }
+  if (q.contains("shard_crc32")) {
+    if (!q["shard_crc32"].is_object()) return r.Error("shard_crc32", "an object");
+    const QuantizationConfigReader crcs(q["shard_crc32"],
+                                        absl::StrCat(source, ": quantization_config.shard_crc32"));
+    for (const auto& item : q["shard_crc32"].items()) {
+      ASSIGN_OR_RETURN(const int64_t crc,
+                       crcs.Int(item.key(), 0, std::numeric_limits<uint32_t>::max()));
+      info.shard_crc32[item.key()] = static_cast<uint32_t>(crc);
     }
-    if (q.contains("shard_crc32")) {
-      for (const auto& [file, crc] : q.at("shard_crc32").items()) {
-        info.shard_crc32[file] = crc.get<uint32_t>();
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": malformed quantization_config: ", e.what()));
   }
   return std::optional<SpqrQuantizationInfo>(std::move(info));
 }

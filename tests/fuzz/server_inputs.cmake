@@ -1,12 +1,8 @@
 # libFuzzer targets for the server's untrusted inputs: request bytes (parsing, validation,
-# LogSafe) and the YAML configuration. Off by default, like safetensors.cmake: configure with
-# -DSPQR_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++. The code under test is compiled into each target so
-# it gets the fuzzer's coverage instrumentation; a short fixed-seed run of each is a ctest (label
-# fuzz).
-option(SPQR_FUZZ "Build the libFuzzer targets (requires clang)" OFF)
+# LogSafe) and the YAML configuration (see common.cmake).
+include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
 if(SPQR_FUZZ AND TARGET spqr_proto)
   find_package(yaml-cpp REQUIRED)
-  set(fuzz_flags -fsanitize=fuzzer,address,undefined -g)
   # The messages are compiled in (not spqr_proto): spqr_grpc links with --exclude-libs,ALL, which
   # would also hide the ASan runtime's malloc/free from the shared libraries (absl), so memory
   # allocated on one side would be freed by the other. Only libprotobuf.a is hidden here, for the
@@ -21,9 +17,8 @@ if(SPQR_FUZZ AND TARGET spqr_proto)
   add_dependencies(request_fuzz spqr_proto)  # generates spqr.pb.cc
   target_include_directories(request_fuzz PRIVATE ${SPQR_ROOT} ${CMAKE_BINARY_DIR}/proto/gen
                                                   ${Protobuf_INCLUDE_DIRS})
-  target_compile_options(request_fuzz PRIVATE ${fuzz_flags})
-  target_link_options(request_fuzz PRIVATE -fsanitize=fuzzer,address,undefined
-                      "LINKER:--exclude-libs,libprotobuf.a")
+  target_compile_options(request_fuzz PRIVATE ${SPQR_FUZZ_FLAGS})
+  target_link_options(request_fuzz PRIVATE ${SPQR_FUZZ_FLAGS} "LINKER:--exclude-libs,libprotobuf.a")
   target_link_libraries(request_fuzz PRIVATE ${SPQR_GRPCXX_SHARED} ${SPQR_GRPC_SHARED}
                                              ${SPQR_GPR_SHARED} ${SPQR_PROTOBUF_STATIC} ${SPQR_ZLIB}
                                              PkgConfig::SENTENCEPIECE absl::status absl::statusor
@@ -32,16 +27,10 @@ if(SPQR_FUZZ AND TARGET spqr_proto)
   add_executable(config_fuzz ${CMAKE_CURRENT_LIST_DIR}/config_fuzz.cc
                              ${SPQR_ROOT}/config/server_config.cc)
   target_include_directories(config_fuzz PRIVATE ${SPQR_ROOT})
-  target_compile_options(config_fuzz PRIVATE ${fuzz_flags})
-  target_link_options(config_fuzz PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_compile_options(config_fuzz PRIVATE ${SPQR_FUZZ_FLAGS})
+  target_link_options(config_fuzz PRIVATE ${SPQR_FUZZ_FLAGS})
   target_link_libraries(config_fuzz PRIVATE yaml-cpp absl::status absl::statusor absl::strings
                                             absl::str_format)
-  foreach(name request config)
-    set(work ${CMAKE_BINARY_DIR}/fuzz/${name}_corpus)
-    file(MAKE_DIRECTORY ${work})
-    add_test(NAME ${name}_fuzz.smoke
-             COMMAND ${name}_fuzz -runs=20000 -seed=1 -max_total_time=60 -max_len=4096
-                     ${work} ${CMAKE_CURRENT_LIST_DIR}/corpus/${name})
-    set_tests_properties(${name}_fuzz.smoke PROPERTIES LABELS fuzz TIMEOUT 120)
-  endforeach()
+  spqr_add_fuzz_test(request 20000 -max_len=4096)
+  spqr_add_fuzz_test(config 20000 -max_len=4096)
 endif()

@@ -184,6 +184,39 @@ TEST(SpqrQuantizationConfigTest, DenseAndUnknownVersion) {
   EXPECT_FALSE(other.ok());
 }
 
+// Found by model_config_fuzz: a non-string quant_method threw out of the parser, and out-of-range
+// numbers were converted silently (or with undefined behaviour for floats). Each is refused,
+// naming the key.
+TEST(SpqrQuantizationConfigTest, WrongTypesAndRangesAreRefusedNamingTheKey) {
+  const std::string head =
+      R"({"quantization_config": {"quant_method": "spqr", "format_version": 1, "method": "spqr",
+          "wbits": 4, "beta1": 16, "beta2": 16, "stats_bits": 3, "tau": 0.2)";
+  auto ok = ParseSpqrQuantizationConfig(head + "}}", "c");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_TRUE(ok->has_value());
+  EXPECT_EQ((*ok)->wbits, 4);
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"quantization_config": {"quant_method": 0}})", "quant_method"},
+      {R"({"quantization_config": {"quant_method": "spqr", "format_version": 1e300}})",
+       "format_version"},
+      {head + R"(, "wbits": 1e300}})", "wbits"},
+      {head + R"(, "beta1": 4294967312}})", "beta1"},
+      {head + R"(, "stats_bits": -3}})", "stats_bits"},
+      {head + R"(, "tau": "0.2"}})", "tau"},
+      {head + R"(, "lambda": "x"}})", "lambda"},
+      {head + R"(, "calibration": {"nsamples": 2.5}}})", "nsamples"},
+      {head + R"(, "shard_crc32": {"model.safetensors": -1}}})", "model.safetensors"},
+      {head + R"(, "shard_crc32": {"model.safetensors": 4294967296}}})", "model.safetensors"},
+      {head + R"(, "shard_crc32": [1]}})", "shard_crc32"},
+  };
+  for (const auto& [text, key] : cases) {
+    auto info = ParseSpqrQuantizationConfig(text, "c");
+    ASSERT_FALSE(info.ok()) << text;
+    EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(info.status().message().find(key), std::string::npos) << info.status();
+  }
+}
+
 }  // namespace
 }  // namespace spqr
 

@@ -248,6 +248,14 @@ TEST(SpqrFormatTest, ValidateCatchesStructuralCorruption) {
     expect_error(l, "outlier_row_offsets");
   }
   {
+    // Found by spqr_format_fuzz: offsets that rise past nnz and fall back to it at the last row
+    // made the row loop read column ids beyond the array before the decrease was seen.
+    PackedSpqrLayer l = res.packed;
+    l.outlier_row_offsets[1] = l.outlier_row_offsets[16] + 1000;
+    for (int r = 2; r < 16; ++r) l.outlier_row_offsets[r] = l.outlier_row_offsets[16];
+    expect_error(l, "exceeds the");
+  }
+  {
     PackedSpqrLayer l = res.packed;
     l.outlier_cols_u16[0] = 32;
     expect_error(l, "out of range");

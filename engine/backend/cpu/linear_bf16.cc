@@ -42,14 +42,6 @@ void ToBf16(const PackedActivations& x, std::vector<uint16_t>* out) {
 
 float FlushDenormal(float v) { return std::fabs(v) < FLT_MIN ? std::copysign(0.0f, v) : v; }
 
-float TreeSum(const float* l) {
-  float s8[8], s4[4], s2[2];
-  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
-  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
-  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
-  return s2[0] + s2[1];
-}
-
 void AddBias(const LinearTensors& layer, int64_t num_tokens, float* y) {
   if (!layer.bias) return;
   const int64_t m = layer.out_features;
@@ -101,7 +93,7 @@ void MicroTile(const uint16_t* w, int64_t in, int64_t row0, const uint16_t* x, i
 #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) {
       _mm512_store_ps(lanes, acc[r][t]);
-      y[t * y_stride + row0 + r] = TreeSum(lanes);
+      y[t * y_stride + row0 + r] = TreeSum16(lanes);
     }
   }
 }
@@ -185,7 +177,7 @@ void LinearBf16Reference(const LinearTensors& layer, const PackedActivations& x,
         lanes[i] = FlushDenormal(std::fma(w1, value(xt[k + 1]), lanes[i]));
         lanes[i] = FlushDenormal(std::fma(w0, value(xt[k]), lanes[i]));
       }
-      y[t * m + r] = TreeSum(lanes);
+      y[t * m + r] = TreeSum16(lanes);
     }
   }
   AddBias(layer, x.num_tokens, y);

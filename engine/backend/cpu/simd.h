@@ -106,6 +106,17 @@ inline float VReduceAdd(VecF a) {
 
 constexpr int kLanes = VecF::kLanes;
 
+// Sum of 16 floats in VReduceAdd's AVX-512 tree order: (i, i+8), then (i, i+4), (i, i+2), (0, 1).
+// The kernels that keep 16 partial sums in memory or in a portable reference use it, so their
+// vector and scalar forms round alike.
+inline float TreeSum16(const float* l) {
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
+}
+
 // Rounds n up to a multiple of the vector width.
 inline int64_t PadToLanes(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 

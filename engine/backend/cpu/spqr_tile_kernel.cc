@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/backend/cpu/simd.h"
 #include "engine/util/half.h"
 
 namespace spqr::cpu {
@@ -70,14 +71,6 @@ TileIsa BestTileIsa() {
 }
 
 namespace internal {
-
-float TreeSum16(const float* l) {
-  float s8[8], s4[4], s2[2];
-  for (int i = 0; i < 8; ++i) s8[i] = l[i] + l[i + 8];
-  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
-  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
-  return s2[0] + s2[1];
-}
 
 void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride) {

@@ -66,8 +66,6 @@ void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activation
 // tokens n floats apart; y: its first token's output.
 void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride);
-// Sum of 16 lanes in the fixed tree order above.
-float TreeSum16(const float* lanes);
 }  // namespace internal
 
 }  // namespace spqr::cpu

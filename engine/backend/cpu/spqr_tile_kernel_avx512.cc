@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/backend/cpu/simd.h"
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 
 #pragma GCC push_options

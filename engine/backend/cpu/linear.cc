@@ -18,6 +18,16 @@ void PackActivations(const float* x, int64_t num_tokens, int64_t in_features,
   }
 }
 
+void AddBias(const LinearTensors& layer, int64_t num_tokens, float* y) {
+  if (!layer.bias) return;
+  const int64_t m = layer.out_features;
+  std::vector<float> bias(static_cast<size_t>(m));
+  ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
+  }
+}
+
 namespace {
 
 // Rows per micro-tile and tokens per micro-tile: 4x4 accumulators stay in registers.

@@ -29,6 +29,10 @@ struct PackedActivations {
 void PackActivations(const float* x, int64_t num_tokens, int64_t in_features,
                      PackedActivations* out);
 
+// y[t * layer.out_features + r] += bias[r] for every token (nothing without a bias): the bias step
+// of the kernels that compute the product first (SpQR, bf16).
+void AddBias(const LinearTensors& layer, int64_t num_tokens, float* y);
+
 // y[t * layer.out_features + o] = sum_k W[o, k] x[t, k] + bias[o]. Requires
 // x.in_features == layer.in_features; y holds x.num_tokens * layer.out_features floats.
 void Linear(const LinearTensors& layer, const PackedActivations& x, float* y, int num_threads);

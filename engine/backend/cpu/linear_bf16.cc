@@ -42,16 +42,6 @@ void ToBf16(const PackedActivations& x, std::vector<uint16_t>* out) {
 
 float FlushDenormal(float v) { return std::fabs(v) < FLT_MIN ? std::copysign(0.0f, v) : v; }
 
-void AddBias(const LinearTensors& layer, int64_t num_tokens, float* y) {
-  if (!layer.bias) return;
-  const int64_t m = layer.out_features;
-  std::vector<float> bias(static_cast<size_t>(m));
-  ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
-  }
-}
-
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 

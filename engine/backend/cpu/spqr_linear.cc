@@ -262,13 +262,7 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
     }
   }
 
-  if (layer.bias) {
-    std::vector<float> bias(static_cast<size_t>(m));
-    ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
-    for (int64_t t = 0; t < num_tokens; ++t) {
-      for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
-    }
-  }
+  AddBias(layer, num_tokens, y);
 }
 
 void SpqrLinearTiled(const SpqrTileLayout& tiles, const LinearTensors& layer,
@@ -293,13 +287,7 @@ void SpqrLinearTiled(const SpqrTileLayout& tiles, const LinearTensors& layer,
     const int64_t begin = row_tiles * me / nth, end = row_tiles * (me + 1) / nth;
     SpqrTileMatmulInt8(tiles, *q, xp, begin, end, y, m, isa);
   }
-  if (layer.bias) {
-    std::vector<float> bias(static_cast<size_t>(m));
-    ConvertToF32(layer.bias->dtype, layer.bias->data, 0, m, bias.data());
-    for (int64_t t = 0; t < num_tokens; ++t) {
-      for (int64_t r = 0; r < m; ++r) y[t * m + r] += bias[r];
-    }
-  }
+  AddBias(layer, num_tokens, y);
 }
 
 int64_t SpqrLinearBytes(const LinearTensors& layer) {

@@ -29,8 +29,7 @@ absl::Status CheckPoolShape(const KvPoolDeviceView& pool, int32_t layer, const c
   RETURN_IF_ERROR(CheckInRange(pool.num_layers, 1, kInt32Max, op, "pool.num_layers"));
   RETURN_IF_ERROR(CheckInRange(layer, 0, pool.num_layers - 1, op, "layer"));
   RETURN_IF_ERROR(CheckInRange(pool.kv_heads, 1, 65535, op, "pool.kv_heads"));
-  RETURN_IF_ERROR(
-      CheckInRange(pool.head_dim, 2, kernels::kAttnMaxHeadDim, op, "pool.head_dim"));
+  RETURN_IF_ERROR(CheckInRange(pool.head_dim, 2, kernels::kAttnMaxHeadDim, op, "pool.head_dim"));
   if (pool.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("%s: pool.head_dim = %d must be even", op, pool.head_dim));

@@ -89,10 +89,10 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
   const int64_t num_positions = first_pos + rows_here;  // positions [0, last row's position]
 
   SPQR_DYNAMIC_SHARED(float, smem);
-  float* key_tile = smem;                              // [kAttnTile][key_stride]
+  float* key_tile = smem;                                 // [kAttnTile][key_stride]
   float* value_tile = key_tile + kAttnTile * key_stride;  // [kAttnTile][hd]
-  float* q_tile = value_tile + kAttnTile * hd;         // [kAttnVecsPerCta][hd]
-  SPQR_SHARED_ARRAY(float, probs, kAttnWarps * kAttnVecsPerWarp * kAttnTile);
+  float* q_tile = value_tile + kAttnTile * hd;            // [kAttnVecsPerCta][hd]
+  SPQR_SHARED_ARRAY(float, probs, kAttnWarps* kAttnVecsPerWarp* kAttnTile);
 
   for (int idx = threadIdx.x; idx < num_vecs * half; idx += kAttnThreads) {
     const int v = idx / half;
@@ -214,8 +214,8 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
     for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFull, sum, offset);
     const float inv_sum = 1.0f / sum;
     const int v = warp + kAttnWarps * i;
-    float* out = p.out + (first_row + v / heads) * row_floats +
-                 static_cast<int64_t>(head0 + v % heads) * hd;
+    float* out =
+        p.out + (first_row + v / heads) * row_floats + static_cast<int64_t>(head0 + v % heads) * hd;
 #pragma unroll
     for (int dd = 0; dd < kDimsPerLane; ++dd) {
       const int d = lane + 32 * dd;

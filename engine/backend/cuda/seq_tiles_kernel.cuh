@@ -31,8 +31,8 @@ __device__ __forceinline__ SeqTile FindSeqTile(const AttentionSeqDevice* seqs, i
   for (int32_t base = 0; base < num_seqs; base += 32) {
     const int32_t s = base + lane;
     const int32_t n = s < num_seqs ? seqs[s].num_tokens : 0;
-    const long long tiles = n > 0 ? (static_cast<long long>(n) + rows_per_tile - 1) / rows_per_tile
-                                  : 0;
+    const long long tiles =
+        n > 0 ? (static_cast<long long>(n) + rows_per_tile - 1) / rows_per_tile : 0;
     long long inclusive = tiles;
     for (int offset = 1; offset < 32; offset <<= 1) {
       const long long up = __shfl_up_sync(kFull, inclusive, offset);

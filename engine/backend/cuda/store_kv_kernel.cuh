@@ -46,10 +46,10 @@ __global__ void __launch_bounds__(kStoreKvThreads) StoreKvKernel(StoreKvParams p
   for (int idx = threadIdx.x; idx < total; idx += kStoreKvThreads) {
     const int head = idx / half;
     const int d2 = idx - head * half;
-    float2* k_dst =
-        reinterpret_cast<float2*>(p.pool.data + KvPoolOffset(p.pool, block, p.layer, 0, head, slot));
-    float2* v_dst =
-        reinterpret_cast<float2*>(p.pool.data + KvPoolOffset(p.pool, block, p.layer, 1, head, slot));
+    float2* k_dst = reinterpret_cast<float2*>(p.pool.data +
+                                              KvPoolOffset(p.pool, block, p.layer, 0, head, slot));
+    float2* v_dst = reinterpret_cast<float2*>(p.pool.data +
+                                              KvPoolOffset(p.pool, block, p.layer, 1, head, slot));
     k_dst[d2] = k_src[idx];
     v_dst[d2] = v_src[idx];
   }

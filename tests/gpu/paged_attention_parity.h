@@ -14,10 +14,11 @@
 // Checks: the pool after the store is bit-identical to the CPU pool (a copy is exact); the
 // attention output (poisoned beforehand) is within
 //   |got - want| <= (kAttnAtol + kAttnRtol |want|) max(1, q_scale),  kAttnAtol = kAttnRtol = 2e-5,
-// for keys and values of unit variance and queries of standard deviation q_scale. Both sides are fp32 with a max-subtracted softmax; they differ in
-// the dot products' summation order (a chain of fmaf vs. the CPU's SIMD lanes), expf's last bits
-// on a GPU, and the normalization (the kernel divides the accumulated sum once at the end, the
-// CPU scales each probability first). Each of these is a few ulp of the scores and of the output
+// for keys and values of unit variance and queries of standard deviation q_scale. Both sides are
+// fp32 with a max-subtracted softmax; they differ in the dot products' summation order (a chain of
+// fmaf vs. the CPU's SIMD lanes), expf's last bits on a GPU, and the normalization (the kernel
+// divides the accumulated sum once at the end, the CPU scales each probability first). Each of
+// these is a few ulp of the scores and of the output
 // (|out| <= max |v| ~ 4), i.e. about 1e-6; the bound leaves 10x for fp32 rounding that grows with
 // the number of positions (hundreds here). The scores' rounding errors are ulps of the scores,
 // whose size grows with q_scale, hence the factor. A case with queries scaled up makes the softmax
@@ -71,7 +72,7 @@ inline void PrintTo(const AttentionCase& c, std::ostream* os) {
 }
 
 // The shapes both suites run (small position counts, one longer case: the harness runs threads
-// as fibers). GQA groups 1, 3, 4, 8; head_dim 48, 64, 80, 128, 256; block sizes 5, 7, 16;
+// as fibers). GQA groups 1, 2, 3, 4, 8, 20; head_dim 48, 64, 80, 128, 256; block sizes 5, 7, 16;
 // prefill chunks of odd lengths at start_pos 0 and > 0, decode rows (also at position 0), and
 // both in one step.
 inline std::vector<AttentionCase> PagedAttentionCases() {
@@ -87,6 +88,9 @@ inline std::vector<AttentionCase> PagedAttentionCases() {
       {6, 2, 48, 7, {{17, 31}, {1, 60}}, 40.0f},
       // head_dim 256 (more than 48 KiB of shared memory).
       {2, 1, 256, 16, {{5, 40}, {1, 10}}},
+      // Group 20: more query heads per KV head than one CTA takes (16), so two CTAs per KV head;
+      // a sequence with no tokens in this step between two others.
+      {40, 2, 64, 16, {{2, 9}, {0, 20}, {1, 3}}},
       // The longer case: decode at 450 and a 40-row chunk at 300.
       {4, 1, 64, 16, {{1, 450}, {40, 300}}},
   };
@@ -234,8 +238,7 @@ inline void CheckPagedAttentionParity(const AttentionCase& c, std::mt19937& rng)
   int bad = 0;
   double worst = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
-    const double bound =
-        (kAttnAtol + kAttnRtol * std::abs(want[i])) * std::max(1.0f, c.q_scale);
+    const double bound = (kAttnAtol + kAttnRtol * std::abs(want[i])) * std::max(1.0f, c.q_scale);
     const double err = std::abs(double{got[i]} - want[i]);
     if (!(std::isfinite(got[i]) && std::isfinite(want[i]) && err <= bound)) {
       if (++bad <= 5) {

@@ -3,11 +3,12 @@
 // (cases and tolerances: paged_attention_parity.h), with a fresh seed per run; and their argument
 // validation, which needs no device. Skipped with the reason when no usable CUDA device is
 // present; also run on the CPU harness as emu.* (tests/cuda_emu/cuda_emu.cmake).
+#include "engine/backend/cuda/paged_attention.cuh"
+
 #include <cstdint>
 #include <random>
 #include <vector>
 
-#include "engine/backend/cuda/paged_attention.cuh"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/gpu/cuda_test_support.h"

@@ -8,8 +8,10 @@
 // rows across the tile's tokens as well. Warp w owns vectors w, w + 4, w + 8, w + 12.
 //
 // Per tile of 32 positions (flash-style online softmax, fp32 throughout):
-//   1. the CTA copies the 32 key and value vectors from the pool into shared memory (each
-//      position's block through the block table; positions past the CTA's last row are zeros);
+//   1. the CTA copies the 32 key and value vectors from the pool into shared memory with
+//      cp.async (each position's block through the block table; positions past the CTA's last
+//      row are zeros), keys and values as separate groups so that the next tile's keys load
+//      during steps 3-4 and its values during step 2 (one buffer each, no extra shared memory);
 //   2. lane j of each warp computes the scores of position j for its warp's vectors (a dot
 //      product over head_dim from shared memory, no shuffles), masked causally per vector;
 //   3. per vector: warp max of the scores, rescale of the running sum and output by
@@ -24,6 +26,7 @@
 
 #include "engine/backend/cuda/launch.cuh"
 #include "engine/backend/cuda/paged_attention.cuh"
+#include "engine/backend/cuda/ptx.cuh"
 #include "engine/backend/cuda/seq_tiles_kernel.cuh"
 #include "engine/backend/cuda/store_kv_kernel.cuh"
 
@@ -57,6 +60,33 @@ struct PagedAttentionArgs {
   int32_t rows_per_cta = 1;   // tokens per CTA: kAttnVecsPerCta / heads_per_cta
   float scale = 1.0f;         // 1 / sqrt(head_dim), as the CPU twin computes it
 };
+
+// Starts copying the key (kv = 0) or value (kv = 1) vectors of positions [tile0, tile0 + kAttnTile)
+// of KV head `kv_head` into `dst` (row stride `stride` floats) with cp.async, 8 bytes at a time
+// (head_dim is even; the launcher checked the pool's alignment). Warp w copies rows w, w + 4, ...
+// Rows past num_positions, or whose block-table entry is outside the pool (the host validates the
+// tables; this only keeps a bad one from reading outside the pool), are zero-filled with plain
+// stores: finite, and masked out of every score.
+__device__ __forceinline__ void LoadKvTile(const PagedAttentionParams& p,
+                                           const AttentionSeqDevice& s, int kv, int kv_head,
+                                           int64_t tile0, int64_t num_positions, float* dst,
+                                           int stride, int warp, int lane) {
+  const int half = p.pool.head_dim / 2;
+  for (int j = warp; j < kAttnTile; j += kAttnWarps) {
+    float2* row = reinterpret_cast<float2*>(dst + j * stride);
+    const int64_t pos = tile0 + j;
+    int32_t block = -1;
+    if (pos < num_positions) block = p.block_tables[s.block_table_offset + pos / p.pool.block_size];
+    if (block >= 0 && block < p.pool.num_blocks) {
+      const int32_t slot = static_cast<int32_t>(pos % p.pool.block_size);
+      const float2* src = reinterpret_cast<const float2*>(
+          p.pool.data + KvPoolOffset(p.pool, block, p.layer, kv, kv_head, slot));
+      for (int d2 = lane; d2 < half; d2 += 32) CpAsync<8>(row + d2, src + d2);
+    } else {
+      for (int d2 = lane; d2 < half; d2 += 32) row[d2] = make_float2(0.0f, 0.0f);
+    }
+  }
+}
 
 // kDimsPerLane = ceil(head_dim / 32) rounded up to 2, 4 or 8 (head_dim <= 64, 128, 256).
 template <int kDimsPerLane>
@@ -119,35 +149,20 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
   }
   float* warp_probs = probs + warp * kAttnVecsPerWarp * kAttnTile;
 
-  for (int64_t tile0 = 0; tile0 < num_positions; tile0 += kAttnTile) {
-    __syncthreads();  // the previous tile's readers are done (and, first time, q_tile is written)
-    // 1. Key and value vectors of positions tile0 + j; warp w copies rows w, w + 4, ...
-    for (int j = warp; j < kAttnTile; j += kAttnWarps) {
-      float2* key_dst = reinterpret_cast<float2*>(key_tile + j * key_stride);
-      float2* value_dst = reinterpret_cast<float2*>(value_tile + j * hd);
-      const int64_t pos = tile0 + j;
-      int32_t block = -1;
-      if (pos < num_positions) {
-        block = p.block_tables[s.block_table_offset + pos / p.pool.block_size];
-      }
-      if (block >= 0 && block < p.pool.num_blocks) {
-        const int32_t slot = static_cast<int32_t>(pos % p.pool.block_size);
-        const float2* key_src = reinterpret_cast<const float2*>(
-            p.pool.data + KvPoolOffset(p.pool, block, p.layer, 0, kv_head, slot));
-        const float2* value_src = reinterpret_cast<const float2*>(
-            p.pool.data + KvPoolOffset(p.pool, block, p.layer, 1, kv_head, slot));
-        for (int d2 = lane; d2 < half; d2 += 32) {
-          key_dst[d2] = key_src[d2];
-          value_dst[d2] = value_src[d2];
-        }
-      } else {  // past the last position (or a bad table entry): finite, and masked out below
-        for (int d2 = lane; d2 < half; d2 += 32) {
-          key_dst[d2] = make_float2(0.0f, 0.0f);
-          value_dst[d2] = make_float2(0.0f, 0.0f);
-        }
-      }
-    }
-    __syncthreads();
+  // Keys and values of a tile travel as separate cp.async groups so that loading overlaps
+  // computing: the next tile's keys load during this tile's softmax and value sum, the next
+  // tile's values during the next tile's scores. Groups in flight, in commit order: before the
+  // loop K0, V0; at the top of tile t, V(t) and K(t) (wait<1> retires K(t)); after the scores,
+  // V(t) and K(t+1) (wait<1> retires V(t)). Past the last tile the commits are empty groups.
+  const int64_t num_tiles = (num_positions + kAttnTile - 1) / kAttnTile;
+  LoadKvTile(p, s, 0, kv_head, 0, num_positions, key_tile, key_stride, warp, lane);
+  CpAsyncCommit();
+  LoadKvTile(p, s, 1, kv_head, 0, num_positions, value_tile, hd, warp, lane);
+  CpAsyncCommit();
+  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    const int64_t tile0 = tile * kAttnTile;
+    CpAsyncWait<1>();  // this thread's copies of the tile's keys have landed
+    __syncthreads();   // everyone's (and, the first time, q_tile is written)
 
     // 2. Scores of position tile0 + lane, for the vectors that see at least one position here.
     const float2* key_row = reinterpret_cast<const float2*>(key_tile + lane * key_stride);
@@ -165,6 +180,13 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
         dot[i] = fmaf(q2.y, k2.y, dot[i]);
       }
     }
+
+    __syncthreads();  // key_tile is free: load the next tile's keys
+    if (tile + 1 < num_tiles) {
+      LoadKvTile(p, s, 0, kv_head, tile0 + kAttnTile, num_positions, key_tile, key_stride, warp,
+                 lane);
+    }
+    CpAsyncCommit();
 
     // 3. Online softmax update.
 #pragma unroll
@@ -184,7 +206,8 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
       for (int dd = 0; dd < kDimsPerLane; ++dd) acc[i][dd] *= rescale;
       warp_probs[i * kAttnTile + lane] = prob;
     }
-    __syncwarp();
+    CpAsyncWait<1>();  // this thread's copies of the tile's values have landed
+    __syncthreads();   // everyone's (and warp_probs is written)
 
     // 4. acc += prob[j] * value[j] over the tile's positions.
     const int tile_len =
@@ -204,7 +227,11 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
         for (int dd = 0; dd < kDimsPerLane; ++dd) acc[i][dd] = fmaf(prob, value[dd], acc[i][dd]);
       }
     }
-    // warp_probs is written again only after the next tile's two __syncthreads.
+    __syncthreads();  // value_tile (and warp_probs) are free: load the next tile's values
+    if (tile + 1 < num_tiles) {
+      LoadKvTile(p, s, 1, kv_head, tile0 + kAttnTile, num_positions, value_tile, hd, warp, lane);
+    }
+    CpAsyncCommit();
   }
 
 #pragma unroll

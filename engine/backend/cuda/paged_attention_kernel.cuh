@@ -166,9 +166,12 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
 
     // 2. Scores of position tile0 + lane, for the vectors that see at least one position here.
     const float2* key_row = reinterpret_cast<const float2*>(key_tile + lane * key_stride);
-    float dot[kAttnVecsPerWarp];
+    // Even and odd dims in separate sums: two independent fmaf chains per vector instead of one
+    // (a decode CTA of a small GQA group has a single vector per warp, latency-bound otherwise).
+    float dot_even[kAttnVecsPerWarp];
+    float dot_odd[kAttnVecsPerWarp];
 #pragma unroll
-    for (int i = 0; i < kAttnVecsPerWarp; ++i) dot[i] = 0.0f;
+    for (int i = 0; i < kAttnVecsPerWarp; ++i) dot_even[i] = dot_odd[i] = 0.0f;
     for (int d2 = 0; d2 < half; ++d2) {
       const float2 k2 = key_row[d2];
 #pragma unroll
@@ -176,8 +179,8 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
         if (vec_pos[i] < tile0) continue;  // warp-uniform
         const float2 q2 =
             reinterpret_cast<const float2*>(q_tile + (warp + kAttnWarps * i) * hd)[d2];
-        dot[i] = fmaf(q2.x, k2.x, dot[i]);
-        dot[i] = fmaf(q2.y, k2.y, dot[i]);
+        dot_even[i] = fmaf(q2.x, k2.x, dot_even[i]);
+        dot_odd[i] = fmaf(q2.y, k2.y, dot_odd[i]);
       }
     }
 
@@ -192,7 +195,8 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(PagedAttent
 #pragma unroll
     for (int i = 0; i < kAttnVecsPerWarp; ++i) {
       if (vec_pos[i] < tile0) continue;  // warp-uniform
-      const float score = tile0 + lane <= vec_pos[i] ? dot[i] * a.scale : -INFINITY;
+      const float score =
+          tile0 + lane <= vec_pos[i] ? (dot_even[i] + dot_odd[i]) * a.scale : -INFINITY;
       float tile_max = score;  // finite in lane 0 at least: position tile0 <= vec_pos[i]
       for (int offset = 16; offset > 0; offset >>= 1) {
         tile_max = fmaxf(tile_max, __shfl_xor_sync(kFull, tile_max, offset));

@@ -11,8 +11,8 @@
 //   SpQR GEMV: 4 n 2^-24 sum_j |w_j x_j| (+1e-30): fp32 sums of the same products in another
 //             order (the format module's bound, engine/format/spqr_matmul.h).
 //   Dense GEMM (cuBLAS' reference): 4 k 2^-24 sum |x w| against a double product.
-//   KV store: bit-exact (a copy). Paged attention: 2e-5 abs + 2e-5 rel (why: the header
-//             tests/gpu/paged_attention_parity.h, shared with the GPU suite).
+//   KV store: bit-exact (a copy). Paged attention: (2e-5 abs + 2e-5 rel) max(1, query scale)
+//             (why: tests/gpu/paged_attention_parity.h, shared with the GPU suite).
 #include <cuda_runtime.h>
 
 #include <algorithm>

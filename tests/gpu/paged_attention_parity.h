@@ -15,15 +15,15 @@
 // attention output (poisoned beforehand) is within
 //   |got - want| <= (kAttnAtol + kAttnRtol |want|) max(1, q_scale),  kAttnAtol = kAttnRtol = 2e-5,
 // for keys and values of unit variance and queries of standard deviation q_scale. Both sides are
-// fp32 with a max-subtracted softmax; they differ in the dot products' summation order (a chain of
-// fmaf vs. the CPU's SIMD lanes), expf's last bits on a GPU, and the normalization (the kernel
-// divides the accumulated sum once at the end, the CPU scales each probability first). Each of
-// these is a few ulp of the scores and of the output
-// (|out| <= max |v| ~ 4), i.e. about 1e-6; the bound leaves 10x for fp32 rounding that grows with
-// the number of positions (hundreds here). The scores' rounding errors are ulps of the scores,
-// whose size grows with q_scale, hence the factor. A case with queries scaled up makes the softmax
-// peaky (scores of order 100: without the max subtraction expf overflows and the output is NaN);
-// measured on the harness, the worst error is 2-3% of the bound in every case.
+// fp32 with a max-subtracted softmax; they differ in the dot products' summation order (two fmaf
+// chains, even and odd dims, vs. the CPU's SIMD lanes), expf's last bits on a GPU, and the
+// normalization (the kernel divides the accumulated sum once at the end, the CPU scales each
+// probability first). Each is a few ulp of the scores and of the output (|out| <= max |v| ~ 4),
+// about 1e-6, growing slowly with the number of positions (hundreds here); the bound is 20-40x
+// that. The scores' rounding errors are ulps of the scores, whose size grows with q_scale, hence
+// the factor. A case with queries scaled up makes the softmax peaky (scores of order 100: without
+// the max subtraction expf overflows and the output is NaN). Measured on the harness, the worst
+// error is 1-3% of the bound in every case.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "engine/runtime/detokenizer.h"
+#include "engine/runtime/model.h"
+#include "engine/tokenizer/hf_pre_tokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/utf8.h"
 #include "gmock/gmock.h"
@@ -258,6 +260,51 @@ TEST(OpenModelTokenizer, PrefersTokenizerJsonAndFallsBackToTheSentencePieceModel
   std::filesystem::remove(dir.path() + "/tokenizer.model");
   auto error = OpenModelTokenizer(dir.path(), -1, {});
   EXPECT_THAT(std::string(error.status().message()), HasSubstr("Lowercase"));
+}
+
+// A byte-level tokenizer.json small enough for the test model's 512-token embedding: the 256
+// byte characters, two merges and one special token.
+std::string TinyByteLevelTokenizerJson() {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[ByteLevelChar(static_cast<unsigned char>(b))] = b;
+  const std::string space = ByteLevelChar(' ');
+  vocab[space + "t"] = 256;
+  vocab["he"] = 257;
+  nlohmann::json j = {
+      {"version", "1.0"},
+      {"added_tokens",
+       {{{"id", 258}, {"content", "<|endoftext|>"}, {"special", true}, {"normalized", false}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", {space + " t", "h e"}}}}};
+  return j.dump();
+}
+
+TEST(LoadModel, AcceptsADirectoryWithOnlyTokenizerJson) {
+  TempDir dir;
+  const std::string model = std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model";
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) {
+    std::filesystem::copy_file(model + "/" + f, dir.path() + "/" + f);
+  }
+  WriteFile(dir.path() + "/tokenizer.json", TinyByteLevelTokenizerJson());
+  ModelLoadOptions options;
+  options.backend = "cpu";
+  options.num_threads = 1;
+  auto loaded = LoadModel(dir.path(), options);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const Tokenizer& tok = *(*loaded)->tokenizer;
+  EXPECT_EQ(tok.kind(), "hf-bpe");
+  EXPECT_EQ(tok.vocab_size(), 259);
+  EXPECT_EQ(tok.Encode("the t<|endoftext|>", false), (std::vector<int32_t>{'t', 257, 256, 258}));
+  EXPECT_EQ(tok.Decode({'t', 257, 256, 258}), "the t");
+
+  // A tokenizer larger than the model's embedding is refused, naming its kind.
+  std::filesystem::copy_file(kFixtures + "/qwen2/tokenizer.json", dir.path() + "/tokenizer.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto too_big = LoadModel(dir.path(), options);
+  EXPECT_THAT(std::string(too_big.status().message()), HasSubstr("hf-bpe tokenizer has"));
 }
 
 TEST(Utf8, RepairReplacesMaximalInvalidSubparts) {

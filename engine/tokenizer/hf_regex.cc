@@ -54,10 +54,14 @@ struct HfRegex::Impl {
   bool Match(std::string_view text, size_t from, size_t* begin, size_t* end) const {
     pcre2_match_data* md = ThreadMatchData();
     const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    const int rc =
-        jit ? pcre2_jit_match(code, subject, text.size(), from, 0, md, nullptr)
-            : pcre2_match(code, subject, text.size(), from, PCRE2_NO_UTF_CHECK, md, nullptr);
-    if (rc < 0) return false;  // PCRE2_ERROR_NOMATCH, or a resource limit: treated as no match
+    int rc = PCRE2_ERROR_JIT_STACKLIMIT;
+    if (jit) rc = pcre2_jit_match(code, subject, text.size(), from, 0, md, nullptr);
+    // The interpreter keeps its backtracking state on the heap: it handles the long runs (e.g.
+    // 100k spaces against \s+(?!\S)) that can exhaust the JIT's machine stack.
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+      rc = pcre2_match(code, subject, text.size(), from, PCRE2_NO_UTF_CHECK, md, nullptr);
+    }
+    if (rc < 0) return false;  // no match (or PCRE2's match/heap limit: treated as none)
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     *begin = ov[0];
     *end = ov[1];

@@ -165,6 +165,41 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Open(const std::string& 
                                                              std::vector<int32_t> eos_ids) {
   const std::filesystem::path file(path);
   ASSIGN_OR_RETURN(json j, ReadJson(file, /*required=*/true));
+  ASSIGN_OR_RETURN(json config, ReadJson(file.parent_path() / "tokenizer_config.json", false));
+  ASSIGN_OR_RETURN(json special_map,
+                   ReadJson(file.parent_path() / "special_tokens_map.json", false));
+  return Build(j, config, special_map, path, bos_id, std::move(eos_ids));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(std::string_view tokenizer_json,
+                                                              std::string_view tokenizer_config,
+                                                              const std::string& name,
+                                                              int32_t bos_id,
+                                                              std::vector<int32_t> eos_ids) {
+  json j = json::parse(tokenizer_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(name, ": not valid JSON"));
+  json config = json::parse(tokenizer_config, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) config = json();
+  return Build(j, config, json(), name, bos_id, std::move(eos_ids));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Build(const json& j, const json& config,
+                                                              const json& special_map,
+                                                              const std::string& path,
+                                                              int32_t bos_id,
+                                                              std::vector<int32_t> eos_ids) {
+  // nlohmann::json throws on a field of an unexpected type (json::value, get): such a file is
+  // refused like any other malformed one.
+  try {
+    return BuildUnchecked(j, config, special_map, path, bos_id, std::move(eos_ids));
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": malformed: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::BuildUnchecked(
+    const json& j, json config, json special_map, const std::string& path, int32_t bos_id,
+    std::vector<int32_t> eos_ids) {
   const auto where = [&](const absl::Status& s) {
     return absl::Status(s.code(), absl::StrCat(path, ": ", s.message()));
   };
@@ -235,9 +270,6 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Open(const std::string& 
   }
 
   // tokenizer_config.json / special_tokens_map.json: bos/eos strings and the Llama/Gemma rule.
-  ASSIGN_OR_RETURN(json config, ReadJson(file.parent_path() / "tokenizer_config.json", false));
-  ASSIGN_OR_RETURN(json special_map,
-                   ReadJson(file.parent_path() / "special_tokens_map.json", false));
   if (!config.is_object()) config = json::object();
   if (!special_map.is_object()) special_map = json::object();
   const auto special_token = [&](const char* key) {

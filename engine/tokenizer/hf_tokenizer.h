@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "engine/tokenizer/tokenizer.h"
+#include "nlohmann/json_fwd.hpp"
 
 namespace spqr {
 
@@ -32,6 +33,12 @@ class HfTokenizer final : public Tokenizer {
   // non-negative id: the eos_token of tokenizer_config.json (else special_tokens_map.json).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Open(const std::string& path, int32_t bos_id,
                                                          std::vector<int32_t> eos_ids);
+  // The same from the texts of tokenizer.json and tokenizer_config.json ("" for none); `name`
+  // prefixes errors. For tests and fuzzing.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Parse(std::string_view tokenizer_json,
+                                                          std::string_view tokenizer_config,
+                                                          const std::string& name, int32_t bos_id,
+                                                          std::vector<int32_t> eos_ids);
   ~HfTokenizer() override;
 
   std::vector<int32_t> Encode(std::string_view text, bool add_bos) const override;
@@ -44,6 +51,14 @@ class HfTokenizer final : public Tokenizer {
 
  private:
   HfTokenizer();
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Build(const nlohmann::json& j,
+                                                          const nlohmann::json& config,
+                                                          const nlohmann::json& special_map,
+                                                          const std::string& path, int32_t bos_id,
+                                                          std::vector<int32_t> eos_ids);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> BuildUnchecked(
+      const nlohmann::json& j, nlohmann::json config, nlohmann::json special_map,
+      const std::string& path, int32_t bos_id, std::vector<int32_t> eos_ids);
   std::unique_ptr<Impl> impl_;
 };
 

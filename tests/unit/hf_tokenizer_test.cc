@@ -221,6 +221,11 @@ TEST(HfTokenizerErrors, UnsupportedConstructsAreNamed) {
                                                {"behavior", "Isolated"},
                                                {"invert", false}});
   EXPECT_THAT(std::string(bad_regex.status().message()), HasSubstr("(unclosed"));
+  // A field of the wrong JSON type is a status, not an exception.
+  nlohmann::json wrong_type = base;
+  wrong_type["model"]["fuse_unk"] = "yes";
+  auto typed = HfTokenizer::Parse(wrong_type.dump(), "", "typed.json", -1, {});
+  EXPECT_THAT(std::string(typed.status().message()), HasSubstr("typed.json: malformed"));
   WriteFile(dir.path() + "/tokenizer.json", "{not json");
   auto not_json = Tokenizer::Open(dir.path() + "/tokenizer.json", -1, {});
   EXPECT_THAT(std::string(not_json.status().message()), HasSubstr("not valid JSON"));

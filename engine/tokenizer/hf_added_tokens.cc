@@ -35,10 +35,12 @@ void HfAddedTokenMatcher::Add(std::string pattern, const HfAddedToken* token) {
   tokens_.push_back({std::move(pattern), token});
   const size_t index = tokens_.size() - 1;
   std::vector<size_t>& list = by_first_[static_cast<unsigned char>(tokens_[index].pattern[0])];
-  list.push_back(index);
-  std::stable_sort(list.begin(), list.end(), [&](size_t a, size_t b) {
-    return tokens_[a].pattern.size() > tokens_[b].pattern.size();
-  });
+  // Longest first; among equal lengths in insertion order.
+  const size_t size = tokens_[index].pattern.size();
+  list.insert(
+      std::upper_bound(list.begin(), list.end(), size,
+                       [&](size_t s, size_t other) { return s > tokens_[other].pattern.size(); }),
+      index);
 }
 
 std::vector<HfAddedTokenMatcher::Match> HfAddedTokenMatcher::Find(std::string_view text) const {

@@ -47,9 +47,8 @@ class HfTokenizer final : public Tokenizer {
   int32_t vocab_size() const override;
   std::string kind() const override { return "hf-bpe"; }
 
-  struct Impl;
-
  private:
+  struct Impl;
   HfTokenizer();
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Build(const nlohmann::json& j,
                                                           const nlohmann::json& config,

@@ -10,6 +10,10 @@ set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIS
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 
+# The GPU SpQR layout and kernels (spqr_gpu_layout.h, spqr_gpu_linear.cuh), forward and reverse.
+spqr_add_gtest(spqr_gpu_emu_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_gpu_test.cc
+               LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
+
 add_test(NAME cuda_emu_env_order
          COMMAND cuda_emu_test --gtest_filter=HarnessTest.InitialScheduleComesFromTheEnvironment)
 set_tests_properties(cuda_emu_env_order PROPERTIES LABELS cuda_emu

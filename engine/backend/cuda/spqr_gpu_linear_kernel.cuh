@@ -1,0 +1,304 @@
+// Kernel bodies of LaunchSpqrGpuLinear / LaunchSpqrGpuDequantize (spqr_gpu_linear.cuh) on the GPU
+// layout (spqr_gpu_layout.h), compiled by nvcc for the device and by g++ for the CPU harness
+// (launch.cuh). Weight decoding is the format's arithmetic (spqr_layer.h) bit for bit:
+// w = scale * (float(code) - zero) with __fsub_rn/__fmul_rn (never contracted into an FMA).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "engine/backend/cuda/launch.cuh"
+#include "engine/backend/cuda/ptx.cuh"
+#include "engine/backend/cuda/spqr_gpu_layout.h"
+
+namespace spqr::kernels {
+
+inline constexpr int kSpqrGpuDecodeWarps = 4;  // warps per block of the decode kernel
+inline constexpr int kSpqrGpuDequantizeThreads = 256;
+inline constexpr int kSpqrGpuGatherThreads = 256;
+
+__device__ __forceinline__ float SpqrGpuHalfBits(uint32_t bits) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits & 0xffffu)));
+}
+
+// float(code) for a code in the low bits of `bits` under `mask`, without an int->float conversion
+// (a quarter-rate instruction): (bits & mask) | 0x4b000000 is the fp32 value 2^23 + code, and
+// subtracting 2^23 is exact. One lop3 and one add.
+__device__ __forceinline__ float SpqrGpuCodeToFloat(uint32_t bits, uint32_t mask) {
+  return __fsub_rn(__uint_as_float(Lop3<0xEA>(bits, mask, 0x4b000000u)), 8388608.0f);
+}
+
+__device__ __forceinline__ float SpqrGpuDequant(float code, float scale, float zero) {
+  return __fmul_rn(scale, __fsub_rn(code, zero));
+}
+
+struct SpqrGpuStats {
+  float scale;
+  float zero;
+};
+
+// First-level statistics of (row r, group g); `block` = r / beta2 (DecodeGroupStats' values).
+__device__ __forceinline__ SpqrGpuStats SpqrGpuGroupStats(const SpqrGpuLayerView& l, int64_t r,
+                                                          int64_t block, int64_t g) {
+  const uint32_t* row = l.stats + r * l.stat_row_words;
+  if (l.stats_bits == 16) {
+    const uint32_t v = __ldg(row + g);
+    return {SpqrGpuHalfBits(v), SpqrGpuHalfBits(v >> 16)};
+  }
+  const int sb = l.stats_bits;
+  const int64_t bit = g * 2 * sb;
+  const int shift = static_cast<int>(bit & 31);
+  uint32_t pair = __ldg(row + (bit >> 5)) >> shift;
+  if (shift + 2 * sb > 32) pair |= __ldg(row + (bit >> 5) + 1) << (32 - shift);
+  const uint32_t mask = (1u << sb) - 1u;
+  // Four fp16 values, little endian: x = {scale of scales, zero of scales}, y = {.. of zeros}.
+  const uint2 s = __ldg(reinterpret_cast<const uint2*>(l.second_level) + block * l.num_groups + g);
+  return {SpqrGpuDequant(static_cast<float>(pair & mask), SpqrGpuHalfBits(s.x),
+                         SpqrGpuHalfBits(s.x >> 16)),
+          SpqrGpuDequant(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(s.y),
+                         SpqrGpuHalfBits(s.y >> 16))};
+}
+
+// Outlier record k: permuted column and fp16 residual.
+__device__ __forceinline__ void SpqrGpuOutlier(const SpqrGpuLayerView& l, int64_t k, int64_t* col,
+                                               float* value) {
+  if (l.in_features > 65535) {
+    *col = __ldg(l.outlier_records + 2 * k);
+    *value = SpqrGpuHalfBits(__ldg(l.outlier_records + 2 * k + 1));
+  } else {
+    const uint32_t v = __ldg(l.outlier_records + k);
+    *col = v & 0xffffu;
+    *value = SpqrGpuHalfBits(v >> 16);
+  }
+}
+
+// xt[j * bpad + b] = x[b * n + perm[j]] for b < batch, 0 for batch <= b < bpad: the permuted inputs
+// of the decode kernel, column-major so that one column's values for all sequences are adjacent.
+__global__ void SpqrGpuGatherTransposedKernel(const uint32_t* __restrict__ perm,
+                                              const float* __restrict__ x, float* __restrict__ xt,
+                                              int64_t n, int64_t batch, int64_t bpad) {
+  const int64_t count = n * bpad;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const int64_t j = i / bpad;
+    const int64_t b = i - j * bpad;
+    xt[i] = b < batch ? x[b * n + __ldg(perm + j)] : 0.0f;
+  }
+}
+
+// xh[b * n + j] = fp16(x[b * n + perm[j]]) (round to nearest even): the GEMM path's activations.
+__global__ void SpqrGpuGatherF16Kernel(const uint32_t* __restrict__ perm,
+                                       const float* __restrict__ x, __half* __restrict__ xh,
+                                       int64_t n, int64_t count) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const int64_t b = i / n;
+    const int64_t j = i - b * n;
+    xh[i] = __float2half_rn(x[b * n + __ldg(perm + j)]);
+  }
+}
+
+// Decode product for up to B sequences (B in 1, 2, 4, 8, 16), wbits W (2..4), beta1 % 8 == 0.
+// Each warp owns R consecutive output rows; lane l walks chunks l, l + 32, ... of those rows (a
+// chunk = 128 permuted columns), loading each row's chunk with W coalesced 128-bit loads, so every
+// weight is read once per call for all B sequences. Codes are cut out of the registers at
+// compile-time bit offsets (shift, and the 2-word case an or), turned into floats with the
+// lop3 trick, scaled with the group's statistics (decoded when the 8-column unit enters a new
+// group) and multiplied with the B inputs of that column (xt, column-major, one 16-byte load per 4
+// sequences) in fp32 FMAs. The row's outliers are added in the same kernel (lanes stride over its
+// CSR records), then each of the R x B sums is reduced across the warp.
+template <int W, int B, int R>
+__global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
+    SpqrGpuDecodeKernel(SpqrGpuLayerView l, const float* __restrict__ xt, float* __restrict__ y,
+                        int64_t batch) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 =
+      (static_cast<int64_t>(blockIdx.x) * kSpqrGpuDecodeWarps + threadIdx.x / 32) * R;
+  const int64_t m = l.out_features;
+  if (row0 >= m) return;  // the whole warp leaves together
+  const int64_t n = l.in_features;
+  const int64_t chunks = l.lane_chunks;
+  const int beta1 = l.beta1;
+  constexpr uint32_t kMask = (1u << W) - 1u;
+
+  int64_t rows[R], blocks[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    rows[i] = row0 + i < m ? row0 + i : m - 1;  // rows past m are computed but not stored
+    blocks[i] = rows[i] / l.beta2;
+  }
+  float acc[R][B];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[i][b] = 0.0f;
+  }
+
+  const uint4* codes = reinterpret_cast<const uint4*>(l.codes);
+  for (int64_t c = lane; c < chunks; c += 32) {
+    const int64_t tile = c >> 5;
+    const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+    uint32_t cw[R][4 * W];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const uint4* base = codes + (rows[i] * chunks + tile * 32) * W + (c & 31);
+#pragma unroll
+      for (int q = 0; q < W; ++q) {
+        const uint4 v = __ldg(base + q * active);
+        cw[i][4 * q + 0] = v.x;
+        cw[i][4 * q + 1] = v.y;
+        cw[i][4 * q + 2] = v.z;
+        cw[i][4 * q + 3] = v.w;
+      }
+    }
+    const int64_t j0 = c * kSpqrGpuChunkCols;
+    int64_t g = j0 / beta1;
+    int off = static_cast<int>(j0 - g * beta1);
+    SpqrGpuStats st[R];
+#pragma unroll
+    for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
+      const int64_t col = j0 + 8 * u;
+      if (col >= n) break;  // n % 8 == 0: units are whole
+      if (u == 0 || off == beta1) {
+        if (u != 0) {
+          ++g;
+          off = 0;
+        }
+#pragma unroll
+        for (int i = 0; i < R; ++i) st[i] = SpqrGpuGroupStats(l, rows[i], blocks[i], g);
+      }
+      off += 8;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        float xv[B];
+        const float* xp = xt + (col + k) * B;
+        if constexpr (B % 4 == 0) {
+#pragma unroll
+          for (int b = 0; b < B; b += 4) {
+            const float4 v = __ldg(reinterpret_cast<const float4*>(xp + b));
+            xv[b] = v.x;
+            xv[b + 1] = v.y;
+            xv[b + 2] = v.z;
+            xv[b + 3] = v.w;
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < B; ++b) xv[b] = __ldg(xp + b);
+        }
+        const int bit = (8 * u + k) * W;
+        const int word = bit >> 5, shift = bit & 31;
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          uint32_t bits = cw[i][word] >> shift;
+          if (shift + W > 32) bits |= cw[i][word + 1] << (32 - shift);
+          const float w = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, kMask), st[i].scale, st[i].zero);
+#pragma unroll
+          for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(w, xv[b], acc[i][b]);
+        }
+      }
+    }
+  }
+
+  // Outliers: residual * x added to the same sums.
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (row0 + i >= m) continue;
+    const int64_t last = __ldg(l.outlier_row_offsets + rows[i] + 1);
+    for (int64_t k = __ldg(l.outlier_row_offsets + rows[i]) + lane; k < last; k += 32) {
+      int64_t col;
+      float v;
+      SpqrGpuOutlier(l, k, &col, &v);
+#pragma unroll
+      for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(v, __ldg(xt + col * B + b), acc[i][b]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      float s = acc[i][b];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0 && row0 + i < m && b < batch) y[b * m + row0 + i] = s;
+    }
+  }
+}
+
+__device__ __forceinline__ void SpqrGpuStore(float* out, int64_t i, float v) { out[i] = v; }
+__device__ __forceinline__ void SpqrGpuStore(__half* out, int64_t i, float v) {
+  out[i] = __float2half_rn(v);
+}
+
+// Dense W_hat in PERMUTED column order, out[r * n + j] = w(r, j) (fp32, or rounded to fp16), for
+// any wbits and beta1. One thread per 8 consecutive columns of a row: consecutive threads write
+// consecutive columns (coalesced). Outliers are added before the single store (the thread finds the
+// first outlier of its columns by binary search in the row's sorted CSR records).
+template <typename OutT>
+__global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
+    SpqrGpuDequantizeKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
+  const int64_t n = l.in_features;
+  const int64_t units = (n + 7) / 8;
+  const int64_t count = l.out_features * units;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int wb = l.wbits;
+  const uint32_t mask = (1u << wb) - 1u;
+  const int64_t chunks = l.lane_chunks;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const int64_t r = i / units;
+    const int64_t j0 = (i - r * units) * 8;
+    const int64_t j1 = j0 + 8 < n ? j0 + 8 : n;
+    float w[8];
+    int64_t cached_group = -1;
+    SpqrGpuStats st{0.0f, 0.0f};
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t g = j / l.beta1;
+      if (g != cached_group) {
+        st = SpqrGpuGroupStats(l, r, r / l.beta2, g);
+        cached_group = g;
+      }
+      const int64_t c = j / kSpqrGpuChunkCols, tile = c >> 5;
+      const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+      const int64_t bit = (j % kSpqrGpuChunkCols) * wb;
+      const int64_t word = bit >> 5;
+      const int shift = static_cast<int>(bit & 31);
+      // 32-bit word `word` of chunk c's stream (spqr_gpu_layout.h).
+      auto stream_word = [&](int64_t w32) {
+        return __ldg(l.codes +
+                     ((r * chunks + tile * 32) * wb + (w32 >> 2) * active + (c & 31)) * 4 +
+                     (w32 & 3));
+      };
+      uint32_t bits = stream_word(word) >> shift;
+      if (shift + wb > 32) bits |= stream_word(word + 1) << (32 - shift);
+      w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, mask), st.scale, st.zero);
+    }
+    int64_t lo = __ldg(l.outlier_row_offsets + r);
+    int64_t hi = __ldg(l.outlier_row_offsets + r + 1);
+    const int64_t last = hi;
+    while (lo < hi) {  // first outlier with column >= j0
+      const int64_t mid = (lo + hi) / 2;
+      int64_t col;
+      float v;
+      SpqrGpuOutlier(l, mid, &col, &v);
+      if (col < j0) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    for (; lo < last; ++lo) {
+      int64_t col;
+      float v;
+      SpqrGpuOutlier(l, lo, &col, &v);
+      if (col >= j1) break;
+      w[col - j0] = __fadd_rn(w[col - j0], v);
+    }
+    for (int64_t j = j0; j < j1; ++j) SpqrGpuStore(out, r * n + j, w[j - j0]);
+  }
+}
+
+}  // namespace spqr::kernels

@@ -220,7 +220,13 @@ void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& device,
       }
       // Both products' rounding (the CPU product's bound is the same shape, spqr_matmul.h).
       double tol = 2.0 * 2.0 * (n + 64) * u24 * (abs_sum + 2.0 * abs_parts);
-      if (path == SpqrGpuPath::kDequantGemm) {
+      if (path == SpqrGpuPath::kDecode) {  // the one-FMA weight: e_j per weight
+        for (int64_t j = 0; j < n; ++j) {
+          const GroupStats s = DecodeGroupStats(layer, r, j / layer.beta1);
+          const double e = 3.0 * u24 * std::abs(s.scale) * ((1 << layer.wbits) + std::abs(s.zero));
+          tol += e * std::abs(xp[j]);
+        }
+      } else {
         double abs_wx = 0.0;
         for (int64_t j = 0; j < n; ++j) abs_wx += std::abs(double{w[r * n + j]}) + std::abs(xp[j]);
         tol += (std::ldexp(1.0, -10) + std::ldexp(1.0, -22)) * abs_sum + u24 * abs_wx;

@@ -5,8 +5,8 @@
 //   kDecode       batch <= 16 (kSpqrGpuDecodeMaxBatch), wbits in {2, 3, 4} and beta1 % 8 == 0
 //                 (every configuration the quantizer's presets write). A gather kernel writes the
 //                 permuted inputs once (column-major, batch padded to 1/2/4/8/16), then one kernel
-//                 reads every weight once for all sequences, decodes it exactly (bit-identical to
-//                 DequantizeSpqrLayer), accumulates in fp32 and adds the outliers.
+//                 reads every weight once for all sequences, decodes it with bit tricks (shift +
+//                 lop3 + one FMA), accumulates in fp32 and adds the outliers.
 //   kDequantGemm  everything else (prefill, batch > 16, and the rare configurations above): the
 //                 layer is dequantized to fp16 in permuted column order (one coalesced pass,
 //                 outliers included), the inputs are gathered and cast to fp16 in permuted order,
@@ -16,8 +16,9 @@
 // (bench/gpu/, docs/gpu-performance.md).
 //
 // Numerics:
-//   kDecode: weights exact, fp32 sums in another order than the CPU product:
-//     |y - y_ref| <= 2 (n + 64) 2^-24 sum_j (|w_j x_j| + 2 |residual_j x_j|).
+//   kDecode: each weight within e_j = 3 2^-24 |scale| (2^wbits + |zero|) of the exact decode (its
+//     group's statistics), fp32 sums in another order than the CPU product:
+//     |y - y_ref| <= sum_j e_j |x_j| + 2 (n + 64) 2^-24 sum_j (|w_j x_j| + 2 |residual_j x_j|).
 //   kDequantGemm: weights and inputs rounded to fp16 (relative 2^-11 each), fp32 accumulation:
 //     |y - y_ref| <= (2^-10 + 2^-22 + 2 (n + 64) 2^-24) sum_j |w_j x_j| (+ the fp16 underflow of
 //     tiny values: 2^-24 sum_j (|w_j| + |x_j|) in absolute terms).

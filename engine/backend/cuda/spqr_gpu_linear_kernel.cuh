@@ -1,7 +1,8 @@
 // Kernel bodies of LaunchSpqrGpuLinear / LaunchSpqrGpuDequantize (spqr_gpu_linear.cuh) on the GPU
 // layout (spqr_gpu_layout.h), compiled by nvcc for the device and by g++ for the CPU harness
-// (launch.cuh). Weight decoding is the format's arithmetic (spqr_layer.h) bit for bit:
-// w = scale * (float(code) - zero) with __fsub_rn/__fmul_rn (never contracted into an FMA).
+// (launch.cuh). The dequantize kernel decodes exactly as the format (spqr_layer.h), bit for bit:
+// w = scale * (float(code) - zero) with __fsub_rn/__fmul_rn (never contracted into an FMA); the
+// decode kernel uses a one-FMA form of the same weight, accurate to a few fp32 ulps (see there).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -104,12 +105,17 @@ __global__ void SpqrGpuGatherF16Kernel(const uint32_t* __restrict__ perm,
 // Decode product for up to B sequences (B in 1, 2, 4, 8, 16), wbits W (2..4), beta1 % 8 == 0.
 // Each warp owns R consecutive output rows; lane l walks chunks l, l + 32, ... of those rows (a
 // chunk = 128 permuted columns), loading each row's chunk with W coalesced 128-bit loads, so every
-// weight is read once per call for all B sequences. Codes are cut out of the registers at
-// compile-time bit offsets (shift, and the 2-word case an or), turned into floats with the
-// lop3 trick, scaled with the group's statistics (decoded when the 8-column unit enters a new
-// group) and multiplied with the B inputs of that column (xt, column-major, one 16-byte load per 4
-// sequences) in fp32 FMAs. The row's outliers are added in the same kernel (lanes stride over its
-// CSR records), then each of the R x B sums is reduced across the warp.
+// weight is read once per call for all B sequences. The row's outliers are added in the same kernel
+// (lanes stride over its CSR records), then each of the R x B sums is reduced across the warp.
+//
+// Weight arithmetic, 4 instructions per weight at B = 1 (shift, lop3, 2 FMA): a code q at bit p of
+// a register is moved to bits [23 - W, 23) by one compile-time shift (two and an or where it
+// straddles two words, 2 codes in 32 for W = 3), and one lop3 ((v & mask) | 0x3f800000) makes
+// the fp32 value f = 1 + q 2^-W exactly. With a = scale 2^W (exact) and c = scale (2^W + zero)
+// computed once per (row, group), w' = fma(a, f, -c) = scale (q - zero) up to
+// |w' - w| <= 3 2^-24 |scale| (2^W + |zero|) (the rounding of c and of the FMA; w is the format's
+// exact decode). The sum is then acc += w' x in fp32 FMAs. LaunchSpqrGpuDequantize keeps the exact
+// decode; this kernel trades the last bits of each weight for three instructions per weight.
 template <int W, int B, int R>
 __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     SpqrGpuDecodeKernel(SpqrGpuLayerView l, const float* __restrict__ xt, float* __restrict__ y,
@@ -122,7 +128,9 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
   const int64_t n = l.in_features;
   const int64_t chunks = l.lane_chunks;
   const int beta1 = l.beta1;
-  constexpr uint32_t kMask = (1u << W) - 1u;
+  constexpr int kTop = 23 - W;  // f's code bits are [kTop, 23)
+  constexpr uint32_t kMask = ((1u << W) - 1u) << kTop;
+  constexpr float kScale = static_cast<float>(1 << W);
 
   int64_t rows[R], blocks[R];
 #pragma unroll
@@ -157,7 +165,7 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     const int64_t j0 = c * kSpqrGpuChunkCols;
     int64_t g = j0 / beta1;
     int off = static_cast<int>(j0 - g * beta1);
-    SpqrGpuStats st[R];
+    float fa[R], fc[R];  // w' = fma(fa, f, -fc)
 #pragma unroll
     for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
       const int64_t col = j0 + 8 * u;
@@ -168,33 +176,55 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
           off = 0;
         }
 #pragma unroll
-        for (int i = 0; i < R; ++i) st[i] = SpqrGpuGroupStats(l, rows[i], blocks[i], g);
+        for (int i = 0; i < R; ++i) {
+          const SpqrGpuStats st = SpqrGpuGroupStats(l, rows[i], blocks[i], g);
+          fa[i] = __fmul_rn(st.scale, kScale);
+          fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+        }
       }
       off += 8;
+      // Inputs of the unit's 8 columns: at B <= 2 all at once (2B 16-byte loads), else per column.
+      float xu[B <= 2 ? 8 * B : 1];
+      if constexpr (B <= 2) {
+#pragma unroll
+        for (int v = 0; v < 2 * B; ++v) {
+          const float4 t = __ldg(reinterpret_cast<const float4*>(xt + col * B) + v);
+          xu[4 * v] = t.x;
+          xu[4 * v + 1] = t.y;
+          xu[4 * v + 2] = t.z;
+          xu[4 * v + 3] = t.w;
+        }
+      }
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         float xv[B];
-        const float* xp = xt + (col + k) * B;
-        if constexpr (B % 4 == 0) {
+        if constexpr (B <= 2) {
 #pragma unroll
-          for (int b = 0; b < B; b += 4) {
-            const float4 v = __ldg(reinterpret_cast<const float4*>(xp + b));
-            xv[b] = v.x;
-            xv[b + 1] = v.y;
-            xv[b + 2] = v.z;
-            xv[b + 3] = v.w;
-          }
+          for (int b = 0; b < B; ++b) xv[b] = xu[k * B + b];
         } else {
 #pragma unroll
-          for (int b = 0; b < B; ++b) xv[b] = __ldg(xp + b);
+          for (int b = 0; b < B; b += 4) {
+            const float4 t = __ldg(reinterpret_cast<const float4*>(xt + (col + k) * B + b));
+            xv[b] = t.x;
+            xv[b + 1] = t.y;
+            xv[b + 2] = t.z;
+            xv[b + 3] = t.w;
+          }
         }
         const int bit = (8 * u + k) * W;
         const int word = bit >> 5, shift = bit & 31;
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          uint32_t bits = cw[i][word] >> shift;
-          if (shift + W > 32) bits |= cw[i][word + 1] << (32 - shift);
-          const float w = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, kMask), st[i].scale, st[i].zero);
+          uint32_t v;
+          if (shift + W > 32) {  // straddles two words (W = 3 only)
+            v = ((cw[i][word] >> shift) | (cw[i][word + 1] << (32 - shift))) << kTop;
+          } else if (shift <= kTop) {
+            v = cw[i][word] << (kTop - shift);
+          } else {
+            v = cw[i][word] >> (shift - kTop);
+          }
+          const float f = __uint_as_float(Lop3<0xEA>(v, kMask, 0x3f800000u));  // 1 + q 2^-W
+          const float w = __fmaf_rn(fa[i], f, fc[i]);
 #pragma unroll
           for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(w, xv[b], acc[i][b]);
         }

@@ -61,6 +61,43 @@ __device__ __forceinline__ SpqrGpuStats SpqrGpuGroupStats(const SpqrGpuLayerView
                          SpqrGpuHalfBits(s.y >> 16))};
 }
 
+// The raw words of (row r, group g)'s statistics, loaded one group ahead by the decode kernel so
+// that their latency overlaps the current group's arithmetic; SpqrGpuStatsFromRaw decodes them to
+// exactly SpqrGpuGroupStats' values.
+struct SpqrGpuRawStats {
+  uint32_t lo, hi;  // the statistics word(s): the fp16 pair, or the bit-stream words of the pair
+  uint2 second;     // the four second-level fp16 values (bilevel statistics only)
+};
+
+__device__ __forceinline__ SpqrGpuRawStats SpqrGpuLoadStats(const SpqrGpuLayerView& l, int64_t r,
+                                                            int64_t block, int64_t g) {
+  const uint32_t* row = l.stats + r * l.stat_row_words;
+  SpqrGpuRawStats raw{};
+  if (l.stats_bits == 16) {
+    raw.lo = __ldg(row + g);
+    return raw;
+  }
+  const int64_t bit = g * 2 * l.stats_bits;
+  raw.lo = __ldg(row + (bit >> 5));
+  if ((bit & 31) + 2 * l.stats_bits > 32) raw.hi = __ldg(row + (bit >> 5) + 1);
+  raw.second = __ldg(reinterpret_cast<const uint2*>(l.second_level) + block * l.num_groups + g);
+  return raw;
+}
+
+__device__ __forceinline__ SpqrGpuStats SpqrGpuStatsFromRaw(const SpqrGpuLayerView& l,
+                                                            const SpqrGpuRawStats& raw, int64_t g) {
+  if (l.stats_bits == 16) return {SpqrGpuHalfBits(raw.lo), SpqrGpuHalfBits(raw.lo >> 16)};
+  const int sb = l.stats_bits;
+  const int shift = static_cast<int>((g * 2 * sb) & 31);
+  uint32_t pair = raw.lo >> shift;
+  if (shift + 2 * sb > 32) pair |= raw.hi << (32 - shift);
+  const uint32_t mask = (1u << sb) - 1u;
+  return {SpqrGpuDequant(static_cast<float>(pair & mask), SpqrGpuHalfBits(raw.second.x),
+                         SpqrGpuHalfBits(raw.second.x >> 16)),
+          SpqrGpuDequant(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(raw.second.y),
+                         SpqrGpuHalfBits(raw.second.y >> 16))};
+}
+
 // Outlier record k: permuted column and fp16 residual.
 __device__ __forceinline__ void SpqrGpuOutlier(const SpqrGpuLayerView& l, int64_t k, int64_t* col,
                                                float* value) {
@@ -165,6 +202,10 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     const int64_t j0 = c * kSpqrGpuChunkCols;
     int64_t g = j0 / beta1;
     int off = static_cast<int>(j0 - g * beta1);
+    const int64_t last_group = l.num_groups - 1;
+    SpqrGpuRawStats raw[R];  // statistics of group g (then prefetched: g + 1)
+#pragma unroll
+    for (int i = 0; i < R; ++i) raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g);
     float fa[R], fc[R];  // w' = fma(fa, f, -fc)
 #pragma unroll
     for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
@@ -177,9 +218,10 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
         }
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          const SpqrGpuStats st = SpqrGpuGroupStats(l, rows[i], blocks[i], g);
+          const SpqrGpuStats st = SpqrGpuStatsFromRaw(l, raw[i], g);
           fa[i] = __fmul_rn(st.scale, kScale);
           fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+          raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g < last_group ? g + 1 : g);
         }
       }
       off += 8;

@@ -157,8 +157,8 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
   constexpr char kOp[] = "LaunchSpqrGpuDequantize";
   RETURN_IF_ERROR(CheckSpqrGpuLayerView(l, kOp));
   RETURN_IF_ERROR(CheckNotNull(output, kOp, "output"));
-  const int64_t count = l.out_features * ((l.in_features + 7) / 8);
-  const unsigned blocks = GridFor(count, kSpqrGpuDequantizeThreads);
+  const dim3 blocks(GridFor((l.in_features + 7) / 8, kSpqrGpuDequantizeThreads),
+                    static_cast<unsigned>(std::min<int64_t>(l.out_features, 65535)));
   if (dtype == DType::kF32) {
     auto* kernel = &kernels::SpqrGpuDequantizeKernel<float>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,

@@ -314,62 +314,63 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
     SpqrGpuDequantizeKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
   const int64_t n = l.in_features;
   const int64_t units = (n + 7) / 8;
-  const int64_t count = l.out_features * units;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int wb = l.wbits;
   const uint32_t mask = (1u << wb) - 1u;
   const int64_t chunks = l.lane_chunks;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += stride) {
-    const int64_t r = i / units;
-    const int64_t j0 = (i - r * units) * 8;
-    const int64_t j1 = j0 + 8 < n ? j0 + 8 : n;
-    float w[8];
-    int64_t cached_group = -1;
-    SpqrGpuStats st{0.0f, 0.0f};
-    for (int64_t j = j0; j < j1; ++j) {
-      const int64_t g = j / l.beta1;
-      if (g != cached_group) {
-        st = SpqrGpuGroupStats(l, r, r / l.beta2, g);
-        cached_group = g;
+  // Rows along grid.y, 8-column units along x: no division per element.
+  for (int64_t r = blockIdx.y; r < l.out_features; r += gridDim.y) {
+    const int64_t block = r / l.beta2;
+    for (int64_t unit = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; unit < units;
+         unit += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t j0 = unit * 8;
+      const int64_t j1 = j0 + 8 < n ? j0 + 8 : n;
+      float w[8];
+      int64_t g = j0 / l.beta1;
+      int64_t next_group_start = (g + 1) * l.beta1;
+      SpqrGpuStats st = SpqrGpuGroupStats(l, r, block, g);
+      for (int64_t j = j0; j < j1; ++j) {
+        if (j == next_group_start) {
+          st = SpqrGpuGroupStats(l, r, block, ++g);
+          next_group_start += l.beta1;
+        }
+        const int64_t c = j / kSpqrGpuChunkCols, tile = c >> 5;
+        const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+        const int64_t bit = (j % kSpqrGpuChunkCols) * wb;
+        const int64_t word = bit >> 5;
+        const int shift = static_cast<int>(bit & 31);
+        // 32-bit word `word` of chunk c's stream (spqr_gpu_layout.h).
+        auto stream_word = [&](int64_t w32) {
+          return __ldg(l.codes +
+                       ((r * chunks + tile * 32) * wb + (w32 >> 2) * active + (c & 31)) * 4 +
+                       (w32 & 3));
+        };
+        uint32_t bits = stream_word(word) >> shift;
+        if (shift + wb > 32) bits |= stream_word(word + 1) << (32 - shift);
+        w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, mask), st.scale, st.zero);
       }
-      const int64_t c = j / kSpqrGpuChunkCols, tile = c >> 5;
-      const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
-      const int64_t bit = (j % kSpqrGpuChunkCols) * wb;
-      const int64_t word = bit >> 5;
-      const int shift = static_cast<int>(bit & 31);
-      // 32-bit word `word` of chunk c's stream (spqr_gpu_layout.h).
-      auto stream_word = [&](int64_t w32) {
-        return __ldg(l.codes +
-                     ((r * chunks + tile * 32) * wb + (w32 >> 2) * active + (c & 31)) * 4 +
-                     (w32 & 3));
-      };
-      uint32_t bits = stream_word(word) >> shift;
-      if (shift + wb > 32) bits |= stream_word(word + 1) << (32 - shift);
-      w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, mask), st.scale, st.zero);
-    }
-    int64_t lo = __ldg(l.outlier_row_offsets + r);
-    int64_t hi = __ldg(l.outlier_row_offsets + r + 1);
-    const int64_t last = hi;
-    while (lo < hi) {  // first outlier with column >= j0
-      const int64_t mid = (lo + hi) / 2;
-      int64_t col;
-      float v;
-      SpqrGpuOutlier(l, mid, &col, &v);
-      if (col < j0) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
+      int64_t lo = __ldg(l.outlier_row_offsets + r);
+      int64_t hi = __ldg(l.outlier_row_offsets + r + 1);
+      const int64_t last = hi;
+      while (lo < hi) {  // first outlier with column >= j0
+        const int64_t mid = (lo + hi) / 2;
+        int64_t col;
+        float v;
+        SpqrGpuOutlier(l, mid, &col, &v);
+        if (col < j0) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
       }
+      for (; lo < last; ++lo) {
+        int64_t col;
+        float v;
+        SpqrGpuOutlier(l, lo, &col, &v);
+        if (col >= j1) break;
+        w[col - j0] = __fadd_rn(w[col - j0], v);
+      }
+      for (int64_t j = j0; j < j1; ++j) SpqrGpuStore(out, r * n + j, w[j - j0]);
     }
-    for (; lo < last; ++lo) {
-      int64_t col;
-      float v;
-      SpqrGpuOutlier(l, lo, &col, &v);
-      if (col >= j1) break;
-      w[col - j0] = __fadd_rn(w[col - j0], v);
-    }
-    for (int64_t j = j0; j < j1; ++j) SpqrGpuStore(out, r * n + j, w[j - j0]);
   }
 }
 

@@ -105,6 +105,9 @@ TEST(SpqrGpuLayoutTest, HostDecodeIsBitExactForEveryConfiguration) {
     absl::StatusOr<SpqrGpuLayout> layout = BuildSpqrGpuLayout(layer, "random");
     ASSERT_TRUE(layout.ok()) << layout.status();
     const std::vector<float> want = PermutedReference(layer);
+    EXPECT_EQ(SpqrGpuLayoutBytes(*layout),
+              SpqrGpuLayoutBytesFor(spec.m, spec.n, spec.wbits, spec.beta1, spec.beta2,
+                                    spec.stats_bits, layer.num_outliers()));
     std::vector<float> row(static_cast<size_t>(spec.n));
     for (int64_t r = 0; r < spec.m; ++r) {
       DecodeSpqrGpuLayoutRow(*layout, r, row.data());

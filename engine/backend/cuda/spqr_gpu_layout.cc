@@ -144,6 +144,18 @@ int64_t SpqrGpuLayoutBytes(const SpqrGpuLayout& l) {
          Bytes(l.outlier_records) + Bytes(l.perm);
 }
 
+int64_t SpqrGpuLayoutBytesFor(int64_t m, int64_t n, int wbits, int beta1, int beta2, int stats_bits,
+                              int64_t num_outliers) {
+  const int64_t groups = n / beta1;
+  const int64_t chunks = (n + kSpqrGpuChunkCols - 1) / kSpqrGpuChunkCols;
+  const int64_t codes = m * chunks * wbits * 16;
+  const int64_t stats = stats_bits == kFp16Stats ? m * groups * 4
+                                                 : m * BitRowWords(groups, 2 * stats_bits) * 4 +
+                                                       (m + beta2 - 1) / beta2 * groups * 8;
+  const int64_t outliers = (m + 1) * 4 + num_outliers * (n > 65535 ? 8 : 4);
+  return codes + stats + outliers + n * 4;
+}
+
 absl::Status CheckSpqrGpuLayerView(const SpqrGpuLayerView& v, const char* op) {
   RETURN_IF_ERROR(CheckInRange(v.out_features, 1, kMaxKernelRows, op, "layer.out_features"));
   RETURN_IF_ERROR(CheckInRange(v.in_features, 1, kMaxKernelRows, op, "layer.in_features"));

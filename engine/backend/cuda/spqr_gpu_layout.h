@@ -70,6 +70,9 @@ void DecodeSpqrGpuLayoutRow(const SpqrGpuLayout& layout, int64_t r, float* out);
 // SpqrLayerPayloadBytes() of the packed layer (same information; differences are the padding of
 // rows to 128 columns and of statistic rows to 32 bits).
 int64_t SpqrGpuLayoutBytes(const SpqrGpuLayout& layout);
+// The same count from the shape and outlier count alone (bench/gpu/perf_model.py mirrors it).
+int64_t SpqrGpuLayoutBytesFor(int64_t m, int64_t n, int wbits, int beta1, int beta2, int stats_bits,
+                              int64_t num_outliers);
 
 // Raw device pointers and shape, passed by value to kernels. `codes` is 16-byte aligned.
 struct SpqrGpuLayerView {

@@ -171,7 +171,11 @@ TEST_P(SpqrGpuKernelTest, DequantizeIsBitExactWithFormatDecoder) {
       if (dtype == DType::kF32) {
         const std::vector<float> got = Download<float>(out);
         ASSERT_EQ(got.size(), want.size());
-        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0)
+              << "W[" << i / spec.n << "][" << i % spec.n << "] = " << got[i] << ", want "
+              << want[i];
+        }
       } else {
         const std::vector<uint16_t> got = Download<uint16_t>(out);
         for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], F32ToF16(want[i])) << i;

@@ -64,6 +64,21 @@ void LaunchDecodeForBatch(const SpqrGpuLayerView& l, const float* xt, float* y, 
   }
 }
 
+// The fast dequantization (wbits 2..4, beta1 % 8 == 0): dense tiles, then the outliers.
+template <typename OutT>
+void LaunchDequantizeTiles(const SpqrGpuLayerView& l, OutT* out, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = kSpqrGpuDequantizeThreads / 32;
+  const unsigned blocks =
+      static_cast<unsigned>((l.out_features + kRowsPerBlock - 1) / kRowsPerBlock);
+  auto* tiles = l.wbits == 2   ? &kernels::SpqrGpuDequantizeTilesKernel<2, OutT>
+                : l.wbits == 3 ? &kernels::SpqrGpuDequantizeTilesKernel<3, OutT>
+                               : &kernels::SpqrGpuDequantizeTilesKernel<4, OutT>;
+  SPQR_LAUNCH(tiles, blocks, kSpqrGpuDequantizeThreads, 0, stream, l, out);
+  auto* outliers = &kernels::SpqrGpuDequantizeOutliersKernel<OutT>;
+  SPQR_LAUNCH(outliers, GridFor(l.out_features, kSpqrGpuDequantizeThreads),
+              kSpqrGpuDequantizeThreads, 0, stream, l, out);
+}
+
 }  // namespace
 
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
@@ -157,19 +172,29 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
   constexpr char kOp[] = "LaunchSpqrGpuDequantize";
   RETURN_IF_ERROR(CheckSpqrGpuLayerView(l, kOp));
   RETURN_IF_ERROR(CheckNotNull(output, kOp, "output"));
+  if (dtype != DType::kF32 && dtype != DType::kF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": dtype must be F32 or F16, not ", std::string(DTypeName(dtype))));
+  }
+  if (SpqrGpuDecodeSupports(l)) {
+    if (dtype == DType::kF32) {
+      LaunchDequantizeTiles(l, static_cast<float*>(output), stream);
+    } else {
+      LaunchDequantizeTiles(l, static_cast<__half*>(output), stream);
+    }
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return absl::OkStatus();
+  }
   const dim3 blocks(GridFor((l.in_features + 7) / 8, kSpqrGpuDequantizeThreads),
                     static_cast<unsigned>(std::min<int64_t>(l.out_features, 65535)));
   if (dtype == DType::kF32) {
     auto* kernel = &kernels::SpqrGpuDequantizeKernel<float>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<float*>(output));
-  } else if (dtype == DType::kF16) {
+  } else {
     auto* kernel = &kernels::SpqrGpuDequantizeKernel<__half>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<__half*>(output));
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kOp, ": dtype must be F32 or F16, not ", std::string(DTypeName(dtype))));
   }
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();

@@ -111,6 +111,22 @@ __device__ __forceinline__ void SpqrGpuOutlier(const SpqrGpuLayerView& l, int64_
   }
 }
 
+// Code of (row r, permuted column j), read through the tile layout (any wbits).
+__device__ __forceinline__ uint32_t SpqrGpuCodeAt(const SpqrGpuLayerView& l, int64_t r, int64_t j) {
+  const int wb = l.wbits;
+  const int64_t chunks = l.lane_chunks;
+  const int64_t c = j / kSpqrGpuChunkCols, tile = c >> 5;
+  const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+  const int64_t bit = (j % kSpqrGpuChunkCols) * wb;
+  const int shift = static_cast<int>(bit & 31);
+  // 32-bit word w32 of chunk c's stream (spqr_gpu_layout.h).
+  const uint32_t* base = l.codes + ((r * chunks + tile * 32) * wb + (c & 31)) * 4;
+  auto stream_word = [&](int64_t w32) { return __ldg(base + (w32 >> 2) * active * 4 + (w32 & 3)); };
+  uint32_t bits = stream_word(bit >> 5) >> shift;
+  if (shift + wb > 32) bits |= stream_word((bit >> 5) + 1) << (32 - shift);
+  return bits & ((1u << wb) - 1u);
+}
+
 // xt[j * bpad + b] = x[b * n + perm[j]] for b < batch, 0 for batch <= b < bpad: the permuted inputs
 // of the decode kernel, column-major so that one column's values for all sequences are adjacent.
 __global__ void SpqrGpuGatherTransposedKernel(const uint32_t* __restrict__ perm,
@@ -314,9 +330,6 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
     SpqrGpuDequantizeKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
   const int64_t n = l.in_features;
   const int64_t units = (n + 7) / 8;
-  const int wb = l.wbits;
-  const uint32_t mask = (1u << wb) - 1u;
-  const int64_t chunks = l.lane_chunks;
   // Rows along grid.y, 8-column units along x: no division per element.
   for (int64_t r = blockIdx.y; r < l.out_features; r += gridDim.y) {
     const int64_t block = r / l.beta2;
@@ -333,20 +346,8 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
           st = SpqrGpuGroupStats(l, r, block, ++g);
           next_group_start += l.beta1;
         }
-        const int64_t c = j / kSpqrGpuChunkCols, tile = c >> 5;
-        const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
-        const int64_t bit = (j % kSpqrGpuChunkCols) * wb;
-        const int64_t word = bit >> 5;
-        const int shift = static_cast<int>(bit & 31);
-        // 32-bit word `word` of chunk c's stream (spqr_gpu_layout.h).
-        auto stream_word = [&](int64_t w32) {
-          return __ldg(l.codes +
-                       ((r * chunks + tile * 32) * wb + (w32 >> 2) * active + (c & 31)) * 4 +
-                       (w32 & 3));
-        };
-        uint32_t bits = stream_word(word) >> shift;
-        if (shift + wb > 32) bits |= stream_word(word + 1) << (32 - shift);
-        w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, mask), st.scale, st.zero);
+        const uint32_t code = SpqrGpuCodeAt(l, r, j);
+        w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(code, ~0u), st.scale, st.zero);
       }
       int64_t lo = __ldg(l.outlier_row_offsets + r);
       int64_t hi = __ldg(l.outlier_row_offsets + r + 1);
@@ -370,6 +371,108 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
         w[col - j0] = __fadd_rn(w[col - j0], v);
       }
       for (int64_t j = j0; j < j1; ++j) SpqrGpuStore(out, r * n + j, w[j - j0]);
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t SpqrGpuPackHalves(float lo, float hi) {
+  return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
+         static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16;
+}
+__device__ __forceinline__ void SpqrGpuStore8(__half* out, const float (&w)[8]) {
+  uint4 v;
+  v.x = SpqrGpuPackHalves(w[0], w[1]);
+  v.y = SpqrGpuPackHalves(w[2], w[3]);
+  v.z = SpqrGpuPackHalves(w[4], w[5]);
+  v.w = SpqrGpuPackHalves(w[6], w[7]);
+  *reinterpret_cast<uint4*>(out) = v;
+}
+__device__ __forceinline__ void SpqrGpuStore8(float* out, const float (&w)[8]) {
+  reinterpret_cast<float4*>(out)[0] = make_float4(w[0], w[1], w[2], w[3]);
+  reinterpret_cast<float4*>(out)[1] = make_float4(w[4], w[5], w[6], w[7]);
+}
+
+// The dense part of the dequantization for wbits W in 2..4 and beta1 % 8 == 0 (the decode kernel's
+// configurations), without outliers: one warp per output row, lane l decodes chunks l, l + 32, ...
+// from W coalesced 128-bit loads with compile-time shifts, exactly as the format (lop3 code to
+// float, __fsub_rn, __fmul_rn), and stores 8 values per 16-byte store (fp16) or two (fp32).
+// SpqrGpuDequantizeOutliersKernel then adds the residuals.
+template <int W, typename OutT>
+__global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
+    SpqrGpuDequantizeTilesKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r =
+      static_cast<int64_t>(blockIdx.x) * (kSpqrGpuDequantizeThreads / 32) + threadIdx.x / 32;
+  if (r >= l.out_features) return;
+  const int64_t n = l.in_features, chunks = l.lane_chunks, block = r / l.beta2;
+  const int beta1 = l.beta1;
+  const int64_t last_group = l.num_groups - 1;
+  constexpr uint32_t kMask = (1u << W) - 1u;
+  const uint4* codes = reinterpret_cast<const uint4*>(l.codes);
+  for (int64_t c = lane; c < chunks; c += 32) {
+    const int64_t tile = c >> 5;
+    const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+    uint32_t cw[4 * W];
+    const uint4* base = codes + (r * chunks + tile * 32) * W + (c & 31);
+#pragma unroll
+    for (int q = 0; q < W; ++q) {
+      const uint4 v = __ldg(base + q * active);
+      cw[4 * q + 0] = v.x;
+      cw[4 * q + 1] = v.y;
+      cw[4 * q + 2] = v.z;
+      cw[4 * q + 3] = v.w;
+    }
+    const int64_t j0 = c * kSpqrGpuChunkCols;
+    int64_t g = j0 / beta1;
+    int off = static_cast<int>(j0 - g * beta1);
+    SpqrGpuRawStats raw = SpqrGpuLoadStats(l, r, block, g);
+    SpqrGpuStats st{0.0f, 0.0f};
+#pragma unroll
+    for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
+      const int64_t col = j0 + 8 * u;
+      if (col >= n) break;
+      if (u == 0 || off == beta1) {
+        if (u != 0) {
+          ++g;
+          off = 0;
+        }
+        st = SpqrGpuStatsFromRaw(l, raw, g);
+        raw = SpqrGpuLoadStats(l, r, block, g < last_group ? g + 1 : g);
+      }
+      off += 8;
+      float w[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int bit = (8 * u + k) * W;
+        const int word = bit >> 5, shift = bit & 31;
+        uint32_t bits = cw[word] >> shift;
+        if (shift + W > 32) bits |= cw[word + 1] << (32 - shift);
+        w[k] = SpqrGpuDequant(SpqrGpuCodeToFloat(bits, kMask), st.scale, st.zero);
+      }
+      SpqrGpuStore8(out + r * n + col, w);
+    }
+  }
+}
+
+// Adds the outliers to a dense part written by SpqrGpuDequantizeTilesKernel: for each outlier the
+// exact weight is decoded again and w + residual stored (the format's single rounding of the sum).
+// One thread per row (rows hold few outliers).
+template <typename OutT>
+__global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
+    SpqrGpuDequantizeOutliersKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
+  const int64_t n = l.in_features;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < l.out_features;
+       r += stride) {
+    const int64_t last = __ldg(l.outlier_row_offsets + r + 1);
+    for (int64_t k = __ldg(l.outlier_row_offsets + r); k < last; ++k) {
+      int64_t col;
+      float v;
+      SpqrGpuOutlier(l, k, &col, &v);
+      const SpqrGpuStats st = SpqrGpuGroupStats(l, r, r / l.beta2, col / l.beta1);
+      const float w =
+          SpqrGpuDequant(SpqrGpuCodeToFloat(SpqrGpuCodeAt(l, r, col), ~0u), st.scale, st.zero);
+      SpqrGpuStore(out, r * n + col, __fadd_rn(w, v));
     }
   }
 }

@@ -76,13 +76,13 @@ def padded_batch(b):
     return p
 
 
-def rows_per_warp(b):
-    return 2 if padded_batch(b) >= 16 else 4  # RowsPerWarp in spqr_gpu_linear.cu
+def rows_per_warp(w, b):
+    return 3 if padded_batch(b) == 16 else 4  # RowsPerWarp in spqr_gpu_linear.cu
 
 
 def decode_ops(w, b1, batch):
     """Warp instructions per weight of SpqrGpuDecodeKernel, by pipe (read off its inner loop)."""
-    bp, r = padded_batch(batch), rows_per_warp(batch)
+    bp, r = padded_batch(batch), rows_per_warp(w, batch)
     straddle = 2.0 * 2 / 32 if w == 3 else 0.0  # 2 codes in 32 take shr+shl+or instead of one shift
     ops = {
         "int": 2.0 + straddle,  # shift, lop3 (f = 1 + q 2^-W)
@@ -107,11 +107,11 @@ def read_resources():
             w, b, r, reg, ss, sl = map(int, m.groups())
             regs[("decode", w, b)] = (reg, ss + sl)
             continue
-        m = re.search(r"SpqrGpuDequantizeKernel<__half>.* registers=(\d+) spill_stores=(\d+) "
-                      r"spill_loads=(\d+)", line)
+        m = re.search(r"SpqrGpuDequantizeTilesKernel<(\d+), __half>.* registers=(\d+) "
+                      r"spill_stores=(\d+) spill_loads=(\d+)", line)
         if m:
-            reg, ss, sl = map(int, m.groups())
-            regs[("dequant",)] = (reg, ss + sl)
+            w, reg, ss, sl = map(int, m.groups())
+            regs[("dequant", w)] = (reg, ss + sl)
     return regs
 
 
@@ -127,7 +127,7 @@ def occupancy(regs, threads):
 def predict_decode(m, n, cfg, batch, regs):
     name, w, b1, b2, sb, share = cfg
     nnz = int(round(m * n * share))
-    bp, r = padded_batch(batch), rows_per_warp(batch)
+    bp, r = padded_batch(batch), rows_per_warp(w, batch)
     lay = layout_bytes(m, n, w, b1, b2, sb, nnz)
     must = format_bytes(m, n, w, b1, b2, sb, nnz) + batch * n * 4 + batch * m * 4
     # DRAM: the layout once, x read by the gather, xt written and read back, y written.
@@ -170,20 +170,21 @@ def predict_gemm_path(m, n, cfg, batch, regs):
     must = format_bytes(m, n, w, b1, b2, sb, nnz) + batch * n * 4 + batch * m * 4
     # dequantize: read the layout, write fp16 W; gather: x in, fp16 x out; GEMM: fp16 W and x in.
     dram = lay + m * n * 2 + batch * n * 6 + m * n * 2 + batch * n * 2 + batch * m * 4
-    # SpqrGpuDequantizeKernel per weight: group/chunk/word index arithmetic, 1-2 loads, shift, lop3,
-    # 3 fp, the fp16 store: ~24 instructions (the generic kernel; no tensor-core fusion yet).
-    deq_instr = 24.0
+    # SpqrGpuDequantizeTilesKernel per weight: shift (+ w3's split codes), lop3, fadd (2^23 trick),
+    # fsub, fmul (the exact decode), two fp16 conversions and a pack per 2 weights, one 16-byte store
+    # per 8, statistics per group (~17 / beta1); the outlier pass is per outlier only.
+    deq_instr = 5.0 + (0.125 if w == 3 else 0.0) + 1.5 + 1.0 / 8 + 17.0 / b1
     clk = SMS * CLOCK
     t_deq = max((lay + m * n * 2) / DRAM_BW, m * n / 32 * deq_instr / (ISSUE * clk))
     t_gemm = fp16_time(m, n, batch)
-    reg, spill = regs.get(("dequant",), (None, None))
+    reg, spill = regs.get(("dequant", w), (None, None))
     return {
         "kernel": "dequant+cuBLAS", "config": name, "m": m, "n": n, "batch": batch, "nnz": nnz,
         "must_read": must, "does_read": dram, "l2_bytes": dram,
         "ops_per_weight": {"total": deq_instr}, "flops_per_weight": 2 * batch,
         "registers": reg, "spills": spill,
         "occupancy": occupancy(reg, 256) if reg else None,
-        "time_s": t_deq + t_gemm, "bound": "dequant+gemm", "fp16_time_s": t_gemm,
+        "time_s": t_deq + t_gemm, "dequant_time_s": t_deq, "bound": "dequant+gemm", "fp16_time_s": t_gemm,
     }
 
 
@@ -234,10 +235,21 @@ def render():
             ops = decode_ops(w, b1, b)
             reg, spill = regs.get(("decode", w, padded_batch(b)), (None, None))
             occ = f"{occupancy(reg, DECODE_WARPS * 32) * 100:.0f} %" if reg else "?"
-            out.append(f"| {w} | {b1} | {b} | {rows_per_warp(b)} | {ops['int']:.3f} | "
+            out.append(f"| {w} | {b1} | {b} | {rows_per_warp(w, b)} | {ops['int']:.3f} | "
                        f"{ops['fp']:.0f} | {ops['lsu']:.3f} | {ops['other']:.3f} | "
                        f"{ops['total']:.2f} | {reg if reg else '?'} | "
                        f"{spill if spill is not None else '?'} | {occ} |")
+    out.append("")
+    out.append("Dequantize (GEMM path, fp16 output; `SpqrGpuDequantizeTilesKernel`, 256 threads):")
+    out.append("")
+    out.append("| wbits | beta1 | instructions/weight | registers | spills | occupancy |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for w, b1 in [(3, 16), (3, 8), (4, 16)]:
+        row = predict_gemm_path(4096, 4096, ("", w, b1, 16, 3, 0.0), 32, regs)
+        reg, spill = row["registers"], row["spills"]
+        occ = f"{row['occupancy'] * 100:.0f} %" if reg else "?"
+        out.append(f"| {w} | {b1} | {row['ops_per_weight']['total']:.2f} | "
+                   f"{reg if reg else '?'} | {spill if spill is not None else '?'} | {occ} |")
     out.append("")
     out.append("### Predicted time per layer on an H200 (model, not measured)")
     out.append("")

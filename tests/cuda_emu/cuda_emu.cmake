@@ -40,3 +40,14 @@ target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})
 gtest_discover_tests(cuda_emu_gpu_suite_test TEST_PREFIX "emu."
                      PROPERTIES LABELS cuda_emu ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:1"
                                 SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)
+
+# The GPU benchmark program end to end on the harness (tiny shapes; its times mean nothing).
+add_test(NAME spqr_gpu_bench_smoke
+         COMMAND spqr_gpu_bench_emu --smoke --out ${CMAKE_BINARY_DIR}/spqr_gpu_bench_smoke.json)
+set_tests_properties(spqr_gpu_bench_smoke PROPERTIES LABELS cuda_emu)
+add_test(NAME spqr_gpu_bench_table_smoke
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/bench/gpu/make_gpu_table.py
+                 ${CMAKE_BINARY_DIR}/spqr_gpu_bench_smoke.json)
+set_tests_properties(spqr_gpu_bench_smoke PROPERTIES FIXTURES_SETUP spqr_gpu_bench_json)
+set_tests_properties(spqr_gpu_bench_table_smoke PROPERTIES LABELS cuda_emu
+                                                           FIXTURES_REQUIRED spqr_gpu_bench_json)

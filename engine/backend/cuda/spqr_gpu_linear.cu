@@ -30,10 +30,13 @@ unsigned GridFor(int64_t count, int threads) {
   return static_cast<unsigned>(std::clamp<int64_t>((count + threads - 1) / threads, 1, 65536));
 }
 
-// Rows per warp: R x B fp32 sums plus R x 4W code words per lane must fit the registers.
+// Rows per warp: more rows share each input load (the L1/L2 traffic of the inputs is 4 B / R
+// bytes per weight), but R x B fp32 sums plus R x 4W code words per lane must fit the registers
+// without spilling (ptxas -warn-spills -Werror): 4, except 3 at batch 16 (with 4 rows wbits 4
+// spills and wbits 2/3 sit at 249-254 of the 255 registers).
 template <int W, int B>
 constexpr int RowsPerWarp() {
-  return B >= 16 ? 2 : 4;
+  return B == 16 ? 3 : 4;
 }
 
 template <int W, int B>

@@ -24,5 +24,6 @@ spqr_add_gpu_gtest(cuda_status_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_statu
 spqr_add_gpu_gtest(cuda_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_ops_test.cc)
 spqr_add_gpu_gtest(cublas_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cublas_gemm_test.cc)
 spqr_add_gpu_gtest(spqr_kernels_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_kernels_test.cc)
+spqr_add_gpu_gtest(spqr_gpu_linear_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_gpu_linear_test.cc)
 spqr_add_gpu_gtest(ptx_wrappers_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/ptx_wrappers_test.cc
                                              ${CMAKE_CURRENT_LIST_DIR}/ptx_probe.cu)

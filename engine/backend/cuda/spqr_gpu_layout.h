@@ -26,7 +26,8 @@
 // Decoding is exactly the format's (spqr_layer.h): w(r, j) = scale * (float(code) - zero) with the
 // bilevel statistics dequantized as s * (float(code) - z), fp32, one rounding per operation, plus
 // the fp16 residual of an outlier. DecodeSpqrGpuLayoutRow() is the host decoder of this layout and
-// the tests hold it (and the device kernels) to DequantizeSpqrLayer() bit for bit.
+// the tests hold it (and the device dequantize kernels) to DequantizeSpqrLayer() bit for bit; the
+// decode kernel uses a one-FMA form of the weight within a stated bound (spqr_gpu_linear.cuh).
 #pragma once
 
 #include <cstdint>

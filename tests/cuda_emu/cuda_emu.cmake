@@ -10,6 +10,10 @@ set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIS
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 
+# The GPU SpQR layout and kernels (spqr_gpu_layout.h, spqr_gpu_linear.cuh), forward and reverse.
+spqr_add_gtest(spqr_gpu_emu_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_gpu_test.cc
+               LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
+
 add_test(NAME cuda_emu_env_order
          COMMAND cuda_emu_test --gtest_filter=HarnessTest.InitialScheduleComesFromTheEnvironment)
 set_tests_properties(cuda_emu_env_order PROPERTIES LABELS cuda_emu
@@ -37,3 +41,14 @@ target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})
 gtest_discover_tests(cuda_emu_gpu_suite_test TEST_PREFIX "emu."
                      PROPERTIES LABELS cuda_emu ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:1"
                                 SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" DISCOVERY_TIMEOUT 60)
+
+# The GPU benchmark program end to end on the harness (tiny shapes; its times mean nothing).
+add_test(NAME spqr_gpu_bench_smoke
+         COMMAND spqr_gpu_bench_emu --smoke --out ${CMAKE_BINARY_DIR}/spqr_gpu_bench_smoke.json)
+set_tests_properties(spqr_gpu_bench_smoke PROPERTIES LABELS cuda_emu)
+add_test(NAME spqr_gpu_bench_table_smoke
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/bench/gpu/make_gpu_table.py
+                 ${CMAKE_BINARY_DIR}/spqr_gpu_bench_smoke.json)
+set_tests_properties(spqr_gpu_bench_smoke PROPERTIES FIXTURES_SETUP spqr_gpu_bench_json)
+set_tests_properties(spqr_gpu_bench_table_smoke PROPERTIES LABELS cuda_emu
+                                                           FIXTURES_REQUIRED spqr_gpu_bench_json)

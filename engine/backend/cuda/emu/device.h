@@ -240,7 +240,7 @@ T atomicCAS(T* address, T compare, T value) {
 }
 
 // ---- Arithmetic intrinsics (host arithmetic is IEEE round-to-nearest; the project compiles C++
-// with -std=c++20, i.e. -ffp-contract=off, so a*b+c is never fused behind our back) ----
+// with -ffp-contract=off (emu/CMakeLists.txt), so a*b+c is never fused behind our back) ----
 
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

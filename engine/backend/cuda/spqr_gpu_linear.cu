@@ -1,0 +1,206 @@
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/cuda_status.h"
+#include "engine/backend/cuda/kernel_launch_checks.h"
+#include "engine/backend/cuda/spqr_gpu_linear.cuh"
+#include "engine/backend/cuda/spqr_gpu_linear_kernel.cuh"
+#include "engine/util/status_macros.h"
+
+namespace spqr {
+namespace {
+
+using kernels::kSpqrGpuDecodeWarps;
+using kernels::kSpqrGpuDequantizeThreads;
+using kernels::kSpqrGpuGatherThreads;
+
+constexpr int64_t kAlign = 256;  // workspace sub-buffers start on 256-byte boundaries
+
+int64_t AlignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+// Batch rounded up to a decode kernel instance (1, 2, 4, 8, 16).
+int64_t PaddedBatch(int64_t batch) {
+  int64_t b = 1;
+  while (b < batch) b *= 2;
+  return b;
+}
+
+unsigned GridFor(int64_t count, int threads) {
+  return static_cast<unsigned>(std::clamp<int64_t>((count + threads - 1) / threads, 1, 65536));
+}
+
+// Rows per warp: more rows share each input load (the L1/L2 traffic of the inputs is 4 B / R
+// bytes per weight), but R x B fp32 sums plus R x 4W code words per lane must fit the registers
+// without spilling (ptxas -warn-spills -Werror): 4, except 3 at batch 16 (with 4 rows wbits 4
+// spills and wbits 2/3 sit at 249-254 of the 255 registers).
+template <int W, int B>
+constexpr int RowsPerWarp() {
+  return B == 16 ? 3 : 4;
+}
+
+template <int W, int B>
+void LaunchDecode(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
+                  cudaStream_t stream) {
+  constexpr int R = RowsPerWarp<W, B>();
+  const int64_t rows_per_block = int64_t{kSpqrGpuDecodeWarps} * R;
+  const unsigned blocks =
+      static_cast<unsigned>((l.out_features + rows_per_block - 1) / rows_per_block);
+  auto* kernel = &kernels::SpqrGpuDecodeKernel<W, B, R>;
+  SPQR_LAUNCH(kernel, blocks, kSpqrGpuDecodeWarps * 32, 0, stream, l, xt, y, batch);
+}
+
+template <int W>
+void LaunchDecodeForBatch(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
+                          int64_t bpad, cudaStream_t stream) {
+  switch (bpad) {
+    case 1:
+      return LaunchDecode<W, 1>(l, xt, y, batch, stream);
+    case 2:
+      return LaunchDecode<W, 2>(l, xt, y, batch, stream);
+    case 4:
+      return LaunchDecode<W, 4>(l, xt, y, batch, stream);
+    case 8:
+      return LaunchDecode<W, 8>(l, xt, y, batch, stream);
+    default:
+      return LaunchDecode<W, 16>(l, xt, y, batch, stream);
+  }
+}
+
+// The fast dequantization (wbits 2..4, beta1 % 8 == 0): dense tiles, then the outliers.
+template <typename OutT>
+void LaunchDequantizeTiles(const SpqrGpuLayerView& l, OutT* out, cudaStream_t stream) {
+  constexpr int kRowsPerBlock = kSpqrGpuDequantizeThreads / 32;
+  const unsigned blocks =
+      static_cast<unsigned>((l.out_features + kRowsPerBlock - 1) / kRowsPerBlock);
+  auto* tiles = l.wbits == 2   ? &kernels::SpqrGpuDequantizeTilesKernel<2, OutT>
+                : l.wbits == 3 ? &kernels::SpqrGpuDequantizeTilesKernel<3, OutT>
+                               : &kernels::SpqrGpuDequantizeTilesKernel<4, OutT>;
+  SPQR_LAUNCH(tiles, blocks, kSpqrGpuDequantizeThreads, 0, stream, l, out);
+  auto* outliers = &kernels::SpqrGpuDequantizeOutliersKernel<OutT>;
+  SPQR_LAUNCH(outliers, GridFor(l.out_features, kSpqrGpuDequantizeThreads),
+              kSpqrGpuDequantizeThreads, 0, stream, l, out);
+}
+
+}  // namespace
+
+bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
+  return l.wbits >= 2 && l.wbits <= 4 && l.beta1 > 0 && l.beta1 % 8 == 0;
+}
+
+SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& l, int64_t batch) {
+  return batch <= kSpqrGpuDecodeMaxBatch && SpqrGpuDecodeSupports(l) ? SpqrGpuPath::kDecode
+                                                                     : SpqrGpuPath::kDequantGemm;
+}
+
+int64_t SpqrGpuLinearWorkspaceBytes(const SpqrGpuLayerView& l, int64_t batch, SpqrGpuPath path) {
+  if (path == SpqrGpuPath::kAuto) path = ChooseSpqrGpuPath(l, batch);
+  const int64_t m = l.out_features, n = l.in_features;
+  if (path == SpqrGpuPath::kDecode) return AlignUp(n * PaddedBatch(batch) * 4);
+  return AlignUp(m * n * 2) + AlignUp(batch * n * 2);
+}
+
+absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stream) {
+  constexpr char kOp[] = "LaunchSpqrGpuLinear";
+  RETURN_IF_ERROR(CheckSpqrGpuLayerView(p.layer, kOp));
+  RETURN_IF_ERROR(CheckInRange(p.batch, 0, kMaxKernelRows, kOp, "batch"));
+  if (p.batch == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(CheckNotNull(p.x, kOp, "x"));
+  RETURN_IF_ERROR(CheckNotNull(p.y, kOp, "y"));
+  RETURN_IF_ERROR(CheckNotNull(p.workspace, kOp, "workspace"));
+  const SpqrGpuLayerView& l = p.layer;
+  const SpqrGpuPath path = p.path == SpqrGpuPath::kAuto ? ChooseSpqrGpuPath(l, p.batch) : p.path;
+  const int64_t need = SpqrGpuLinearWorkspaceBytes(l, p.batch, path);
+  if (p.workspace_bytes < need) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": workspace_bytes = ", p.workspace_bytes,
+                                                   " is less than the ", need, " bytes needed"));
+  }
+  if (reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": workspace is not 16-byte aligned"));
+  }
+  const int64_t m = l.out_features, n = l.in_features;
+
+  if (path == SpqrGpuPath::kDecode) {
+    if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeMaxBatch) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeMaxBatch,
+                       ", wbits in 2..4 and beta1 % 8 == 0; got batch ", p.batch, ", wbits ",
+                       l.wbits, ", beta1 ", l.beta1));
+    }
+    const int64_t bpad = PaddedBatch(p.batch);
+    float* xt = static_cast<float*>(p.workspace);
+    SPQR_LAUNCH(kernels::SpqrGpuGatherTransposedKernel, GridFor(n * bpad, kSpqrGpuGatherThreads),
+                kSpqrGpuGatherThreads, 0, stream, l.perm, p.x, xt, n, p.batch, bpad);
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    switch (l.wbits) {
+      case 2:
+        LaunchDecodeForBatch<2>(l, xt, p.y, p.batch, bpad, stream);
+        break;
+      case 3:
+        LaunchDecodeForBatch<3>(l, xt, p.y, p.batch, bpad, stream);
+        break;
+      default:
+        LaunchDecodeForBatch<4>(l, xt, p.y, p.batch, bpad, stream);
+        break;
+    }
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return absl::OkStatus();
+  }
+
+  RETURN_IF_ERROR(CheckNotNull(p.cublas, kOp, "cublas (needed by the dequantize + GEMM path)"));
+  if (m > 0x7fffffff || n > 0x7fffffff || p.batch > 0x7fffffff) {
+    return absl::InvalidArgumentError(absl::StrCat(kOp, ": shape too large for cuBLAS"));
+  }
+  auto* w16 = static_cast<__half*>(p.workspace);
+  auto* x16 = reinterpret_cast<__half*>(static_cast<char*>(p.workspace) + AlignUp(m * n * 2));
+  RETURN_IF_ERROR(LaunchSpqrGpuDequantize(l, w16, DType::kF16, stream));
+  SPQR_LAUNCH(kernels::SpqrGpuGatherF16Kernel, GridFor(p.batch * n, kSpqrGpuGatherThreads),
+              kSpqrGpuGatherThreads, 0, stream, l.perm, p.x, x16, n, p.batch * n);
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  DenseGemmParams g;
+  g.x = x16;
+  g.w = w16;
+  g.y = p.y;
+  g.dtype = DType::kF16;
+  g.m = p.batch;
+  g.n = m;
+  g.k = n;
+  absl::Status st = DenseGemm(*p.cublas, g);
+  if (!st.ok()) return absl::Status(st.code(), absl::StrCat(kOp, ": ", st.message()));
+  return absl::OkStatus();
+}
+
+absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DType dtype,
+                                     cudaStream_t stream) {
+  constexpr char kOp[] = "LaunchSpqrGpuDequantize";
+  RETURN_IF_ERROR(CheckSpqrGpuLayerView(l, kOp));
+  RETURN_IF_ERROR(CheckNotNull(output, kOp, "output"));
+  if (dtype != DType::kF32 && dtype != DType::kF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kOp, ": dtype must be F32 or F16, not ", std::string(DTypeName(dtype))));
+  }
+  if (SpqrGpuDecodeSupports(l)) {
+    if (dtype == DType::kF32) {
+      LaunchDequantizeTiles(l, static_cast<float*>(output), stream);
+    } else {
+      LaunchDequantizeTiles(l, static_cast<__half*>(output), stream);
+    }
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return absl::OkStatus();
+  }
+  const dim3 blocks(GridFor((l.in_features + 7) / 8, kSpqrGpuDequantizeThreads),
+                    static_cast<unsigned>(std::min<int64_t>(l.out_features, 65535)));
+  if (dtype == DType::kF32) {
+    auto* kernel = &kernels::SpqrGpuDequantizeKernel<float>;
+    SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
+                static_cast<float*>(output));
+  } else {
+    auto* kernel = &kernels::SpqrGpuDequantizeKernel<__half>;
+    SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
+                static_cast<__half*>(output));
+  }
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+}  // namespace spqr

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "server/call_parsing.h"
 #include "server/model_info.h"
 #include "server/request_parsing.h"
 #include "server/spqr_service.h"
@@ -62,9 +63,10 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   Engine* engine = engine_.load();
   v1::GetModelInfoRequest request;
-  if (absl::Status parsed = ParseRequest(*raw_request, &request); !parsed.ok()) {
-    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(grpc::StatusCode::INVALID_ARGUMENT));
-    reactor->Finish(ToGrpcStatus(parsed));
+  if (grpc::Status parsed = ParseCallRequest(*raw_request, "GetModelInfo", metrics_, &request);
+      !parsed.ok()) {
+    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(parsed.error_code()));
+    reactor->Finish(parsed);
     return reactor;
   }
   v1::ModelInfo info;

@@ -46,8 +46,8 @@ void GenerateCallBase<Reactor>::Start(grpc::CallbackServerContext* context) {
     return;
   }
   Engine* engine = service_->engine();
-  absl::StatusOr<GenerateRequest> engine_request = MakeEngineRequest(
-      request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+  absl::StatusOr<GenerateRequest> engine_request =
+      MakeEngineRequest(request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
   if (!engine_request.ok()) {
     FinishEarly(ToGrpcStatus(engine_request.status()));
     return;

@@ -66,6 +66,13 @@ grpc::Status SpqrServiceImpl::Admit(const grpc::CallbackServerContext* context,
   return ToGrpcStatus(CheckAccepting());
 }
 
+grpc::Status SpqrServiceImpl::ParseAndAdmit(const grpc::CallbackServerContext* context,
+                                            const char* method, const grpc::ByteBuffer& payload,
+                                            google::protobuf::Message* request) {
+  if (grpc::Status s = ParseCallRequest(payload, method, metrics_, request); !s.ok()) return s;
+  return Admit(context, method);
+}
+
 absl::Status SpqrServiceImpl::CheckAccepting() const {
   if (draining_.load()) {
     return absl::UnavailableError("the server is shutting down and accepts no new requests");
@@ -100,10 +107,7 @@ grpc::Status SpqrServiceImpl::AdmitGenerate(const grpc::CallbackServerContext* c
                                             const char* method, const grpc::ByteBuffer& payload,
                                             v1::GenerateRequest* request, std::string* engine_id,
                                             std::string* client_id) {
-  if (grpc::Status parsed = ParseCallRequest(payload, method, metrics_, request); !parsed.ok()) {
-    return parsed;
-  }
-  if (grpc::Status s = Admit(context, method); !s.ok()) return s;
+  if (grpc::Status s = ParseAndAdmit(context, method, payload, request); !s.ok()) return s;
   *engine_id = NextEngineId();
   *client_id = request->request_id().empty() ? *engine_id : request->request_id();
   return ToGrpcStatus(ValidateGenerateRequest(*request, limits()));

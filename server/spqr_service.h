@@ -106,11 +106,14 @@ class SpqrServiceImpl final : public RawSpqrService {
   grpc::Status Authenticate(const grpc::CallbackServerContext* context, const char* method);
   // Authenticate, then CheckAccepting: the first check of every call.
   grpc::Status Admit(const grpc::CallbackServerContext* context, const char* method);
+  // The first steps of every call, on the gRPC thread: parse the payload into `request` (a
+  // malformed one is INVALID_ARGUMENT, counted in spqr_malformed_requests_total), then Admit.
+  grpc::Status ParseAndAdmit(const grpc::CallbackServerContext* context, const char* method,
+                             const grpc::ByteBuffer& payload, google::protobuf::Message* request);
   // A fresh engine request id (RandomRequestId()).
   std::string NextEngineId();
-  // The admission shared by Generate and GenerateUnary, on the gRPC thread: parse the payload
-  // (a malformed one is counted in spqr_malformed_requests_total),
-  // Admit, a fresh engine id, the client-visible id (the request's, else the engine id) and the
+  // The admission shared by Generate and GenerateUnary, on the gRPC thread: ParseAndAdmit, a
+  // fresh engine id, the client-visible id (the request's, else the engine id) and the
   // checks that need no tokenizer (the prompt's byte bound among them). A non-OK status is what
   // the call must finish with. MakeEngineRequest (tokenizing) comes later, on the work pool.
   grpc::Status AdmitGenerate(const grpc::CallbackServerContext* context, const char* method,

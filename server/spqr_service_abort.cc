@@ -1,7 +1,6 @@
 // SpqrServiceImpl::Abort (the RPC): cancels the live requests of the caller with a given id.
 #include <string>
 
-#include "server/call_parsing.h"
 #include "server/grpc_status.h"
 #include "server/log.h"
 #include "server/request_parsing.h"
@@ -14,8 +13,7 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::Abort(grpc::CallbackServerContext* co
                                                  grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   v1::AbortRequest request;
-  grpc::Status status = ParseCallRequest(*raw_request, "Abort", metrics_, &request);
-  if (status.ok()) status = Admit(context, "Abort");
+  grpc::Status status = ParseAndAdmit(context, "Abort", *raw_request, &request);
   if (status.ok() && request.request_id().empty()) {
     status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "request_id: must not be empty");
   }

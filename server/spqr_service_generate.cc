@@ -113,8 +113,7 @@ class GenerateStream final : public GenerateCallBase<grpc::ServerWriteReactor<gr
         if (client_gone_ && status.ok()) {
           status = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
         }
-        service_->RecordCallEnd(method_, engine_id_, client_id_, status,
-                                FinishDetail(final_chunk));
+        service_->RecordCallEnd(method_, engine_id_, client_id_, status, FinishDetail(final_chunk));
         if (status.ok()) {
           write_buffer_ = SerializeResponse(response_);
           StartWriteAndFinish(&write_buffer_, grpc::WriteOptions(), status);

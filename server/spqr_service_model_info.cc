@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <string>
 
-#include "server/call_parsing.h"
 #include "server/model_info.h"
 #include "server/request_parsing.h"
 #include "server/spqr_service.h"
@@ -61,22 +60,17 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
                                                         const grpc::ByteBuffer* raw_request,
                                                         grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Engine* engine = engine_.load();
   v1::GetModelInfoRequest request;
-  if (grpc::Status parsed = ParseCallRequest(*raw_request, "GetModelInfo", metrics_, &request);
-      !parsed.ok()) {
-    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(parsed.error_code()));
-    reactor->Finish(parsed);
-    return reactor;
-  }
-  v1::ModelInfo info;
-  v1::ModelInfo* const response = &info;
-  if (grpc::Status status = Admit(context, "GetModelInfo"); !status.ok() || engine == nullptr) {
-    if (status.ok()) status = ToGrpcStatus(CheckAccepting());
+  if (grpc::Status status = ParseAndAdmit(context, "GetModelInfo", *raw_request, &request);
+      !status.ok()) {
     metrics_->RecordRpc("GetModelInfo", GrpcCodeName(status.error_code()));
     reactor->Finish(status);
     return reactor;
   }
+  // Read after Admit, which found it set (it is never reset while calls can arrive).
+  Engine* engine = engine_.load();
+  v1::ModelInfo info;
+  v1::ModelInfo* const response = &info;
   const LoadedModel& model = engine->model();
   const ModelConfig& c = model.config;
   response->set_model_dir(model.dir);

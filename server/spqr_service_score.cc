@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "server/call_parsing.h"
 #include "server/engine_call.h"
 #include "server/grpc_status.h"
 #include "server/request_parsing.h"
@@ -28,12 +27,7 @@ class ScoreCall final : public grpc::ServerUnaryReactor {
             const grpc::ByteBuffer& payload, grpc::ByteBuffer* response)
       : service_(service), response_(response), shared_(std::make_shared<Shared>()) {
     service_->CallStarted();
-    if (grpc::Status parsed = ParseCallRequest(payload, "Score", service_->metrics(), &request_);
-        !parsed.ok()) {
-      FinishWith(parsed);
-      return;
-    }
-    if (grpc::Status s = service_->Admit(context, "Score"); !s.ok()) {
+    if (grpc::Status s = service_->ParseAndAdmit(context, "Score", payload, &request_); !s.ok()) {
       FinishWith(s);
       return;
     }

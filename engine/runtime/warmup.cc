@@ -35,16 +35,16 @@ absl::Status CheckLogits(const StepOutput& out, int32_t rows, int32_t expected_v
   if (out.vocab_size <= 0 || (expected_vocab > 0 && out.vocab_size != expected_vocab) ||
       out.logits.size() != static_cast<size_t>(rows) * out.vocab_size) {
     return absl::InternalError(absl::StrCat(step, " returned ", out.logits.size(),
-                                            " logits of vocab_size ", out.vocab_size,
-                                            ", expected ", rows, " rows"));
+                                            " logits of vocab_size ", out.vocab_size, ", expected ",
+                                            rows, " rows"));
   }
   const int64_t bad = FirstNonFinite(out.logits.data(), int64_t{rows} * out.vocab_size);
   if (bad < 0) return absl::OkStatus();
   const int64_t row = bad / out.vocab_size;
-  return absl::InternalError(absl::StrCat(
-      step, " produced a non-finite logit (", out.logits[bad], ") after position ",
-      last_pos - (rows - 1) + row, " for vocabulary entry ", bad % out.vocab_size,
-      "; the model cannot be served"));
+  return absl::InternalError(absl::StrCat(step, " produced a non-finite logit (", out.logits[bad],
+                                          ") after position ", last_pos - (rows - 1) + row,
+                                          " for vocabulary entry ", bad % out.vocab_size,
+                                          "; the model cannot be served"));
 }
 
 }  // namespace
@@ -73,8 +73,8 @@ absl::StatusOr<int32_t> RunWarmUp(Backend& backend, const WarmUpPlan& plan,
     const float* last = out.row(out.logits.size() / vocab - 1);
     tokens.push_back(static_cast<int32_t>(std::max_element(last, last + vocab) - last));
     const int32_t pos = static_cast<int32_t>(tokens.size()) - 1;
-    const std::string decode = absl::StrCat("warm-up decode step ", k, " of ", plan.decode_steps,
-                                            " at position ", pos);
+    const std::string decode =
+        absl::StrCat("warm-up decode step ", k, " of ", plan.decode_steps, " at position ", pos);
     step.seqs[0] = {std::span<const int32_t>(tokens).subspan(pos, 1), pos, block_table, 1};
     if (absl::Status s = backend.Forward(step, &out); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat(decode, ": ", s.message()));

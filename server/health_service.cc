@@ -4,6 +4,9 @@
 #include <utility>
 
 #include "server/call_auth.h"
+#include "server/call_parsing.h"
+#include "server/log.h"
+#include "server/request_parsing.h"
 
 namespace spqr {
 
@@ -15,11 +18,12 @@ using grpc::health::v1::HealthCheckResponse;
 // Prepare* methods decide under this reactor's lock what to do; the caller then does it outside
 // every lock. A prepared write or finish keeps the reactor alive until it is started: OnDone
 // comes only after Finish, and Finish waits for the write in flight.
-class HealthService::WatchReactor final : public grpc::ServerWriteReactor<HealthCheckResponse> {
+class HealthService::WatchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  WatchReactor(HealthService* owner, std::string service)
-      : owner_(owner), service_(std::move(service)) {}
+  explicit WatchReactor(HealthService* owner) : owner_(owner) {}
 
+  // Set before AddWatcher, never after.
+  void set_service(std::string service) { service_ = std::move(service); }
   const std::string& service() const { return service_; }
 
   // Queues `status` (only the newest unwritten status is kept; a status equal to the last one
@@ -35,7 +39,7 @@ class HealthService::WatchReactor final : public grpc::ServerWriteReactor<Health
     BeginWriteLocked(status);
     return true;
   }
-  void StartPreparedWrite() { StartWrite(&response_); }
+  void StartPreparedWrite() { StartWrite(&write_buffer_); }
 
   // Ends the stream with `status` once the write in flight (if any) is done. True: the caller
   // must call FinishPrepared().
@@ -87,13 +91,15 @@ class HealthService::WatchReactor final : public grpc::ServerWriteReactor<Health
   void BeginWriteLocked(ServingStatus status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     writing_ = true;
     last_written_ = status;
-    response_.set_status(status);
+    HealthCheckResponse response;
+    response.set_status(status);
+    write_buffer_ = SerializeResponse(response);
   }
 
   HealthService* const owner_;
-  const std::string service_;
+  std::string service_;
   absl::Mutex mu_;
-  HealthCheckResponse response_;  // not touched while a write is in flight
+  grpc::ByteBuffer write_buffer_;  // not touched while a write is in flight
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<ServingStatus> last_written_ ABSL_GUARDED_BY(mu_);
   std::optional<ServingStatus> pending_ ABSL_GUARDED_BY(mu_);
@@ -175,39 +181,58 @@ void HealthService::RemoveWatcher(WatchReactor* watcher) {
   watchers_.erase(watcher);
 }
 
-grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* context,
-                                               const HealthCheckRequest* request,
-                                               HealthCheckResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+grpc::Status HealthService::AdmitCall(grpc::CallbackServerContext* context, const char* method,
+                                      const grpc::ByteBuffer& payload,
+                                      HealthCheckRequest* request) {
+  grpc::Status status = ParseCallRequest(payload, method, metrics_, request);
+  if (!status.ok()) {
+    // Probes are not logged, refusals of malformed requests are (rare, and worth seeing).
+    Logf(LogLevel::kInfo, "%s INVALID_ARGUMENT: %s", method,
+         LogSafe(status.error_message(), kLogMessageBytes));
+    return status;
+  }
   if (required_keys_ != nullptr) {
-    grpc::Status auth = AuthenticateCall(*required_keys_, *context, "Health.Check", metrics_);
-    if (!auth.ok()) {
-      reactor->Finish(auth);
-      return reactor;
-    }
+    return AuthenticateCall(*required_keys_, *context, method, metrics_);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* context,
+                                               const grpc::ByteBuffer* raw_request,
+                                               grpc::ByteBuffer* raw_response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  HealthCheckRequest request;
+  if (grpc::Status refusal = AdmitCall(context, "Health.Check", *raw_request, &request);
+      !refusal.ok()) {
+    reactor->Finish(refusal);
+    return reactor;
   }
   ServingStatus status;
   {
     absl::MutexLock lock(&mu_);
-    status = StatusOf(request->service());
+    status = StatusOf(request.service());
   }
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 "no health status for service \"" + request->service() + "\""));
+    // The name is the client's: escaped and bounded, or a megabyte name would come back whole in
+    // the trailers.
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::NOT_FOUND,
+                     "no health status for service \"" + LogSafe(request.service()) + "\""));
     return reactor;
   }
-  response->set_status(status);
+  HealthCheckResponse response;
+  response.set_status(status);
+  *raw_response = SerializeResponse(response);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
-grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
-    grpc::CallbackServerContext* context, const HealthCheckRequest* request) {
-  auto* watcher = new WatchReactor(this, request->service());
-  grpc::Status refusal;
-  if (required_keys_ != nullptr) {
-    refusal = AuthenticateCall(*required_keys_, *context, "Health.Watch", metrics_);
-  }
+grpc::ServerWriteReactor<grpc::ByteBuffer>* HealthService::Watch(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
+  auto* watcher = new WatchReactor(this);
+  HealthCheckRequest request;
+  grpc::Status refusal = AdmitCall(context, "Health.Watch", *raw_request, &request);
+  watcher->set_service(request.service());
   if (refusal.ok() && !AddWatcher(watcher)) {
     refusal = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
   }

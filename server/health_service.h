@@ -4,6 +4,10 @@
 //
 // Statuses exist for "" (the whole server) and every service named at construction; other names
 // are NOT_FOUND for Check and SERVICE_UNKNOWN for Watch (as the health protocol specifies).
+//
+// Both methods are registered raw and parse their request themselves (call_parsing.h): bytes that
+// are not a HealthCheckRequest end with INVALID_ARGUMENT naming the problem, counted in
+// spqr_malformed_requests_total, instead of gRPC's bare UNIMPLEMENTED.
 #pragma once
 
 #include <map>
@@ -19,12 +23,17 @@
 
 namespace spqr {
 
-class HealthService final : public grpc::health::v1::Health::CallbackService {
+// Check and Watch as raw callback methods (grpc::ByteBuffer in and out).
+using RawHealthService = grpc::health::v1::Health::WithRawCallbackMethod_Check<
+    grpc::health::v1::Health::WithRawCallbackMethod_Watch<grpc::health::v1::Health::Service>>;
+
+class HealthService final : public RawHealthService {
  public:
   using ServingStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
 
   // `required_keys`: null (or disabled keys) lets every caller in; else calls need one of the
-  // keys, refusals are counted through `metrics` (labels "Health.Check", "Health.Watch").
+  // keys, refusals are counted through `metrics` (labels "Health.Check", "Health.Watch"), as are
+  // malformed requests.
   // Both must outlive this service. Every status starts NOT_SERVING.
   HealthService(const std::vector<std::string>& services, const ApiKeys* required_keys,
                 ServerMetrics* metrics);
@@ -38,12 +47,12 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
   // at once. Call before grpc::Server::Shutdown.
   void Shutdown();
 
+  // Requests are HealthCheckRequest messages in wire format, responses HealthCheckResponse.
   grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* context,
-                                  const grpc::health::v1::HealthCheckRequest* request,
-                                  grpc::health::v1::HealthCheckResponse* response) override;
-  grpc::ServerWriteReactor<grpc::health::v1::HealthCheckResponse>* Watch(
-      grpc::CallbackServerContext* context,
-      const grpc::health::v1::HealthCheckRequest* request) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request) override;
 
   // Open Watch streams (tests).
   int watchers() const;
@@ -52,6 +61,10 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
   class WatchReactor;
   friend class WatchReactor;
 
+  // Parse (counted when malformed), then the API key: the status a call must end with if not OK.
+  grpc::Status AdmitCall(grpc::CallbackServerContext* context, const char* method,
+                         const grpc::ByteBuffer& payload,
+                         grpc::health::v1::HealthCheckRequest* request);
   // The status of `service` (SERVICE_UNKNOWN when it has none).
   ServingStatus StatusOf(const std::string& service) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Registers a new watcher and sends it the current status; false after Shutdown.

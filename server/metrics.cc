@@ -43,6 +43,7 @@ enum MetricIndex {
   kInflight,
   kResidentMemory,
   kUnauthenticated,
+  kMalformed,
   kVllmWaiting,
   kVllmRunning,
   kVllmKvUsage,
@@ -106,6 +107,9 @@ const std::vector<MetricSpec> kMetricTable = {
      "Resident memory of the server process (/proc/self/statm), in bytes."},
     {"spqr_unauthenticated_requests_total", MetricKind::kCounter, "method,reason",
      "Calls refused with UNAUTHENTICATED, by method and reason (missing or invalid API key)."},
+    {"spqr_malformed_requests_total", MetricKind::kCounter, "method",
+     "Calls refused with INVALID_ARGUMENT because the request was not a valid protobuf message "
+     "(truncated, invalid UTF-8, bad wire format), by method; every service included."},
     {"vllm:num_requests_waiting", MetricKind::kGauge, "",
      "Same as spqr_num_requests_waiting, under vLLM's name for gateways."},
     {"vllm:num_requests_running", MetricKind::kGauge, "",
@@ -271,8 +275,11 @@ ServerMetrics::ServerMetrics(bool vllm_compatible_names)
   unauthenticated_ = &Register(prometheus::BuildCounter(), kUnauthenticated, registry);
   // Exported at 0 from the start, so that rate() and alerts see the series before the first
   // refusal (prometheus-cpp exports no family without children).
-  for (const char* method : {"Generate", "GenerateUnary", "Score", "GetModelInfo", "Abort"}) {
-    ExportUnauthenticatedSeries(method);
+  for (const char* method : kSpqrServiceMethods) ExportUnauthenticatedSeries(method);
+  malformed_ = &Register(prometheus::BuildCounter(), kMalformed, registry);
+  for (const char* method : kSpqrServiceMethods) malformed_->Add({{"method", method}});
+  for (const char* method : {"Health.Check", "Health.Watch", "ServerReflectionInfo"}) {
+    malformed_->Add({{"method", method}});
   }
 }
 
@@ -319,6 +326,10 @@ void ServerMetrics::RecordStep(const StepRecord& step) {
 void ServerMetrics::RecordUnauthenticated(absl::string_view method, absl::string_view reason) {
   unauthenticated_->Add({{"method", std::string(method)}, {"reason", std::string(reason)}})
       .Increment();
+}
+
+void ServerMetrics::RecordMalformed(absl::string_view method) {
+  malformed_->Add({{"method", std::string(method)}}).Increment();
 }
 
 void ServerMetrics::ExportUnauthenticatedSeries(absl::string_view method) {

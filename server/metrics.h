@@ -23,6 +23,11 @@
 
 namespace spqr {
 
+// The methods of spqr.v1.SpqrService, the `method` label of the per-method series exported at 0
+// from the start (a new RPC is added here).
+inline constexpr const char* kSpqrServiceMethods[] = {"Generate", "GenerateUnary", "Score",
+                                                      "GetModelInfo", "Abort"};
+
 enum class MetricKind { kCounter, kGauge, kHistogram };
 
 // One row of the metric table.
@@ -62,6 +67,10 @@ class ServerMetrics {
   void RecordStep(const StepRecord& step);
   // A call was refused with UNAUTHENTICATED; `reason` is "missing" or "invalid".
   void RecordUnauthenticated(absl::string_view method, absl::string_view reason);
+  // A call's request was not a valid message (refused with INVALID_ARGUMENT before any other
+  // check): spqr_malformed_requests_total{method}. Its series exist at 0 for the spqr.v1 methods
+  // (kSpqrServiceMethods), "Health.Check", "Health.Watch" and "ServerReflectionInfo".
+  void RecordMalformed(absl::string_view method);
   // Exports spqr_unauthenticated_requests_total{method} at 0 for both reasons, so that rate()
   // sees the series before the first refusal (done for the spqr.v1 methods at construction; the
   // server adds "Health.Check", "Health.Watch" and "ServerReflectionInfo" when it protects them).
@@ -85,6 +94,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
   prometheus::Family<prometheus::Counter>* finished_ = nullptr;
   prometheus::Family<prometheus::Counter>* unauthenticated_ = nullptr;
+  prometheus::Family<prometheus::Counter>* malformed_ = nullptr;
   prometheus::Histogram* ttft_ = nullptr;
   prometheus::Histogram* itl_ = nullptr;
   prometheus::Histogram* e2e_ = nullptr;

@@ -1,11 +1,16 @@
 #include "server/reflection_service.h"
 
+#include <cstdint>
 #include <unordered_set>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "server/call_auth.h"
+#include "server/call_parsing.h"
+#include "server/log.h"
+#include "server/request_parsing.h"
 
 namespace spqr {
 namespace {
@@ -36,15 +41,17 @@ void SetError(grpc::StatusCode code, const std::string& message,
 }  // namespace
 
 // One reflection stream: read a request, write its answer, repeat until the client half-closes
-// (or the call is cancelled, which fails the pending read or write).
-class ReflectionService::StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
+// (or the call is cancelled, which fails the pending read or write). A request that does not
+// parse ends the stream: the protocol has no per-message way to say "unreadable".
+class ReflectionService::StreamReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(const ReflectionService* owner, grpc::Status refusal) : owner_(owner) {
     if (!refusal.ok()) {
       Finish(refusal);
       return;
     }
-    StartRead(&request_);
+    StartRead(&read_buffer_);
   }
 
   void OnReadDone(bool ok) override {
@@ -52,8 +59,21 @@ class ReflectionService::StreamReactor final : public grpc::ServerBidiReactor<Re
       Finish(grpc::Status::OK);
       return;
     }
-    response_ = owner_->Answer(request_);
-    StartWrite(&response_);
+    Request request;
+    grpc::Status parsed =
+        ParseCallRequest(read_buffer_, "ServerReflectionInfo", owner_->metrics_, &request);
+    if (!parsed.ok()) {
+      const grpc::Status status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("message ", messages_read_ + 1, " of the stream: ", parsed.error_message()));
+      Logf(LogLevel::kInfo, "ServerReflectionInfo INVALID_ARGUMENT: %s",
+           LogSafe(status.error_message(), kLogMessageBytes));
+      Finish(status);
+      return;
+    }
+    ++messages_read_;
+    write_buffer_ = SerializeResponse(owner_->Answer(request));
+    StartWrite(&write_buffer_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -61,22 +81,23 @@ class ReflectionService::StreamReactor final : public grpc::ServerBidiReactor<Re
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the reflection stream broke"));
       return;
     }
-    StartRead(&request_);
+    StartRead(&read_buffer_);
   }
 
   void OnDone() override { delete this; }
 
  private:
   const ReflectionService* const owner_;
-  Request request_;
-  Response response_;
+  grpc::ByteBuffer read_buffer_;
+  grpc::ByteBuffer write_buffer_;
+  int64_t messages_read_ = 0;
 };
 
 ReflectionService::ReflectionService(std::vector<std::string> services,
                                      const ApiKeys* required_keys, ServerMetrics* metrics)
     : services_(std::move(services)), required_keys_(required_keys), metrics_(metrics) {}
 
-grpc::ServerBidiReactor<ReflectionService::Request, ReflectionService::Response>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 ReflectionService::ServerReflectionInfo(grpc::CallbackServerContext* context) {
   grpc::Status refusal;
   if (required_keys_ != nullptr) {

@@ -22,6 +22,7 @@
 #include "config/server_config.h"
 #include "engine/runtime/engine.h"
 #include "server/api_keys.h"
+#include "server/grpc_status.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/retry_pushback.h"
@@ -33,12 +34,6 @@ namespace spqr {
 // Initial metadata of Generate and GenerateUnary: the request's id (the client's or the one the
 // server assigned), sent before the first token so that a client can Abort a request still queued.
 inline constexpr char kRequestIdMetadataKey[] = "spqr-request-id";
-
-// "OK", "INVALID_ARGUMENT", ... for a gRPC status code.
-const char* GrpcCodeName(grpc::StatusCode code);
-
-// absl::Status -> grpc::Status; the codes are the same numbers.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The limits requests are checked against, from the config and the loaded engine.
 RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& engine);
@@ -95,7 +90,7 @@ class SpqrServiceImpl final : public RawSpqrService {
   // The index of the API key the call presented; -1 without API keys (everyone is one owner).
   int CallerKey(const grpc::CallbackServerContext* context) const;
 
-  // Used by the call reactors (spqr_service.cc).
+  // Used by the call reactors (spqr_service_*.cc, generate_call.h).
   Engine* engine() const { return engine_.load(); }
   const RequestLimits& limits() const { return limits_; }
   ServerMetrics* metrics() const { return metrics_; }
@@ -111,10 +106,14 @@ class SpqrServiceImpl final : public RawSpqrService {
   grpc::Status Authenticate(const grpc::CallbackServerContext* context, const char* method);
   // Authenticate, then CheckAccepting: the first check of every call.
   grpc::Status Admit(const grpc::CallbackServerContext* context, const char* method);
+  // The first steps of every call, on the gRPC thread: parse the payload into `request` (a
+  // malformed one is INVALID_ARGUMENT, counted in spqr_malformed_requests_total), then Admit.
+  grpc::Status ParseAndAdmit(const grpc::CallbackServerContext* context, const char* method,
+                             const grpc::ByteBuffer& payload, google::protobuf::Message* request);
   // A fresh engine request id (RandomRequestId()).
   std::string NextEngineId();
-  // The admission shared by Generate and GenerateUnary, on the gRPC thread: parse the payload,
-  // Admit, a fresh engine id, the client-visible id (the request's, else the engine id) and the
+  // The admission shared by Generate and GenerateUnary, on the gRPC thread: ParseAndAdmit, a
+  // fresh engine id, the client-visible id (the request's, else the engine id) and the
   // checks that need no tokenizer (the prompt's byte bound among them). A non-OK status is what
   // the call must finish with. MakeEngineRequest (tokenizing) comes later, on the work pool.
   grpc::Status AdmitGenerate(const grpc::CallbackServerContext* context, const char* method,

@@ -60,21 +60,17 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
                                                         const grpc::ByteBuffer* raw_request,
                                                         grpc::ByteBuffer* raw_response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  Engine* engine = engine_.load();
   v1::GetModelInfoRequest request;
-  if (absl::Status parsed = ParseRequest(*raw_request, &request); !parsed.ok()) {
-    metrics_->RecordRpc("GetModelInfo", GrpcCodeName(grpc::StatusCode::INVALID_ARGUMENT));
-    reactor->Finish(ToGrpcStatus(parsed));
-    return reactor;
-  }
-  v1::ModelInfo info;
-  v1::ModelInfo* const response = &info;
-  if (grpc::Status status = Admit(context, "GetModelInfo"); !status.ok() || engine == nullptr) {
-    if (status.ok()) status = ToGrpcStatus(CheckAccepting());
+  if (grpc::Status status = ParseAndAdmit(context, "GetModelInfo", *raw_request, &request);
+      !status.ok()) {
     metrics_->RecordRpc("GetModelInfo", GrpcCodeName(status.error_code()));
     reactor->Finish(status);
     return reactor;
   }
+  // Read after Admit, which found it set (it is never reset while calls can arrive).
+  Engine* engine = engine_.load();
+  v1::ModelInfo info;
+  v1::ModelInfo* const response = &info;
   const LoadedModel& model = engine->model();
   const ModelConfig& c = model.config;
   response->set_model_dir(model.dir);

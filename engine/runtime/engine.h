@@ -67,6 +67,9 @@ struct EngineStats {
 
 class Engine {
  public:
+  // Sizes and allocates the KV pool from options.kv_cache_bytes, runs the warm-up (warmup.h: a
+  // short prefill and a few decode steps, every logit checked finite; its failure is the error,
+  // naming the step) and starts the engine thread.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<LoadedModel> model,
                                                         const EngineOptions& options);
   // Stops the engine thread; unfinished requests get a final chunk with kCancelled.

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Integration test of spqr-server against hostile input (issue 14): unparsable requests get
-INVALID_ARGUMENT naming the problem and are counted; a huge prompt is refused on its byte length
+"""Integration test of spqr-server against hostile input (issue 14): unparsable requests (on
+spqr.v1, grpc.health.v1 and reflection) get INVALID_ARGUMENT naming the problem and are counted; a huge prompt is refused on its byte length
 before any tokenizing and does not delay a small concurrent request; client strings reach the log
 escaped and truncated; server-assigned request ids are random; start-up errors say what is wrong.
 
@@ -133,6 +133,100 @@ class MalformedRequestTest(unittest.TestCase):
             raw_unary(SERVER.channel, "GenerateUnary")(raw, timeout=30))
         self.assertEqual(response.usage.completion_tokens, 3)
         self.assertEqual(response.finish_reason, pb.FINISH_REASON_LENGTH)
+
+
+def raw_method(channel, kind, path):
+    """A call of `kind` ("unary_unary", ...) on `path` that sends and returns raw bytes: no stub,
+    no generated message class, so nothing on the client side can refuse or repair the bytes."""
+    return getattr(channel, kind)(path, request_serializer=lambda raw: raw,
+                                  response_deserializer=lambda raw: raw)
+
+
+def length_delimited(field, payload):
+    """One length-delimited protobuf field (wire type 2), encoded by hand."""
+    assert len(payload) < 128
+    return bytes([field << 3 | 2, len(payload)]) + payload
+
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+# Bytes that are not a grpc.health.v1.HealthCheckRequest / ServerReflectionRequest, with what the
+# refusal must say. Field 1 is `service` / `host` (a string) in both messages.
+GARBAGE = [
+    ("truncated", b"\x0a\x05ab", "truncated"),
+    ("invalid UTF-8", length_delimited(1, b"\xff\xfe"), "invalid UTF-8"),
+    ("bad wire type", b"\x0f", "wire type 7"),
+]
+
+
+class MalformedHealthAndReflectionTest(unittest.TestCase):
+    """The same for grpc.health.v1.Health and the reflection stream, from a raw-bytes client:
+    INVALID_ARGUMENT naming the problem (not gRPC's bare UNIMPLEMENTED), counted in
+    spqr_malformed_requests_total{method}; well-formed bytes keep working."""
+
+    def malformed(self, method):
+        return SERVER.metric("spqr_malformed_requests_total", {"method": method})
+
+    def expect_refused(self, method, call, message_type, expected):
+        before = self.malformed(method)
+        code, details = call()
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT, details)
+        self.assertIn(f"not a valid {message_type}", details)
+        self.assertIn(expected, details)
+        self.assertEqual(self.malformed(method), before + 1)
+
+    def test_health_check_and_watch_refuse_garbage(self):
+        check = raw_method(SERVER.channel, "unary_unary", HEALTH_CHECK)
+        watch = raw_method(SERVER.channel, "unary_stream", HEALTH_WATCH)
+        for name, raw, expected in GARBAGE:
+            for method, callable_ in (("Health.Check", check), ("Health.Watch", watch)):
+                with self.subTest(method=method, garbage=name):
+                    self.expect_refused(method, lambda: call_code_and_details(callable_, raw),
+                                        "grpc.health.v1.HealthCheckRequest", expected)
+
+    def test_reflection_refuses_garbage_and_says_which_message(self):
+        reflection = raw_method(SERVER.channel, "stream_stream", REFLECTION)
+        list_services = length_delimited(7, b"")
+        for name, raw, expected in GARBAGE:
+            with self.subTest(garbage=name):
+                answers = []
+
+                def call():
+                    try:
+                        for answer in reflection(iter([list_services, raw]), timeout=10):
+                            answers.append(answer)
+                        return grpc.StatusCode.OK, ""
+                    except grpc.RpcError as error:
+                        return error.code(), error.details()
+
+                self.expect_refused("ServerReflectionInfo", call,
+                                    "grpc.reflection.v1alpha.ServerReflectionRequest", expected)
+                # The valid first message was answered; the refusal names the second.
+                self.assertEqual(len(answers), 1)
+                self.assertIn(b"spqr.v1.SpqrService", answers[0])
+
+    def test_well_formed_raw_requests_still_work(self):
+        # grpc_health_probe's request: an empty HealthCheckRequest (the whole server).
+        response = raw_method(SERVER.channel, "unary_unary", HEALTH_CHECK)(b"", timeout=10)
+        self.assertEqual(response, b"\x08\x01")  # status: SERVING
+        response = raw_method(SERVER.channel, "unary_unary", HEALTH_CHECK)(
+            length_delimited(1, b"spqr.v1.SpqrService"), timeout=10)
+        self.assertEqual(response, b"\x08\x01")
+        watch = raw_method(SERVER.channel, "unary_stream", HEALTH_WATCH)(b"", timeout=10)
+        self.assertEqual(next(watch), b"\x08\x01")
+        watch.cancel()
+        answers = list(raw_method(SERVER.channel, "stream_stream", REFLECTION)(
+            iter([length_delimited(7, b"")]), timeout=10))
+        self.assertEqual(len(answers), 1)
+        for service in (b"spqr.v1.SpqrService", b"grpc.health.v1.Health",
+                        b"grpc.reflection.v1alpha.ServerReflection"):
+            self.assertIn(service, answers[0])
+        # The spqr.v1 refusals are counted in the same metric (and in spqr_requests_total).
+        before = self.malformed("GetModelInfo")
+        code, _ = call_code_and_details(raw_unary(SERVER.channel, "GetModelInfo"), b"\x0a\x05ab")
+        self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(self.malformed("GetModelInfo"), before + 1)
 
 
 class RequestIdTest(unittest.TestCase):

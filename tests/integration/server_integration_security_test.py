@@ -292,8 +292,11 @@ class ApiKeyTest(unittest.TestCase):
                 # and tools call them without metadata), and nothing is counted for them.
                 self.assertEqual(health_check(channel), health_pb2.HealthCheckResponse.SERVING)
                 self.assertIn("spqr.v1.SpqrService", list_services(channel))
-                self.assertNotIn('method="Health.Check"', server.metrics_text())
-                self.assertNotIn('method="ServerReflectionInfo"', server.metrics_text())
+                metrics = server.metrics_text()
+                self.assertNotIn('spqr_unauthenticated_requests_total{method="Health.Check"',
+                                 metrics)
+                self.assertNotIn(
+                    'spqr_unauthenticated_requests_total{method="ServerReflectionInfo"', metrics)
         finally:
             server.kill()
 

@@ -1,12 +1,15 @@
 // The engine's second line behind the load-time weight check: a step whose logits for a sequence
 // hold a NaN or an infinity fails that request (and only it) with INTERNAL and a clear message,
 // counted in EngineStats::nonfinite_logits_failures_total, instead of sampling token 0 forever.
-// Also: the warm-up refuses non-finite logits, and a KV budget beyond the machine's memory is
+// Also: the warm-up (a short prefill and a few decode steps) refuses non-finite logits and names
+// the step, and a KV budget beyond the machine's memory is
 // refused at Engine::Create instead of ending in std::bad_alloc.
 #include <algorithm>
 #include <limits>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/runtime/warmup.h"
 #include "engine/util/system_memory.h"
 #include "tests/unit/engine_test_util.h"
 
@@ -108,19 +111,88 @@ TEST_F(EngineNonFiniteTest, ScoringRequestWithANonFinitePromptLogitFails) {
   ExpectAllBlocksFree(*engine);
 }
 
-TEST_F(EngineNonFiniteTest, WarmUpWithNonFiniteLogitsIsRefused) {
-  control_->poison_token = 1;  // the warm-up token (bos)
-  control_->poison_value = std::numeric_limits<float>::quiet_NaN();
+// The model the warm-up tests create engines for (no tokenizer: the warm-up needs none).
+std::unique_ptr<LoadedModel> WarmUpModel(std::shared_ptr<FakeControl> control,
+                                         int64_t context = kContext) {
   auto model = std::make_unique<LoadedModel>();
   model->config.vocab_size = kVocab;
-  model->config.max_position_embeddings = kContext;
+  model->config.max_position_embeddings = context;
   model->config.bos_token_id = 1;
-  model->backend = std::make_unique<FakeBackend>(control_);
-  auto engine = Engine::Create(std::move(model), SmallOptions());
+  model->backend = std::make_unique<FakeBackend>(std::move(control));
+  return model;
+}
+
+TEST_F(EngineNonFiniteTest, WarmUpWithNonFiniteLogitsIsRefused) {
+  control_->poison_token = 1;  // the warm-up prompt's first token (bos)
+  control_->poison_value = std::numeric_limits<float>::quiet_NaN();
+  auto engine = Engine::Create(WarmUpModel(control_), SmallOptions());
   ASSERT_FALSE(engine.ok());
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInternal);
-  EXPECT_TRUE(absl::StrContains(engine.status().message(), "warm-up")) << engine.status();
-  EXPECT_TRUE(absl::StrContains(engine.status().message(), "non-finite")) << engine.status();
+  EXPECT_TRUE(absl::StrContains(engine.status().message(),
+                                absl::StrCat("warm-up prefill (", kWarmUpPrefillTokens,
+                                             " tokens) produced a non-finite logit")))
+      << engine.status();
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), "after position 0")) << engine.status();
+}
+
+// A fault that only the decode path shows (the greedy token of the second decode step poisons
+// every later logit): a one-token warm-up passed it, the warm-up's decode steps do not.
+TEST_F(EngineNonFiniteTest, WarmUpChecksEveryDecodeStep) {
+  KvPoolShape pool;
+  pool.num_blocks = 128;
+  pool.block_size = 4;
+  const WarmUpPlan plan = WarmUpPlanFor(WarmUpModel(control_)->config, pool);
+  ASSERT_EQ(plan.decode_steps, kWarmUpDecodeSteps);
+  const std::vector<int32_t> greedy = ReferenceGreedy(plan.prompt, kWarmUpDecodeSteps);
+  // greedy[1] is fed by decode step 2; its logits are the first that see it.
+  ASSERT_EQ(std::count(plan.prompt.begin(), plan.prompt.end(), greedy[1]), 0);
+  ASSERT_NE(greedy[0], greedy[1]);
+  control_->poison_token = greedy[1];
+  control_->poison_value = std::numeric_limits<float>::infinity();
+  control_->poison_entry = 5;
+  auto engine = Engine::Create(WarmUpModel(control_), SmallOptions());
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInternal);
+  const std::string expected =
+      absl::StrCat("warm-up decode step 2 of ", kWarmUpDecodeSteps, " at position ",
+                   plan.prompt.size() + 1, " produced a non-finite logit (inf) after position ",
+                   plan.prompt.size() + 1, " for vocabulary entry 5");
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), expected)) << engine.status();
+}
+
+TEST_F(EngineNonFiniteTest, WarmUpNamesTheStepWhoseForwardFailed) {
+  control_->fail_at_forward = 3;  // the prefill, decode step 1, then decode step 2 fails
+  auto engine = Engine::Create(WarmUpModel(control_), SmallOptions());
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), "warm-up decode step 2 of "))
+      << engine.status();
+  EXPECT_TRUE(absl::StrContains(engine.status().message(), "fake device failure"))
+      << engine.status();
+}
+
+TEST(WarmUpPlanTest, FitsTheContextAndThePool) {
+  ModelConfig config;
+  config.vocab_size = 5;
+  config.bos_token_id = 3;
+  config.max_position_embeddings = 4096;
+  KvPoolShape pool;
+  pool.num_blocks = 100;
+  pool.block_size = 16;
+  WarmUpPlan plan = WarmUpPlanFor(config, pool);
+  EXPECT_EQ(plan.prompt, (std::vector<int32_t>{3, 4, 0, 1, 2, 3, 4, 0}));  // bos, then the next ids
+  EXPECT_EQ(plan.decode_steps, kWarmUpDecodeSteps);
+  config.max_position_embeddings = 3;  // a tiny context: one prompt token, two decode steps
+  plan = WarmUpPlanFor(config, pool);
+  EXPECT_EQ(plan.prompt, (std::vector<int32_t>{3}));
+  EXPECT_EQ(plan.decode_steps, 2);
+  config.max_position_embeddings = 4096;
+  config.bos_token_id = -1;  // no bos: token 0
+  pool.num_blocks = 1;       // a pool of one 5-token block
+  pool.block_size = 5;
+  plan = WarmUpPlanFor(config, pool);
+  EXPECT_EQ(plan.prompt, (std::vector<int32_t>{0}));
+  EXPECT_EQ(plan.decode_steps, 4);
 }
 
 TEST(EngineKvBudgetTest, KvCacheBeyondTheMachinesMemoryIsRefusedNotBadAlloc) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/runtime/warmup.h"
 #include "tests/unit/engine_test_util.h"
 
 namespace spqr {
@@ -20,7 +21,9 @@ TEST_F(EngineTest, SizesThePoolFromTheByteBudget) {
   EXPECT_EQ(s.kv_blocks_total, 128);
   EXPECT_EQ(s.kv_blocks_free, 128);
   EXPECT_EQ(s.kv_block_size, 4);
-  EXPECT_EQ(control_->forwards.load(), 1) << "one warm-up forward";
+  // The warm-up: one prefill of kWarmUpPrefillTokens, then kWarmUpDecodeSteps decode steps.
+  EXPECT_EQ(control_->forwards.load(), 1 + kWarmUpDecodeSteps);
+  EXPECT_EQ(control_->tokens.load(), kWarmUpPrefillTokens + kWarmUpDecodeSteps);
 }
 
 TEST_F(EngineTest, GreedyGenerationMatchesTheReference) {

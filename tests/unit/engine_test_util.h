@@ -76,6 +76,7 @@ struct FakeControl {
   std::atomic<int64_t> tokens{0};  // tokens processed by all forward steps
   std::atomic<int> max_seqs_per_step{0};
   std::atomic<bool> fail{false};
+  std::atomic<int> fail_at_forward{-1};  // this forward (1 = the first) fails, the others run
   int32_t eos_from = -1;
   // Logits after a context that holds `poison_token` get `poison_value` (NaN, Inf) at entry
   // `poison_entry`: a numerical fault that hits only the sequences that saw the token.
@@ -114,7 +115,9 @@ class FakeBackend : public Backend {
       std::unique_lock<std::mutex> lock(control_->mu);
       control_->cv.wait(lock, [this] { return !control_->paused; });
     }
-    if (control_->fail) return absl::InternalError("fake device failure");
+    if (control_->fail || control_->forwards + 1 == control_->fail_at_forward) {
+      return absl::InternalError("fake device failure");
+    }
     ++control_->forwards;
     int prev = control_->max_seqs_per_step;
     const int n = static_cast<int>(plan.seqs.size());

@@ -435,11 +435,13 @@ bool ApplyTest(const std::string& name, const Value& v, CallArgs& args) {
     return IntArg(v, "divisibleby value") % d == 0;
   }
   if (name == "sameas") {
-    if (v.is_none() || v.kind() == Kd::kBool || v.is_undefined()) return v.Equals(*other) && v.kind() == other->kind();
+    // Python identity: containers by reference; for scalars CPython's identity depends on object
+    // caching, approximated here by same type and equal value.
     if (v.is_list() || v.is_dict() || v.is_namespace()) {
-      return v.kind() == other->kind() && (v.is_list() ? &v.list() == &other->list() : &v.dict() == &other->dict());
+      return v.kind() == other->kind() &&
+             (v.is_list() ? &v.list() == &other->list() : &v.dict() == &other->dict());
     }
-    throw Error("'sameas' on " + v.TypeName() + " values is not supported");
+    return v.kind() == other->kind() && v.Equals(*other);
   }
   static const std::pair<const char*, const char*> kAliases[] = {
       {"eq", "=="}, {"equalto", "=="}, {"==", "=="}, {"ne", "!="}, {"!=", "!="}, {"lt", "<"},

@@ -268,6 +268,7 @@ class Evaluator {
                       ": '" + v.TypeName() + "'");
         }
         if (e.kind == Kd::kPos) return v.kind() == Value::Kind::kFloat ? v : Value(v.as_int());
+        if (v.kind() == Value::Kind::kFloat) return Value(-v.as_float());  // keeps -0.0
         return BinaryOp("-", Value(int64_t{0}), v);
       }
       case Kd::kBinary: {

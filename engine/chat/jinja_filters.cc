@@ -92,6 +92,34 @@ Value SelectOrReject(const Value& input, CallArgs& args, bool select, bool by_at
   return Value::List(std::move(out));
 }
 
+// Python's float(str) after stripping: decimal literals, inf/infinity/nan; unlike strtod, no
+// hexadecimal. Returns false when Python would raise ValueError.
+bool PyParseFloat(const std::string& s, double* out) {
+  if (s.empty() || s.find_first_of("xXpP") != std::string::npos) return false;
+  try {
+    size_t used = 0;
+    *out = std::stod(s, &used);
+    return used == s.size();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// Python's int(str, 10) after stripping: optional sign and decimal digits.
+bool PyParseInt(const std::string& s, int64_t* out) {
+  size_t i = (!s.empty() && (s[0] == '+' || s[0] == '-')) ? 1 : 0;
+  if (i == s.size()) return false;
+  for (size_t k = i; k < s.size(); ++k) {
+    if (s[k] < '0' || s[k] > '9') return false;
+  }
+  try {
+    *out = std::stoll(s);
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 bool IsSupportedFilter(std::string_view name) { return kFilters.count(name) > 0; }
@@ -221,14 +249,10 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
     }
     if (v.is_string()) {
       const std::string s = PyStrip(v.as_string(), nullptr, true, true);
-      try {
-        size_t used = 0;
-        const int64_t i = std::stoll(s, &used, 10);
-        if (used == s.size()) return Value(i);
-        const double f = std::stod(s, &used);
-        if (used == s.size() && std::isfinite(f)) return Value(static_cast<int64_t>(f));
-      } catch (const std::exception&) {
-      }
+      int64_t i;
+      double f;
+      if (PyParseInt(s, &i)) return Value(i);
+      if (PyParseFloat(s, &f) && std::isfinite(f)) return Value(static_cast<int64_t>(f));
     }
     return dflt;
   }
@@ -236,13 +260,8 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
     ArgReader r(name, args, {"default"});
     if (v.is_number()) return Value(v.as_float());
     if (v.is_string()) {
-      const std::string s = PyStrip(v.as_string(), nullptr, true, true);
-      try {
-        size_t used = 0;
-        const double f = std::stod(s, &used);
-        if (used == s.size()) return Value(f);
-      } catch (const std::exception&) {
-      }
+      double f;
+      if (PyParseFloat(PyStrip(v.as_string(), nullptr, true, true), &f)) return Value(f);
     }
     return r.GetOr(0, Value(0.0));
   }

@@ -2,6 +2,7 @@
 // live in jinja_filters.cc.
 #include "engine/chat/jinja_builtins.h"
 
+#include <algorithm>
 #include <cmath>
 #include <ctime>
 #include <set>
@@ -290,7 +291,10 @@ Value Slice(const Value& obj, const Value* start, const Value* stop, const Value
   const int64_t b = clamp(start, st > 0 ? 0 : n - 1);
   const int64_t e = clamp(stop, st > 0 ? n : -1);
   std::vector<size_t> idx;
-  for (int64_t i = b; st > 0 ? i < e : i > e; i += st) idx.push_back(static_cast<size_t>(i));
+  for (int64_t i = b; st > 0 ? i < e : i > e;) {
+    idx.push_back(static_cast<size_t>(i));
+    if (__builtin_add_overflow(i, st, &i)) break;  // a huge step ends the slice
+  }
   if (obj.is_string()) {
     auto cps = SplitCodePoints(obj.as_string());
     std::string out;
@@ -367,15 +371,24 @@ Value BinaryOp(const std::string& op, const Value& a, const Value& b) {
     out.insert(out.end(), b.list().begin(), b.list().end());
     return a.is_tuple() ? Value::Tuple(std::move(out)) : Value::List(std::move(out));
   }
-  if (op == "*" && (a.is_string() || a.is_list()) && b.is_int()) {
-    if (a.is_string()) {
+  if (op == "*" && ((a.is_string() || a.is_list()) && b.is_int() ||
+                    (b.is_string() || b.is_list()) && a.is_int())) {
+    // Sequence repetition (either order, as in Python), bounded so a template cannot exhaust
+    // memory with 'x' * 10 ** 12.
+    const Value& seq = a.is_int() ? b : a;
+    const int64_t n = std::max<int64_t>(0, (a.is_int() ? a : b).as_int());
+    const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.as_string().size())
+                                         : static_cast<int64_t>(seq.list().size());
+    constexpr int64_t kMaxRepeat = int64_t{1} << 26;
+    if (unit > 0 && n > kMaxRepeat / unit) throw Error("sequence repetition result too large");
+    if (seq.is_string()) {
       std::string out;
-      for (int64_t i = 0; i < b.as_int(); ++i) out += a.as_string();
+      for (int64_t i = 0; i < n; ++i) out += seq.as_string();
       return Value(out);
     }
     ValueList out;
-    for (int64_t i = 0; i < b.as_int(); ++i) out.insert(out.end(), a.list().begin(), a.list().end());
-    return Value::List(std::move(out));
+    for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq.list().begin(), seq.list().end());
+    return seq.is_tuple() ? Value::Tuple(std::move(out)) : Value::List(std::move(out));
   }
   if (op == "%" && a.is_string()) throw Error("string formatting with '%' is not supported");
   throw Error("unsupported operand type(s) for " + op + ": '" + a.TypeName() + "' and '" +
@@ -470,9 +483,10 @@ Value GlobalFunction(const std::string& name, const GlobalsConfig& config) {
       const int64_t step = p.size() == 3 ? p[2] : 1;
       if (step == 0) throw Error("range() arg 3 must not be zero");
       ValueList out;
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+      for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
         if (out.size() >= 100000) throw Error("range too big (the sandbox allows 100000 items)");
         out.emplace_back(i);
+        if (__builtin_add_overflow(i, step, &i)) break;
       }
       return Value::List(std::move(out));
     });

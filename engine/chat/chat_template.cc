@@ -126,8 +126,8 @@ absl::StatusOr<ModelChatTemplate> LoadModelChatTemplate(const std::string& model
       } else if (v.is_object() && v.contains("content") && v["content"].is_string()) {
         out.special_tokens[key] = v["content"].get<std::string>();
       } else if (!v.is_null()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            config_path.string(), ": ", key, " must be a string or {\"content\": ...}"));
+        return absl::InvalidArgumentError(absl::StrCat(config_path.string(), ": ", key,
+                                                       " must be a string or {\"content\": ...}"));
       }
     }
   }
@@ -140,10 +140,10 @@ absl::StatusOr<ModelChatTemplate> LoadModelChatTemplate(const std::string& model
     return out;
   }
   if (!config.contains("chat_template") || config["chat_template"].is_null()) {
-    return absl::NotFoundError(absl::StrCat(
-        "model directory ", model_dir,
-        " has no chat template (no chat_template.jinja, no \"chat_template\" in "
-        "tokenizer_config.json); chat requests need one, plain prompts do not"));
+    return absl::NotFoundError(
+        absl::StrCat("model directory ", model_dir,
+                     " has no chat template (no chat_template.jinja, no \"chat_template\" in "
+                     "tokenizer_config.json); chat requests need one, plain prompts do not"));
   }
   const auto& ct = config["chat_template"];
   out.origin = config_path.string();

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "engine/chat/jinja_parser.h"
 #include "engine/chat/jinja_text.h"
 
@@ -20,7 +21,8 @@ const std::string* OptStr(const Value* v) {
 }
 
 int64_t IntArg(const Value& v, const char* what) {
-  if (!v.is_int()) throw Error(std::string(what) + " must be an integer, got '" + v.TypeName() + "'");
+  if (!v.is_int())
+    throw Error(std::string(what) + " must be an integer, got '" + v.TypeName() + "'");
   return v.as_int();
 }
 
@@ -30,7 +32,8 @@ bool AffixMatch(const std::string& s, const Value& affix, bool prefix) {
     if (!a.is_string()) throw Error("startswith/endswith first arg must be str or a tuple of str");
     const std::string& p = a.as_string();
     if (p.size() > s.size()) return false;
-    return prefix ? s.compare(0, p.size(), p) == 0 : s.compare(s.size() - p.size(), p.size(), p) == 0;
+    return prefix ? s.compare(0, p.size(), p) == 0
+                  : s.compare(s.size() - p.size(), p.size(), p) == 0;
   };
   if (affix.is_list()) {
     for (const Value& a : affix.list()) {
@@ -99,7 +102,8 @@ Value StrMethod(const std::string& s, const std::string& name, CallArgs& args) {
     std::string out;
     bool first = true;
     for (const Value& v : r.Get(0)->Iterate()) {
-      if (!v.is_string()) throw Error("sequence item: expected str instance, " + v.TypeName() + " found");
+      if (!v.is_string())
+        throw Error("sequence item: expected str instance, " + v.TypeName() + " found");
       if (!first) out += s;
       first = false;
       out += v.as_string();
@@ -153,9 +157,9 @@ Value DictMethod(const Value& d, const std::string& name, CallArgs& args) {
 }
 
 const std::set<std::string, std::less<>> kStrMethods = {
-    "strip", "lstrip", "rstrip", "startswith", "endswith", "split", "rsplit", "upper", "lower",
-    "title", "capitalize", "replace", "find", "rfind", "count", "join", "isdigit", "isspace",
-    "isalpha", "isupper", "islower"};
+    "strip", "lstrip", "rstrip",  "startswith", "endswith", "split",   "rsplit",
+    "upper", "lower",  "title",   "capitalize", "replace",  "find",    "rfind",
+    "count", "join",   "isdigit", "isspace",    "isalpha",  "isupper", "islower"};
 const std::set<std::string, std::less<>> kDictMethods = {"items", "keys", "values", "get"};
 // Python's other dict attributes: `.name` finds the attribute, never the key of that name.
 const std::set<std::string, std::less<>> kOtherDictAttrs = {
@@ -205,8 +209,10 @@ ArgReader::ArgReader(const std::string& callee, CallArgs& args, std::vector<std:
   for (const auto& [k, v] : args.keyword) {
     size_t i = 0;
     while (i < params.size() && params[i] != k) ++i;
-    if (i == params.size()) throw Error(callee + "() got an unexpected keyword argument '" + k + "'");
-    if (bound_[i] != nullptr) throw Error(callee + "() got multiple values for argument '" + k + "'");
+    if (i == params.size())
+      throw Error(callee + "() got an unexpected keyword argument '" + k + "'");
+    if (bound_[i] != nullptr)
+      throw Error(callee + "() got multiple values for argument '" + k + "'");
     bound_[i] = &v;
   }
 }
@@ -222,29 +228,31 @@ bool IsSupportedMethod(std::string_view name) {
 
 Value GetAttr(const Value& obj, const std::string& name) {
   obj.RequireDefined();
-  const std::string missing = "'" + obj.TypeName() + " object' has no attribute '" + name + "'";
+  // Built only when needed: attribute lookups are the hot path of rendering.
+  auto missing = [&] {
+    return absl::StrCat("'", obj.TypeName(), " object' has no attribute '", name, "'");
+  };
   if (obj.is_string()) {
-    if (!kStrMethods.count(name)) return Value::Undefined(missing);
+    if (!kStrMethods.count(name)) return Value::Undefined(missing());
     const std::string s = obj.as_string();
     return Value::Function("str." + name, [s, name](CallArgs& a) { return StrMethod(s, name, a); });
   }
   if (obj.is_dict()) {
     if (kDictMethods.count(name)) {
-      return Value::Function("dict." + name, [obj, name](CallArgs& a) {
-        return DictMethod(obj, name, a);
-      });
+      return Value::Function("dict." + name,
+                             [obj, name](CallArgs& a) { return DictMethod(obj, name, a); });
     }
     if (kOtherDictAttrs.count(name)) {
       return Value::Undefined("access to dict attribute '" + name + "' is not supported");
     }
     const Value* v = obj.dict().Find(name);
-    return v != nullptr ? *v : Value::Undefined(missing);
+    return v != nullptr ? *v : Value::Undefined(missing());
   }
   if (obj.is_namespace()) {
     const Value* v = obj.dict().Find(name);
-    return v != nullptr ? *v : Value::Undefined(missing);
+    return v != nullptr ? *v : Value::Undefined(missing());
   }
-  return Value::Undefined(missing);
+  return Value::Undefined(missing());
 }
 
 Value GetItem(const Value& obj, const Value& key) {
@@ -255,25 +263,29 @@ Value GetItem(const Value& obj, const Value& key) {
       if (v != nullptr) return *v;
       if (obj.is_dict()) return GetAttr(obj, key.as_string());
     }
-    return Value::Undefined("'" + obj.TypeName() + " object' has no attribute " + key.Repr());
+    return Value::Undefined(
+        absl::StrCat("'", obj.TypeName(), " object' has no attribute ", key.Repr()));
   }
   if ((obj.is_list() || obj.is_string()) && key.is_int()) {
     const int64_t n = obj.Length();
     int64_t i = key.as_int();
     if (i < 0) i += n;
     if (i < 0 || i >= n) {
-      return Value::Undefined("'" + obj.TypeName() + " object' has no element " + key.Repr());
+      return Value::Undefined(
+          absl::StrCat("'", obj.TypeName(), " object' has no element ", key.Repr()));
     }
     if (obj.is_list()) return obj.list()[static_cast<size_t>(i)];
     return Value(std::string(SplitCodePoints(obj.as_string())[static_cast<size_t>(i)]));
   }
   if (key.is_string()) return GetAttr(obj, key.as_string());
-  return Value::Undefined("'" + obj.TypeName() + " object' has no element " + key.Repr());
+  return Value::Undefined(
+      absl::StrCat("'", obj.TypeName(), " object' has no element ", key.Repr()));
 }
 
 Value Slice(const Value& obj, const Value* start, const Value* stop, const Value* step) {
   obj.RequireDefined();
-  if (!obj.is_list() && !obj.is_string()) throw Error("'" + obj.TypeName() + "' object is not subscriptable");
+  if (!obj.is_list() && !obj.is_string())
+    throw Error("'" + obj.TypeName() + "' object is not subscriptable");
   auto opt = [](const Value* v) { return v == nullptr || v->is_none() ? nullptr : v; };
   start = opt(start);
   stop = opt(stop);
@@ -371,8 +383,8 @@ Value BinaryOp(const std::string& op, const Value& a, const Value& b) {
     out.insert(out.end(), b.list().begin(), b.list().end());
     return a.is_tuple() ? Value::Tuple(std::move(out)) : Value::List(std::move(out));
   }
-  if (op == "*" && ((a.is_string() || a.is_list()) && b.is_int() ||
-                    (b.is_string() || b.is_list()) && a.is_int())) {
+  if (op == "*" && (((a.is_string() || a.is_list()) && b.is_int()) ||
+                    ((b.is_string() || b.is_list()) && a.is_int()))) {
     // Sequence repetition (either order, as in Python), bounded so a template cannot exhaust
     // memory with 'x' * 10 ** 12.
     const Value& seq = a.is_int() ? b : a;
@@ -409,10 +421,12 @@ bool CompareOp(const std::string& op, const Value& a, const Value& b) {
 
 namespace {
 const std::set<std::string, std::less<>> kTests = {
-    "defined", "undefined", "none",     "boolean",     "true",  "false", "integer", "float",
-    "number",  "string",    "mapping",  "iterable",    "sequence", "callable", "odd", "even",
-    "divisibleby", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan", "<", "le", "<=", "gt",
-    "greaterthan", ">", "ge", ">=", "in", "sameas", "lower", "upper"};
+    "defined",  "undefined", "none",   "boolean", "true",        "false",
+    "integer",  "float",     "number", "string",  "mapping",     "iterable",
+    "sequence", "callable",  "odd",    "even",    "divisibleby", "eq",
+    "equalto",  "==",        "ne",     "!=",      "lt",          "lessthan",
+    "<",        "le",        "<=",     "gt",      "greaterthan", ">",
+    "ge",       ">=",        "in",     "sameas",  "lower",       "upper"};
 }  // namespace
 
 bool IsSupportedTest(std::string_view name) { return kTests.count(name) > 0; }
@@ -457,9 +471,10 @@ bool ApplyTest(const std::string& name, const Value& v, CallArgs& args) {
     return v.kind() == other->kind() && v.Equals(*other);
   }
   static const std::pair<const char*, const char*> kAliases[] = {
-      {"eq", "=="}, {"equalto", "=="}, {"==", "=="}, {"ne", "!="}, {"!=", "!="}, {"lt", "<"},
-      {"lessthan", "<"}, {"<", "<"}, {"le", "<="}, {"<=", "<="}, {"gt", ">"},
-      {"greaterthan", ">"}, {">", ">"}, {"ge", ">="}, {">=", ">="}, {"in", "in"}};
+      {"eq", "=="}, {"equalto", "=="}, {"==", "=="},      {"ne", "!="},
+      {"!=", "!="}, {"lt", "<"},       {"lessthan", "<"}, {"<", "<"},
+      {"le", "<="}, {"<=", "<="},      {"gt", ">"},       {"greaterthan", ">"},
+      {">", ">"},   {"ge", ">="},      {">=", ">="},      {"in", "in"}};
   for (const auto& [alias, op] : kAliases) {
     if (name == alias) return CompareOp(op, v, *other);
   }
@@ -495,9 +510,11 @@ Value GlobalFunction(const std::string& name, const GlobalsConfig& config) {
     const bool ns = name == "namespace";
     return Value::Function(name, [ns](CallArgs& a) {
       ValueDict d;
-      if (a.positional.size() > 1) throw Error("namespace()/dict() takes at most 1 positional argument");
+      if (a.positional.size() > 1)
+        throw Error("namespace()/dict() takes at most 1 positional argument");
       if (a.positional.size() == 1) {
-        if (!a.positional[0].is_dict()) throw Error("namespace()/dict() positional argument must be a dict");
+        if (!a.positional[0].is_dict())
+          throw Error("namespace()/dict() positional argument must be a dict");
         d = a.positional[0].dict();
       }
       for (auto& [k, v] : a.keyword) d.Set(k, v);

@@ -94,7 +94,8 @@ class Evaluator {
     ValueList items = v.Iterate();
     if (items.size() != t.names.size()) {
       throw Error(items.size() > t.names.size()
-                      ? "too many values to unpack (expected " + std::to_string(t.names.size()) + ")"
+                      ? "too many values to unpack (expected " + std::to_string(t.names.size()) +
+                            ")"
                       : "not enough values to unpack (expected " + std::to_string(t.names.size()) +
                             ", got " + std::to_string(items.size()) + ")");
     }
@@ -140,9 +141,9 @@ class Evaluator {
       if (i > 0) loop.Set("previtem", items[static_cast<size_t>(i - 1)]);
       if (i + 1 < n) loop.Set("nextitem", items[static_cast<size_t>(i + 1)]);
       loop.Set("cycle", Value::Function("loop.cycle", [i](CallArgs& a) {
-        if (a.positional.empty()) throw Error("no items for cycling given");
-        return a.positional[static_cast<size_t>(i) % a.positional.size()];
-      }));
+                 if (a.positional.empty()) throw Error("no items for cycling given");
+                 return a.positional[static_cast<size_t>(i) % a.positional.size()];
+               }));
       iter.vars["loop"] = Value::Dict(std::move(loop));
       if (RenderBody(s.body, &iter) == Flow::kBreak) break;
     }
@@ -300,8 +301,9 @@ class Evaluator {
       case Kd::kCondExpr:
         if (Eval(*e.args[1], frame).Truthy()) return Eval(*e.args[0], frame);
         if (e.args[2]) return Eval(*e.args[2], frame);
-        return Value::Undefined("the inline if-expression evaluated to false and no else section "
-                                "was defined");
+        return Value::Undefined(
+            "the inline if-expression evaluated to false and no else section "
+            "was defined");
       case Kd::kList:
       case Kd::kTuple: {
         ValueList items;

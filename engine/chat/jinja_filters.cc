@@ -12,14 +12,15 @@ namespace spqr::jinja {
 namespace {
 
 const std::set<std::string, std::less<>> kFilters = {
-    "abs",   "capitalize", "count",   "d",       "default",    "first", "float",  "indent",
-    "int",   "items",      "join",    "last",    "length",     "list",  "lower",  "map",
-    "reject", "rejectattr", "replace", "reverse", "safe",      "select", "selectattr", "sort",
-    "string", "title",     "tojson",  "trim",    "unique",     "upper"};
+    "abs",    "capitalize", "count",   "d",       "default", "first",  "float",      "indent",
+    "int",    "items",      "join",    "last",    "length",  "list",   "lower",      "map",
+    "reject", "rejectattr", "replace", "reverse", "safe",    "select", "selectattr", "sort",
+    "string", "title",      "tojson",  "trim",    "unique",  "upper"};
 
 CallArgs Rest(const CallArgs& args, size_t skip) {
   CallArgs rest;
-  for (size_t i = skip; i < args.positional.size(); ++i) rest.positional.push_back(args.positional[i]);
+  for (size_t i = skip; i < args.positional.size(); ++i)
+    rest.positional.push_back(args.positional[i]);
   rest.keyword = args.keyword;
   return rest;
 }
@@ -30,7 +31,8 @@ Value AttrPath(const Value& v, const std::string& path) {
   size_t pos = 0;
   while (true) {
     const size_t dot = path.find('.', pos);
-    const std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    const std::string part =
+        path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
     const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
     cur = GetItem(cur, digits ? Value(static_cast<int64_t>(std::stoll(part))) : Value(part));
     if (dot == std::string::npos) return cur;
@@ -144,7 +146,8 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
     const Value* chars = r.Get(0);
     std::string c;
     if (chars != nullptr && !chars->is_none()) c = chars->Str();
-    return Value(PyStrip(v.Str(), chars != nullptr && !chars->is_none() ? &c : nullptr, true, true));
+    return Value(
+        PyStrip(v.Str(), chars != nullptr && !chars->is_none() ? &c : nullptr, true, true));
   }
   if (name == "upper" || name == "lower" || name == "capitalize" || name == "title") {
     ArgReader r(name, args, {});
@@ -321,7 +324,9 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
     const bool cs = r.GetOr(1, Value(false)).Truthy();
     const Value attr = r.GetOr(2, Value::None());
     ValueList items = v.Iterate();
-    auto key = [&](const Value& x) { return SortKey(attr.is_none() ? x : AttrPath(x, attr.Str()), cs); };
+    auto key = [&](const Value& x) {
+      return SortKey(attr.is_none() ? x : AttrPath(x, attr.Str()), cs);
+    };
     std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) {
       return rev ? key(b).Less(key(a)) : key(a).Less(key(b));
     });
@@ -330,9 +335,10 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
   if (name == "indent") {
     ArgReader r(name, args, {"width", "first", "blank"});
     const Value width = r.GetOr(0, Value(int64_t{4}));
-    const std::string ind = width.is_string() ? width.as_string()
-                                              : std::string(static_cast<size_t>(std::max<int64_t>(
-                                                                0, width.as_int())), ' ');
+    const std::string ind =
+        width.is_string()
+            ? width.as_string()
+            : std::string(static_cast<size_t>(std::max<int64_t>(0, width.as_int())), ' ');
     const bool first = r.GetOr(1, Value(false)).Truthy();
     const bool blank = r.GetOr(2, Value(false)).Truthy();
     std::vector<std::string> lines = SplitLines(v.Str() + "\n");

@@ -9,7 +9,9 @@
 namespace spqr::jinja {
 namespace {
 
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool IsNameStart(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; }
 bool IsNameChar(char c) { return IsNameStart(c) || IsDigit(c); }
@@ -141,8 +143,9 @@ class Lexer {
     std::vector<char> balance;
     while (true) {
       if (pos >= src_.size()) {
-        Fail(block ? "unexpected end of template: missing '%}'" : "unexpected end of template: "
-                                                                  "missing '}}'",
+        Fail(block ? "unexpected end of template: missing '%}'"
+                   : "unexpected end of template: "
+                     "missing '}}'",
              open);
       }
       if (balance.empty()) {
@@ -180,8 +183,9 @@ class Lexer {
   size_t LexNumber(size_t pos) {
     auto digits = [&](size_t p) {  // (\d+_)*\d+ ; returns end or p when none
       size_t e = p;
-      while (e < src_.size() && (IsDigit(src_[e]) || (src_[e] == '_' && e > p && e + 1 < src_.size() &&
-                                                     IsDigit(src_[e + 1])))) {
+      while (e < src_.size() &&
+             (IsDigit(src_[e]) ||
+              (src_[e] == '_' && e > p && e + 1 < src_.size() && IsDigit(src_[e + 1])))) {
         ++e;
       }
       return e;

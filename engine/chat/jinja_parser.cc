@@ -11,8 +11,8 @@ using K = Token::Kind;
 
 // Tags Jinja2 knows that this engine does not implement, reported by name.
 const std::set<std::string, std::less<>> kKnownUnsupportedTags = {
-    "include", "extends", "block", "import", "from", "raw", "with", "filter", "call",
-    "autoescape", "do", "trans", "pluralize", "debug"};
+    "include", "extends", "block",      "import", "from",  "raw",       "with",
+    "filter",  "call",    "autoescape", "do",     "trans", "pluralize", "debug"};
 
 class Parser {
  public:
@@ -24,8 +24,10 @@ class Parser {
     t.body = ParseBody({}, &end);
     for (const auto& call : global_calls_) {
       if (!IsSupportedGlobalFunction(call.first->name) && !macros_.count(call.first->name)) {
-        Fail("unsupported function '" + call.first->name + "' (not a builtin or a macro of this "
-             "template)", call.second);
+        Fail("unsupported function '" + call.first->name +
+                 "' (not a builtin or a macro of this "
+                 "template)",
+             call.second);
       }
     }
     return t;
@@ -70,7 +72,8 @@ class Parser {
     return Next().value;
   }
   void ExpectBlockEnd() {
-    if (Cur().kind != K::kBlockEnd) Fail("expected end of statement block, got " + Describe(Cur()), Cur());
+    if (Cur().kind != K::kBlockEnd)
+      Fail("expected end of statement block, got " + Describe(Cur()), Cur());
     Next();
   }
 
@@ -591,7 +594,8 @@ class Parser {
     while (!IsOp(")")) {
       if (e->args.size() > 1 || !e->kwargs.empty()) ExpectOp(",");
       if (IsOp(")")) break;
-      if (IsOp("*") || IsOp("**")) Fail("unsupported Jinja construct: *args/**kwargs in call", Cur());
+      if (IsOp("*") || IsOp("**"))
+        Fail("unsupported Jinja construct: *args/**kwargs in call", Cur());
       if (Cur().kind == K::kName && Peek().kind == K::kOperator && Peek().value == "=") {
         std::string key = Next().value;
         Next();

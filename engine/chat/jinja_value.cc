@@ -217,8 +217,7 @@ std::string StringRepr(std::string_view s) {
       std::snprintf(buf, sizeof(buf), "\\x%02x", cp >= 0xDC80 ? cp - 0xDC00 : cp);
       out += buf;
     } else if ((cp >= 0x80 && IsPySpace(cp)) || (cp >= 0x200B && cp <= 0x200F) ||
-               (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
-               cp == 0xFEFF) {
+               (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) || cp == 0xFEFF) {
       // Python escapes non-printable code points (separators, format characters).
       std::snprintf(buf, sizeof(buf), "\\u%04x", cp);
       out += buf;

@@ -60,18 +60,28 @@ struct Callable {
 
 class Value {
  public:
-  enum class Kind { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
-                    kCallable };
+  enum class Kind {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
+    kCallable
+  };
 
   Value() = default;  // Undefined
   static Value Undefined(std::string hint = "");
   static Value None();
-  Value(bool b);          // NOLINT(google-explicit-constructor)
-  Value(int64_t i);       // NOLINT(google-explicit-constructor)
+  Value(bool b);                                    // NOLINT(google-explicit-constructor)
+  Value(int64_t i);                                 // NOLINT(google-explicit-constructor)
   Value(int i) : Value(static_cast<int64_t>(i)) {}  // NOLINT(google-explicit-constructor)
-  Value(double f);        // NOLINT(google-explicit-constructor)
-  Value(std::string s);   // NOLINT(google-explicit-constructor)
-  Value(const char* s) : Value(std::string(s)) {}  // NOLINT(google-explicit-constructor)
+  Value(double f);                                  // NOLINT(google-explicit-constructor)
+  Value(std::string s);                             // NOLINT(google-explicit-constructor)
+  Value(const char* s) : Value(std::string(s)) {}   // NOLINT(google-explicit-constructor)
   static Value List(ValueList items = {});
   static Value Tuple(ValueList items);
   static Value Dict(ValueDict dict = {});
@@ -84,7 +94,9 @@ class Value {
   bool is_undefined() const { return kind_ == Kind::kUndefined; }
   bool is_none() const { return kind_ == Kind::kNone; }
   bool is_string() const { return kind_ == Kind::kString; }
-  bool is_int() const { return kind_ == Kind::kInt || kind_ == Kind::kBool; }  // Python: bool is int
+  bool is_int() const {
+    return kind_ == Kind::kInt || kind_ == Kind::kBool;
+  }  // Python: bool is int
   bool is_number() const { return is_int() || kind_ == Kind::kFloat; }
   bool is_list() const { return kind_ == Kind::kList; }  // list or tuple
   bool is_tuple() const { return kind_ == Kind::kList && tuple_; }

@@ -37,8 +37,8 @@ std::string FirstDifference(const std::string& got, const std::string& want) {
   size_t i = 0;
   while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
   const size_t from = i < 40 ? 0 : i - 40;
-  return "first difference at byte " + std::to_string(i) + "\n  got:  ..." +
-         got.substr(from, 80) + "\n  want: ..." + want.substr(from, 80);
+  return "first difference at byte " + std::to_string(i) + "\n  got:  ..." + got.substr(from, 80) +
+         "\n  want: ..." + want.substr(from, 80);
 }
 
 json ReadJson(const std::string& path) { return json::parse(ReadText(path)); }
@@ -199,8 +199,8 @@ TEST(ChatTemplateTest, UnsupportedConstructsAreRefusedAtLoadWithTheirPosition) {
     ASSERT_FALSE(t.ok());
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(t.status().message(), HasSubstr(c.message));
-    EXPECT_THAT(t.status().message(),
-                HasSubstr("line " + std::to_string(c.line) + ", column " + std::to_string(c.column)));
+    EXPECT_THAT(t.status().message(), HasSubstr("line " + std::to_string(c.line) + ", column " +
+                                                std::to_string(c.column)));
   }
 }
 
@@ -216,7 +216,8 @@ TEST(ChatTemplateTest, RaiseExceptionPropagatesTheTemplatesMessage) {
                       json::parse(R"([{"role": "tool", "content": "x"}])"));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.status().message(), "chat template rejected the messages: roles must alternate: got tool");
+  EXPECT_EQ(r.status().message(),
+            "chat template rejected the messages: roles must alternate: got tool");
 }
 
 TEST(ChatTemplateTest, WrongRoleAlternationIsRefusedByMistralsTemplate) {
@@ -237,7 +238,8 @@ TEST(ChatTemplateTest, WrongRoleAlternationIsRefusedByMistralsTemplate) {
 TEST(ChatTemplateTest, RuntimeErrorsNameTheirPosition) {
   auto undefined_attr = RenderOnce("line1\n{{ nothing.here }}", json::array());
   ASSERT_FALSE(undefined_attr.ok());
-  EXPECT_THAT(undefined_attr.status().message(), HasSubstr("line 2, column 11"));  // the failing '.'
+  EXPECT_THAT(undefined_attr.status().message(),
+              HasSubstr("line 2, column 11"));  // the failing '.'
   EXPECT_THAT(undefined_attr.status().message(), HasSubstr("'nothing' is undefined"));
   auto type_error = RenderOnce("{{ 'a' + 1 }}", json::array());
   ASSERT_FALSE(type_error.ok());
@@ -253,7 +255,9 @@ TEST(ChatTemplateTest, MessagesCarryExtraFieldsAndVariablesDefaultLikeTransforme
       "{% if m.tool_calls is defined %}{{ m.tool_calls | tojson }}{% endif %}|{% endfor %}"
       "tools={{ tools }} docs={{ documents }} bos=[{{ bos_token }}] x={{ x | default('-') }}");
   ASSERT_TRUE(t.ok()) << t.status();
-  ChatMessage call{"assistant", "", json::parse(R"({"tool_calls": [{"name": "f", "arguments": {"b": 1, "a": "é"}}]})")};
+  ChatMessage call{
+      "assistant", "",
+      json::parse(R"({"tool_calls": [{"name": "f", "arguments": {"b": 1, "a": "é"}}]})")};
   ChatRenderOptions options;
   auto r = t->Render({{"user", "hi", {}}, call}, options);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -329,11 +333,13 @@ TEST(ChatTemplateTest, HostileInputFailsCleanly) {
   std::string nested_ifs;
   for (int i = 0; i < 1000; ++i) nested_ifs += "{% if true %}";
   EXPECT_FALSE(RenderOnce(nested_ifs, json::array()).ok());
-  auto recursion = RenderOnce("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json::array());
+  auto recursion =
+      RenderOnce("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json::array());
   ASSERT_FALSE(recursion.ok());
   EXPECT_THAT(recursion.status().message(), HasSubstr("nested deeper than"));
   // Invalid UTF-8 bytes count as one character each and pass through unchanged.
-  auto t = ChatTemplate::Parse("{{ messages[0].content | trim | length }}|{{ messages[0].content }}");
+  auto t =
+      ChatTemplate::Parse("{{ messages[0].content | trim | length }}|{{ messages[0].content }}");
   ASSERT_TRUE(t.ok());
   auto invalid_utf8 = t->Render({{"user", " \xff ab\xfe ", {}}}, {});
   ASSERT_TRUE(invalid_utf8.ok()) << invalid_utf8.status();

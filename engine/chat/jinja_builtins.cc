@@ -104,6 +104,7 @@ Value StrMethod(const std::string& s, const std::string& name, CallArgs& args) {
     for (const Value& v : r.Get(0)->Iterate()) {
       if (!v.is_string())
         throw Error("sequence item: expected str instance, " + v.TypeName() + " found");
+      CheckStringSize(out.size() + s.size() + v.as_string().size());
       if (!first) out += s;
       first = false;
       out += v.as_string();
@@ -377,8 +378,12 @@ Value BinaryOp(const std::string& op, const Value& a, const Value& b) {
       return Value(std::pow(a.as_float(), b.as_float()));
     }
   }
-  if (op == "+" && a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
+  if (op == "+" && a.is_string() && b.is_string()) {
+    CheckStringSize(a.as_string().size() + b.as_string().size());
+    return Value(a.as_string() + b.as_string());
+  }
   if (op == "+" && a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
+    if (a.list().size() + b.list().size() > kMaxListItems) throw Error("list result too large");
     ValueList out = a.list();
     out.insert(out.end(), b.list().begin(), b.list().end());
     return a.is_tuple() ? Value::Tuple(std::move(out)) : Value::List(std::move(out));
@@ -391,8 +396,8 @@ Value BinaryOp(const std::string& op, const Value& a, const Value& b) {
     const int64_t n = std::max<int64_t>(0, (a.is_int() ? a : b).as_int());
     const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.as_string().size())
                                          : static_cast<int64_t>(seq.list().size());
-    constexpr int64_t kMaxRepeat = int64_t{1} << 26;
-    if (unit > 0 && n > kMaxRepeat / unit) throw Error("sequence repetition result too large");
+    const auto limit = static_cast<int64_t>(seq.is_string() ? kMaxStringBytes : kMaxListItems);
+    if (unit > 0 && n > limit / unit) throw Error("sequence repetition result too large");
     if (seq.is_string()) {
       std::string out;
       for (int64_t i = 0; i < n; ++i) out += seq.as_string();

@@ -50,10 +50,10 @@ class Evaluator {
   Flow Render(const Stmt& s, Frame* frame) {
     switch (s.kind) {
       case Stmt::Kind::kText:
-        out_ += s.text;
+        Append(s.text);
         return Flow::kNormal;
       case Stmt::Kind::kOutput:
-        out_ += Eval(*s.expr, frame).Str();
+        Append(Eval(*s.expr, frame).Str());
         return Flow::kNormal;
       case Stmt::Kind::kIf:
         for (const auto& [cond, body] : s.branches) {
@@ -84,6 +84,18 @@ class Evaluator {
         return RenderBody(s.body, frame);
     }
     return Flow::kNormal;
+  }
+
+  void Append(const std::string& text) {
+    CheckStringSize(out_.size() + text.size());
+    out_ += text;
+  }
+
+  void Step() {
+    if (++steps_ > kMaxRenderSteps) {
+      throw Error("template exceeded " + std::to_string(kMaxRenderSteps) +
+                  " loop iterations and macro calls");
+    }
   }
 
   void Bind(const Target& t, const Value& v, Frame* frame) {
@@ -117,6 +129,7 @@ class Evaluator {
     ValueList items;
     for (Value& item : iterable.Iterate()) {
       if (s.cond) {
+        Step();
         Frame probe{frame, {}};
         Bind(s.target, item, &probe);
         if (!Eval(*s.cond, &probe).Truthy()) continue;
@@ -126,6 +139,7 @@ class Evaluator {
     if (items.empty()) return RenderBody(s.else_body, frame);
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      Step();
       Frame iter{frame, {}};
       Bind(s.target, items[static_cast<size_t>(i)], &iter);
       ValueDict loop;
@@ -162,6 +176,7 @@ class Evaluator {
         int* d;
         ~Depth() { --*d; }
       } depth{&++macro_depth_};
+      Step();
       Frame f{&root_, {}};
       const auto& params = macro->params;
       if (a.positional.size() > params.size()) {
@@ -278,7 +293,11 @@ class Evaluator {
       }
       case Kd::kConcat: {
         std::string s;
-        for (const auto& a : e.args) s += Eval(*a, frame).Str();
+        for (const auto& a : e.args) {
+          const std::string part = Eval(*a, frame).Str();
+          CheckStringSize(s.size() + part.size());
+          s += part;
+        }
         return Value(s);
       }
       case Kd::kCompare: {
@@ -325,6 +344,7 @@ class Evaluator {
 
   static constexpr int kMaxMacroDepth = 64;
   int macro_depth_ = 0;
+  int64_t steps_ = 0;
   const GlobalsConfig& globals_;
   Frame root_;
   std::string out_;

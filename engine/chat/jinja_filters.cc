@@ -203,9 +203,11 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
     std::string out;
     bool first = true;
     for (const Value& item : v.Iterate()) {
+      const std::string part = (attr.is_none() ? item : AttrPath(item, attr.Str())).Str();
+      CheckStringSize(out.size() + sep.size() + part.size());
       if (!first) out += sep;
       first = false;
-      out += (attr.is_none() ? item : AttrPath(item, attr.Str())).Str();
+      out += part;
     }
     return Value(out);
   }
@@ -241,6 +243,9 @@ Value ApplyFilter(const std::string& name, const Value& v, CallArgs& args) {
       return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
     }
     throw Error("bad operand type for abs(): '" + v.TypeName() + "'");
+  }
+  if (name == "int" || name == "float" || name == "indent") {
+    v.RequireDefined();  // int(Undefined), Undefined + "\n" raise in Jinja2; no default applies
   }
   if (name == "int") {
     ArgReader r(name, args, {"default", "base"});

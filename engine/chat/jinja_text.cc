@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "engine/chat/jinja_value.h"
+
 namespace spqr::jinja {
 namespace {
 
@@ -233,6 +235,7 @@ std::string PyReplace(std::string_view s, std::string_view old_s, std::string_vi
     int64_t done = 0;
     for (size_t i = 0; i <= cps.size(); ++i) {
       if (count < 0 || done < count) {
+        CheckStringSize(out.size() + new_s.size() + s.size());
         out.append(new_s);
         ++done;
       }
@@ -245,6 +248,7 @@ std::string PyReplace(std::string_view s, std::string_view old_s, std::string_vi
   while (count < 0 || done < count) {
     const size_t hit = s.find(old_s, pos);
     if (hit == std::string_view::npos) break;
+    CheckStringSize(out.size() + (hit - pos) + new_s.size() + (s.size() - hit));
     out.append(s.substr(pos, hit - pos));
     out.append(new_s);
     pos = hit + old_s.size();

@@ -1,7 +1,8 @@
 // Python str semantics over UTF-8 std::string for the chat-template engine: code point
 // decoding, str.isspace, strip/split/replace/startswith, case mapping, and the Jinja string
-// filters that rest on them. Invalid UTF-8 bytes are treated as one code point each (U+FFFD-like
-// placeholders that round-trip as the original byte), so no input makes these functions fail.
+// filters that rest on them. Invalid UTF-8 bytes count as one code point each and round-trip
+// unchanged (Python's surrogateescape view), so no input text makes these functions fail; only
+// PyReplace throws jinja::Error, when its result would exceed kMaxStringBytes.
 #pragma once
 
 #include <cstdint>

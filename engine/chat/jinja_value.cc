@@ -9,6 +9,12 @@
 
 namespace spqr::jinja {
 
+void CheckStringSize(size_t bytes) {
+  if (bytes > kMaxStringBytes) {
+    throw Error("string result larger than " + std::to_string(kMaxStringBytes >> 20) + " MiB");
+  }
+}
+
 const Value* ValueDict::Find(std::string_view key) const {
   for (const auto& [k, v] : items) {
     if (k == key) return &v;

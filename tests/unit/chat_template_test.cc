@@ -337,6 +337,28 @@ TEST(ChatTemplateTest, HostileInputFailsCleanly) {
       RenderOnce("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json::array());
   ASSERT_FALSE(recursion.ok());
   EXPECT_THAT(recursion.status().message(), HasSubstr("nested deeper than"));
+  // Runaway work and memory are bounded (engine limits; Jinja2 itself has none).
+  auto loops = RenderOnce(
+      "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+      "{% endfor %}",
+      json::array());
+  ASSERT_FALSE(loops.ok());
+  EXPECT_THAT(loops.status().message(), HasSubstr("loop iterations"));
+  auto doubling = RenderOnce(
+      "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+      "{% endfor %}{{ ns.s | length }}",
+      json::array());
+  ASSERT_FALSE(doubling.ok());
+  EXPECT_THAT(doubling.status().message(), HasSubstr("MiB"));
+  EXPECT_FALSE(
+      RenderOnce("{{ ('x' * 1000000).replace('x', "
+                 "'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy') }}",
+                 json::array())
+          .ok());
+  EXPECT_FALSE(RenderOnce("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = "
+                          "ns.l + ns.l %}{% endfor %}",
+                          json::array())
+                   .ok());
   // Invalid UTF-8 bytes count as one character each and pass through unchanged.
   auto t =
       ChatTemplate::Parse("{{ messages[0].content | trim | length }}|{{ messages[0].content }}");

@@ -138,27 +138,55 @@ class Evaluator {
     }
     if (items.empty()) return RenderBody(s.else_body, frame);
     const auto n = static_cast<int64_t>(items.size());
+    // One loop object per loop, updated in place each iteration like Jinja2's LoopContext (a
+    // template that keeps a reference to `loop` sees it advance there too). Its fields sit at
+    // fixed positions so an iteration only overwrites values.
+    enum Field {
+      kIndex,
+      kIndex0,
+      kRevindex,
+      kRevindex0,
+      kFirst,
+      kLast,
+      kLength,
+      kDepth,
+      kDepth0,
+      kPrevitem,
+      kNextitem,
+      kCycle
+    };
+    auto position = std::make_shared<int64_t>(0);
+    ValueDict fields;
+    for (const char* name : {"index", "index0", "revindex", "revindex0", "first", "last", "length",
+                             "depth", "depth0", "previtem", "nextitem", "cycle"}) {
+      fields.items.emplace_back(name, Value());
+    }
+    fields.items[kLength].second = Value(n);
+    fields.items[kDepth].second = Value(int64_t{1});
+    fields.items[kDepth0].second = Value(int64_t{0});
+    fields.items[kCycle].second = Value::Function("loop.cycle", [position](CallArgs& a) {
+      if (a.positional.empty()) throw Error("no items for cycling given");
+      return a.positional[static_cast<size_t>(*position) % a.positional.size()];
+    });
+    const Value loop = Value::Dict(std::move(fields));
+    auto& f = loop.dict().items;
+    Frame iter{frame, {}};
     for (int64_t i = 0; i < n; ++i) {
       Step();
-      Frame iter{frame, {}};
+      *position = i;
+      f[kIndex].second = Value(i + 1);
+      f[kIndex0].second = Value(i);
+      f[kRevindex].second = Value(n - i);
+      f[kRevindex0].second = Value(n - i - 1);
+      f[kFirst].second = Value(i == 0);
+      f[kLast].second = Value(i == n - 1);
+      f[kPrevitem].second =
+          i > 0 ? items[static_cast<size_t>(i - 1)] : Value::Undefined("there is no previous item");
+      f[kNextitem].second =
+          i + 1 < n ? items[static_cast<size_t>(i + 1)] : Value::Undefined("there is no next item");
+      iter.vars.clear();  // each iteration starts with a fresh scope
       Bind(s.target, items[static_cast<size_t>(i)], &iter);
-      ValueDict loop;
-      loop.Set("index", Value(i + 1));
-      loop.Set("index0", Value(i));
-      loop.Set("revindex", Value(n - i));
-      loop.Set("revindex0", Value(n - i - 1));
-      loop.Set("first", Value(i == 0));
-      loop.Set("last", Value(i == n - 1));
-      loop.Set("length", Value(n));
-      loop.Set("depth", Value(int64_t{1}));
-      loop.Set("depth0", Value(int64_t{0}));
-      if (i > 0) loop.Set("previtem", items[static_cast<size_t>(i - 1)]);
-      if (i + 1 < n) loop.Set("nextitem", items[static_cast<size_t>(i + 1)]);
-      loop.Set("cycle", Value::Function("loop.cycle", [i](CallArgs& a) {
-                 if (a.positional.empty()) throw Error("no items for cycling given");
-                 return a.positional[static_cast<size_t>(i) % a.positional.size()];
-               }));
-      iter.vars["loop"] = Value::Dict(std::move(loop));
+      iter.vars["loop"] = loop;
       if (RenderBody(s.body, &iter) == Flow::kBreak) break;
     }
     return Flow::kNormal;

@@ -39,9 +39,9 @@ class Error : public std::runtime_error {
 // Bounds that keep a hostile or buggy template from exhausting memory or time (Jinja2 has none;
 // real chat templates stay far below them): the size of any string the engine builds, including
 // the output; the elements of a list built by + or *; loop iterations plus macro calls per render.
-inline constexpr size_t kMaxStringBytes = size_t{64} << 20;
-inline constexpr size_t kMaxListItems = size_t{1} << 24;
-inline constexpr int64_t kMaxRenderSteps = 10'000'000;
+inline constexpr size_t kMaxStringBytes = size_t{32} << 20;
+inline constexpr size_t kMaxListItems = size_t{1} << 20;
+inline constexpr int64_t kMaxRenderSteps = 1'000'000;
 // Throws when a string of `bytes` would exceed kMaxStringBytes.
 void CheckStringSize(size_t bytes);
 

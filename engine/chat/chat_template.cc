@@ -17,6 +17,45 @@ std::string Where(const jinja::Error& e) {
   return absl::StrCat("line ", e.line, ", column ", e.column, ": ");
 }
 
+// What transformers' apply_chat_template does to each message before rendering (5.x:
+// _normalize_chat_messages and _alias_reasoning_fields): keys whose value is null are dropped
+// (templates handle a missing key, not a None one), and a message carrying reasoning under any of
+// reasoning_content / thinking / reasoning gets it under "thinking" (placed first) and
+// "reasoning_content" too.
+absl::StatusOr<nlohmann::ordered_json> NormalizeMessages(const nlohmann::ordered_json& messages) {
+  if (!messages.is_array()) return absl::InvalidArgumentError("messages must be a JSON array");
+  if (messages.empty()) {
+    return absl::InvalidArgumentError(
+        "cannot apply the chat template to an empty conversation: provide at least one message");
+  }
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const auto& m : messages) {
+    if (!m.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chat messages must be JSON objects, got ", m.type_name()));
+    }
+    nlohmann::ordered_json kept = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : m.items()) {
+      if (!v.is_null()) kept[k] = v;
+    }
+    const nlohmann::ordered_json* reasoning = nullptr;
+    for (const char* key : {"reasoning_content", "thinking", "reasoning"}) {
+      if (kept.contains(key)) {
+        reasoning = &kept[key];
+        break;
+      }
+    }
+    if (reasoning != nullptr) {
+      nlohmann::ordered_json aliased = {{"thinking", *reasoning}};
+      for (const auto& [k, v] : kept.items()) aliased[k] = v;
+      aliased["reasoning_content"] = *reasoning;
+      kept = std::move(aliased);
+    }
+    out.push_back(std::move(kept));
+  }
+  return out;
+}
+
 absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
@@ -56,15 +95,16 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
 
 absl::StatusOr<std::string> ChatTemplate::RenderJson(const nlohmann::ordered_json& messages,
                                                      const ChatRenderOptions& options) const {
-  if (!messages.is_array()) return absl::InvalidArgumentError("messages must be a JSON array");
   if (!options.extra_vars.is_object() && !options.extra_vars.is_null()) {
     return absl::InvalidArgumentError("extra_vars must be a JSON object");
   }
+  auto normalized = NormalizeMessages(messages);
+  if (!normalized.ok()) return normalized.status();
   try {
     // The variables transformers passes: messages, tools, documents, add_generation_prompt and
     // the tokenizer's special tokens; then the caller's extra keyword arguments.
     jinja::ValueDict vars;
-    vars.Set("messages", jinja::Value::FromJson(messages));
+    vars.Set("messages", jinja::Value::FromJson(*normalized));
     vars.Set("tools", jinja::Value::None());
     vars.Set("documents", jinja::Value::None());
     vars.Set("add_generation_prompt", jinja::Value(options.add_generation_prompt));

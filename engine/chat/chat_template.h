@@ -60,9 +60,12 @@ class ChatTemplate {
   // with its line and column.
   static absl::StatusOr<ChatTemplate> Parse(std::string_view source);
 
-  // Renders `messages` (transformers' apply_chat_template(..., tokenize=False)). InvalidArgument
-  // when the template raises (raise_exception: its message, e.g. a role-alternation rule) or
-  // fails at run time (an undefined attribute, a type error), with the template position.
+  // Renders `messages` (transformers' apply_chat_template(..., tokenize=False)), after the same
+  // message normalization transformers applies: keys with null values are dropped, and reasoning
+  // given as reasoning_content, thinking or reasoning is also passed under the other two names.
+  // InvalidArgument for an empty conversation (transformers refuses it too), when the template
+  // raises (raise_exception: its message, e.g. a role-alternation rule) or fails at run time (an
+  // undefined attribute, a type error), with the template position.
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      const ChatRenderOptions& options) const;
   // The same with messages given as a JSON array of objects (any fields, e.g. list contents).

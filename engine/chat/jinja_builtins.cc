@@ -486,6 +486,14 @@ bool ApplyTest(const std::string& name, const Value& v, CallArgs& args) {
   throw Error("unsupported test '" + name + "'");
 }
 
+void CheckNamespaceAttribute(const std::string& name) {
+  if (!name.empty() && name[0] == '_') {
+    throw Error(
+        "Chat templates cannot store underscore-prefixed attributes on a namespace, but got " +
+        StringRepr(name) + ". Please rename the attribute.");
+  }
+}
+
 bool IsSupportedGlobalFunction(std::string_view name) {
   return name == "range" || name == "namespace" || name == "dict" || name == "raise_exception" ||
          name == "strftime_now";
@@ -523,6 +531,9 @@ Value GlobalFunction(const std::string& name, const GlobalsConfig& config) {
         d = a.positional[0].dict();
       }
       for (auto& [k, v] : a.keyword) d.Set(k, v);
+      if (ns) {
+        for (const auto& [k, v] : d.items) CheckNamespaceAttribute(k);
+      }
       return ns ? Value::Namespace(std::move(d)) : Value::Dict(std::move(d));
     });
   }

@@ -34,6 +34,8 @@ struct GlobalsConfig {
   std::function<int64_t()> now;
 };
 Value GlobalFunction(const std::string& name, const GlobalsConfig& config);
+// transformers' namespace refuses attribute names starting with '_' (sandbox hardening).
+void CheckNamespaceAttribute(const std::string& name);
 
 // Reads Python-style call arguments: positional index or keyword name, with defaults; refuses
 // unknown keywords and surplus positionals, naming the callee.

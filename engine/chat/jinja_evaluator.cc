@@ -121,6 +121,7 @@ class Evaluator {
     }
     Value ns = Lookup(t.names[0], frame);
     if (!ns.is_namespace()) throw Error("Cannot assign attribute on non-namespace object");
+    CheckNamespaceAttribute(t.attr);
     ns.dict().Set(t.attr, v);
   }
 

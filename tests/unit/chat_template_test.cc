@@ -104,6 +104,8 @@ TEST_F(ChatTemplateFixtureTest, RendersByteIdenticalToJinja2) {
         ++raised;
         EXPECT_EQ(rendered.status().message(),
                   "chat template rejected the messages: " + c["error"].get<std::string>());
+      } else if (cname == "empty_list") {  // refused before rendering, as transformers does
+        EXPECT_THAT(rendered.status().message(), HasSubstr("empty conversation"));
       } else {
         ++runtime_errors;
         EXPECT_THAT(rendered.status().message(), HasSubstr("chat template rendering failed"));
@@ -204,7 +206,10 @@ TEST(ChatTemplateTest, UnsupportedConstructsAreRefusedAtLoadWithTheirPosition) {
   }
 }
 
-absl::StatusOr<std::string> RenderOnce(const std::string& source, const json& messages,
+const json kOneMessage = json::parse(R"([{"role": "user", "content": "hi"}])");
+
+absl::StatusOr<std::string> RenderOnce(const std::string& source,
+                                       const json& messages = kOneMessage,
                                        const ChatRenderOptions& options = {}) {
   auto t = ChatTemplate::Parse(source);
   if (!t.ok()) return t.status();
@@ -236,15 +241,15 @@ TEST(ChatTemplateTest, WrongRoleAlternationIsRefusedByMistralsTemplate) {
 }
 
 TEST(ChatTemplateTest, RuntimeErrorsNameTheirPosition) {
-  auto undefined_attr = RenderOnce("line1\n{{ nothing.here }}", json::array());
+  auto undefined_attr = RenderOnce("line1\n{{ nothing.here }}");
   ASSERT_FALSE(undefined_attr.ok());
   EXPECT_THAT(undefined_attr.status().message(),
               HasSubstr("line 2, column 11"));  // the failing '.'
   EXPECT_THAT(undefined_attr.status().message(), HasSubstr("'nothing' is undefined"));
-  auto type_error = RenderOnce("{{ 'a' + 1 }}", json::array());
+  auto type_error = RenderOnce("{{ 'a' + 1 }}");
   ASSERT_FALSE(type_error.ok());
   EXPECT_THAT(type_error.status().message(), HasSubstr("unsupported operand type(s) for +"));
-  auto ns_error = RenderOnce("{% set d = {} %}{% set d.x = 1 %}", json::array());
+  auto ns_error = RenderOnce("{% set d = {} %}{% set d.x = 1 %}");
   ASSERT_FALSE(ns_error.ok());
   EXPECT_THAT(ns_error.status().message(), HasSubstr("non-namespace"));
 }
@@ -266,9 +271,22 @@ TEST(ChatTemplateTest, MessagesCarryExtraFieldsAndVariablesDefaultLikeTransforme
             "tools=None docs=None bos=[] x=-");
   options.bos_token = "<s>";
   options.extra_vars = json::parse(R"({"x": 5, "tools": []})");
-  r = t->Render({}, options);
+  r = t->Render({{"user", "hi", {}}}, options);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, "tools=[] docs=None bos=[<s>] x=5");
+  EXPECT_EQ(*r, "user:hi|tools=[] docs=None bos=[<s>] x=5");
+  // As in transformers: an empty conversation is refused, null fields are dropped, reasoning is
+  // also visible under its other names.
+  auto empty = t->Render({}, options);
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(empty.status().message(), HasSubstr("empty conversation"));
+  auto normalized =
+      RenderOnce("{{ messages[0] | tojson }}",
+                 json::parse(R"([{"role": "assistant", "content": "x", "tool_calls": null,
+                       "reasoning": "r"}])"));
+  ASSERT_TRUE(normalized.ok()) << normalized.status();
+  EXPECT_EQ(*normalized,
+            R"({"thinking": "r", "role": "assistant", "content": "x", "reasoning": "r", )"
+            R"("reasoning_content": "r"})");
 }
 
 TEST(ChatTemplateTest, LoadsTheTemplateOfAModelDirectory) {
@@ -319,45 +337,39 @@ TEST(ChatTemplateTest, LoadsTheTemplateOfAModelDirectory) {
 
 TEST(ChatTemplateTest, HostileInputFailsCleanly) {
   // Deep nesting, huge ranges and integer overflow are errors, not crashes or hangs.
-  EXPECT_FALSE(RenderOnce("{{ range(1000000) | length }}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ 9223372036854775807 + 1 }}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ 2 ** 64 }}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ 1 // 0 }}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ messages", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{% for %}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ (((((((((( }}", json::array()).ok());
-  EXPECT_FALSE(RenderOnce("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}",
-                          json::array())
-                   .ok());
-  EXPECT_FALSE(RenderOnce("{{ " + std::string(1000, '-') + "1 }}", json::array()).ok());
+  EXPECT_FALSE(RenderOnce("{{ range(1000000) | length }}").ok());
+  EXPECT_FALSE(RenderOnce("{{ 9223372036854775807 + 1 }}").ok());
+  EXPECT_FALSE(RenderOnce("{{ 2 ** 64 }}").ok());
+  EXPECT_FALSE(RenderOnce("{{ 1 // 0 }}").ok());
+  EXPECT_FALSE(RenderOnce("{{ messages").ok());
+  EXPECT_FALSE(RenderOnce("{% for %}").ok());
+  EXPECT_FALSE(RenderOnce("{{ (((((((((( }}").ok());
+  EXPECT_FALSE(
+      RenderOnce("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}").ok());
+  EXPECT_FALSE(RenderOnce("{{ " + std::string(1000, '-') + "1 }}").ok());
   std::string nested_ifs;
   for (int i = 0; i < 1000; ++i) nested_ifs += "{% if true %}";
-  EXPECT_FALSE(RenderOnce(nested_ifs, json::array()).ok());
-  auto recursion =
-      RenderOnce("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json::array());
+  EXPECT_FALSE(RenderOnce(nested_ifs).ok());
+  auto recursion = RenderOnce("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
   ASSERT_FALSE(recursion.ok());
   EXPECT_THAT(recursion.status().message(), HasSubstr("nested deeper than"));
   // Runaway work and memory are bounded (engine limits; Jinja2 itself has none).
   auto loops = RenderOnce(
       "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-      "{% endfor %}",
-      json::array());
+      "{% endfor %}");
   ASSERT_FALSE(loops.ok());
   EXPECT_THAT(loops.status().message(), HasSubstr("loop iterations"));
   auto doubling = RenderOnce(
       "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
-      "{% endfor %}{{ ns.s | length }}",
-      json::array());
+      "{% endfor %}{{ ns.s | length }}");
   ASSERT_FALSE(doubling.ok());
   EXPECT_THAT(doubling.status().message(), HasSubstr("MiB"));
   EXPECT_FALSE(
       RenderOnce("{{ ('x' * 1000000).replace('x', "
-                 "'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy') }}",
-                 json::array())
+                 "'yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy') }}")
           .ok());
   EXPECT_FALSE(RenderOnce("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = "
-                          "ns.l + ns.l %}{% endfor %}",
-                          json::array())
+                          "ns.l + ns.l %}{% endfor %}")
                    .ok());
   // Invalid UTF-8 bytes count as one character each and pass through unchanged.
   auto t =

@@ -54,6 +54,8 @@ struct ChatRenderOptions {
   std::function<int64_t()> now;
 };
 
+// Immutable once parsed: Render may run concurrently on one ChatTemplate from any number of
+// threads (each render has its own evaluation state).
 class ChatTemplate {
  public:
   // Parses a template. InvalidArgument on a syntax error or an unsupported construct, naming it

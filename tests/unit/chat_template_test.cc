@@ -10,6 +10,8 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -287,6 +289,28 @@ TEST(ChatTemplateTest, MessagesCarryExtraFieldsAndVariablesDefaultLikeTransforme
   EXPECT_EQ(*normalized,
             R"({"thinking": "r", "role": "assistant", "content": "x", "reasoning": "r", )"
             R"("reasoning_content": "r"})");
+}
+
+TEST(ChatTemplateTest, ConcurrentRendersOfOneTemplateAgree) {
+  auto t = ChatTemplate::Parse(ReadText(kDataDir + "templates/qwen3.jinja"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  const json messages = json::parse(R"([{"role": "system", "content": "S"},
+    {"role": "user", "content": "héllo"}, {"role": "assistant", "content": "<think>x</think>y"},
+    {"role": "user", "content": "again"}])");
+  auto want = t->RenderJson(messages, {});
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      for (int i = 0; i < 200; ++i) {
+        auto got = t->RenderJson(messages, {});
+        if (!got.ok() || *got != *want) ++mismatches[k];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_THAT(mismatches, ::testing::Each(0));
 }
 
 TEST(ChatTemplateTest, LoadsTheTemplateOfAModelDirectory) {

@@ -67,13 +67,15 @@ FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
 ENV DEBIAN_FRONTEND=noninteractive
 # Ubuntu 24.04 (noble) runtime packages of the -dev packages tools/install-deps.sh installs:
 # gRPC 1.51 (+ reflection), protobuf 3.21, abseil 20220623, prometheus-cpp 1.0 (core + pull, which
-# brings civetweb), yaml-cpp 0.8, SentencePiece, OpenMP (libgomp). CUDA runtime and cuBLAS come
-# with the base image.
+# brings civetweb), yaml-cpp 0.8, SentencePiece, PCRE2, utf8proc, OpenMP (libgomp). CUDA runtime
+# and cuBLAS come with the base image. utf8proc's runtime package carries its soname
+# (libutf8proc2 on Debian 12, another number on newer releases): it is looked up by name pattern.
 RUN apt-get update \
+ && utf8proc=$(apt-cache search --names-only '^libutf8proc[0-9]+$' | cut -d' ' -f1 | sort | tail -n 1) \
  && apt-get install -y --no-install-recommends \
       libgrpc++1.51t64 libprotobuf32t64 libabsl20220623t64 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
-      libyaml-cpp0.8 libsentencepiece0 libgomp1 \
+      libyaml-cpp0.8 libsentencepiece0 libpcre2-8-0 "$utf8proc" libgomp1 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /opt/spqr /opt/spqr
 # Fail the build here, not at the first start, if a linked library is missing.

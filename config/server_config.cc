@@ -133,7 +133,7 @@ std::vector<ConfigKey> MakeKeys() {
        {},
        {}},
       {SPQR_CONFIG_KEY(model.dir),
-       "model directory (config.json, safetensors, tokenizer.model)",
+       "model directory (config.json, safetensors, tokenizer.json or tokenizer.model)",
        0,
        0,
        {},

@@ -149,8 +149,7 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
 
   // Calibration windows.
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
-                   Tokenizer::Open(job.model_dir + "/tokenizer.model", config.bos_token_id,
-                                   config.eos_token_ids));
+                   OpenModelTokenizer(job.model_dir, config.bos_token_id, config.eos_token_ids));
   ASSIGN_OR_RETURN(std::string text, ReadFile(job.calibration_text));
   const std::vector<int32_t> ids = tokenizer->Encode(text, /*add_bos=*/false);
   const int64_t needed = static_cast<int64_t>(job.nsamples) * job.seqlen;
@@ -367,7 +366,8 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
   nlohmann::ordered_json index = {{"metadata", {{"format", "spqr-format 1"}}},
                                   {"weight_map", weight_map}};
   RETURN_IF_ERROR(WriteTextFile(tmp + "/model.safetensors.index.json", index.dump(2) + "\n"));
-  for (const char* name : {"tokenizer.model", "generation_config.json", "tokenizer_config.json"}) {
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "special_tokens_map.json",
+                           "generation_config.json", "tokenizer_config.json"}) {
     const fs::path src = fs::path(job.model_dir) / name;
     if (fs::exists(src)) {
       fs::copy_file(src, fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);

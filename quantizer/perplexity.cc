@@ -70,9 +70,8 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir
     return absl::InvalidArgumentError(absl::StrCat("seqlen must be >= 2, got ", seqlen));
   ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(model_dir));
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::Open(model_dir));
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<Tokenizer> tok,
-      Tokenizer::Open(model_dir + "/tokenizer.model", c.bos_token_id, c.eos_token_ids));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
+                   OpenModelTokenizer(model_dir, c.bos_token_id, c.eos_token_ids));
   std::ifstream in(text_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", text_path, "'"));
   std::stringstream ss;

@@ -269,8 +269,12 @@ absl::Status RunServer(const ServerConfig& config) {
     return absl::Status(model.status().code(),
                         absl::StrCat("loading the model: ", model.status().message()));
   }
-  Logf(LogLevel::kInfo, "model loaded in %.1f s; %s",
-       absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description());
+  Logf(LogLevel::kInfo, "model loaded in %.1f s; %s; %s tokenizer",
+       absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description(),
+       (*model)->tokenizer->kind());
+  if (!(*model)->tokenizer_note.empty()) {
+    Logf(LogLevel::kWarning, "%s", (*model)->tokenizer_note);
+  }
   absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(*std::move(model), [&] {
     EngineOptions options = ToEngineOptions(config);
     // `metrics` outlives the engine (declared first in this function).

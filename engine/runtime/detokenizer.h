@@ -3,9 +3,12 @@
 // IncrementalDetokenizer turns a growing token sequence into text deltas that never split a UTF-8
 // character. It decodes a small window of recent tokens (the Hugging Face TGI / vLLM method):
 // text is released only when the window's decoding grows and does not end in U+FFFD, the
-// replacement character a SentencePiece decoder produces for an incomplete byte-fallback sequence.
-// Decoding a window (rather than each token alone) keeps the word-boundary spaces that
-// SentencePiece drops at the start of a decode: the window starts with a few prompt tokens.
+// replacement character both tokenizer kinds produce for an incomplete UTF-8 sequence at the end
+// (SentencePiece and tokenizer.json's ByteFallback decoder per byte-fallback token, the ByteLevel
+// decoder for the incomplete bytes; docs/tokenizers.md). Windows start where earlier text was
+// released, so on character boundaries. Decoding a window (rather than each token alone) keeps
+// the word-boundary spaces that SentencePiece (and tokenizer.json's Metaspace and Strip decoders)
+// drop at the start of a decode: the window starts with a few prompt tokens.
 //
 // StopStringMatcher finds stop strings in that text across token boundaries. Text that could
 // still become the beginning of a stop string is held back until it is decided; the matched

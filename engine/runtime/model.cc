@@ -85,17 +85,13 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
       model->weights,
       BindLlamaWeights(std::shared_ptr<const Checkpoint>(std::move(checkpoint)), model->config));
 
-  const std::string tokenizer_path = (std::filesystem::path(dir) / "tokenizer.model").string();
-  if (!std::filesystem::exists(tokenizer_path)) {
-    return absl::NotFoundError(
-        absl::StrCat(tokenizer_path, ": not found (a SentencePiece tokenizer.model is required)"));
-  }
-  ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Open(tokenizer_path, model->config.bos_token_id,
-                                                     model->config.eos_token_ids));
+  ASSIGN_OR_RETURN(model->tokenizer,
+                   OpenModelTokenizer(dir, model->config.bos_token_id, model->config.eos_token_ids,
+                                      &model->tokenizer_note));
   if (model->tokenizer->vocab_size() > model->config.vocab_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(tokenizer_path, ": the tokenizer has ", model->tokenizer->vocab_size(),
-                     " pieces but config.json vocab_size is ", model->config.vocab_size));
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": the ", model->tokenizer->kind(), " tokenizer has ", model->tokenizer->vocab_size(),
+        " tokens but config.json vocab_size is ", model->config.vocab_size));
   }
 
   model->quantization.method = "none";

@@ -45,13 +45,15 @@ struct LoadedModel {
   std::string dir;
   ModelConfig config;
   std::unique_ptr<Tokenizer> tokenizer;
+  // Set when tokenizer.json was passed over for tokenizer.model, saying why (OpenModelTokenizer).
+  std::string tokenizer_note;
   std::shared_ptr<const LlamaWeights> weights;
   std::unique_ptr<Backend> backend;
   QuantizationInfo quantization;
 };
 
-// Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.model) and creates the
-// backend. Errors name the file and the problem.
+// Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.json or tokenizer.model:
+// see OpenModelTokenizer) and creates the backend. Errors name the file and the problem.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
                                                        const ModelLoadOptions& options);
 

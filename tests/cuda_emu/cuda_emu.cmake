@@ -30,8 +30,9 @@ set_tests_properties(cuda_emu_asan PROPERTIES LABELS cuda_emu TIMEOUT 600
 # threads and blocks run in a shuffled order (cuda_emu_test covers forward and reverse).
 file(GLOB gpu_suite_src CONFIGURE_DEPENDS ${SPQR_ROOT}/tests/gpu/*_test.cc)
 add_executable(cuda_emu_gpu_suite_test ${gpu_suite_src} ${CMAKE_CURRENT_LIST_DIR}/ptx_probe_emu.cc)
-target_link_libraries(cuda_emu_gpu_suite_test PRIVATE spqr_engine_cuda_emu GTest::gtest GTest::gmock
-                                                      GTest::gtest_main)
+# spqr_engine_cpu: paged_attention_test compares with the CPU backend's ops.
+target_link_libraries(cuda_emu_gpu_suite_test PRIVATE spqr_engine_cuda_emu spqr_engine_cpu
+                                                      GTest::gtest GTest::gmock GTest::gtest_main)
 target_include_directories(cuda_emu_gpu_suite_test PRIVATE ${SPQR_ROOT})
 gtest_discover_tests(cuda_emu_gpu_suite_test TEST_PREFIX "emu."
                      PROPERTIES LABELS cuda_emu ENVIRONMENT "SPQR_CUDA_EMU_ORDER=shuffle:1"

@@ -11,6 +11,8 @@
 //   SpQR GEMV: 4 n 2^-24 sum_j |w_j x_j| (+1e-30): fp32 sums of the same products in another
 //             order (the format module's bound, engine/format/spqr_matmul.h).
 //   Dense GEMM (cuBLAS' reference): 4 k 2^-24 sum |x w| against a double product.
+//   KV store: bit-exact (a copy). Paged attention: (2e-5 abs + 2e-5 rel) max(1, query scale)
+//             (why: tests/gpu/paged_attention_parity.h, shared with the GPU suite).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -39,6 +41,7 @@
 #include "engine/model/tensor.h"
 #include "engine/util/half.h"
 #include "gtest/gtest.h"
+#include "tests/gpu/paged_attention_parity.h"
 #include "tests/gpu/spqr_random_layer.h"
 
 namespace spqr {
@@ -397,6 +400,14 @@ TEST_P(KernelParityTest, DenseGemmMatchesDoubleProduct) {
         EXPECT_NEAR(y[i * n + j], acc, 4.0 * k * std::ldexp(1.0, -24) * abs_acc);
       }
     }
+  }
+}
+
+TEST_P(KernelParityTest, PagedAttentionAndStoreKvMatchCpuBackend) {
+  std::mt19937 rng(18);
+  for (const testing::AttentionCase& c : testing::PagedAttentionCases()) {
+    SCOPED_TRACE(::testing::PrintToString(c));
+    testing::CheckPagedAttentionParity(c, rng);
   }
 }
 

@@ -8,12 +8,14 @@ if(SPQR_FUZZ AND TARGET spqr_proto)
   # allocated on one side would be freed by the other. Only libprotobuf.a is hidden here, for the
   # reason spqr_grpc gives (SentencePiece's own protobuf copy).
   set(spqr_pb ${CMAKE_BINARY_DIR}/proto/gen/spqr/v1/spqr.pb.cc)
+  # The whole tokenizer module (SentencePiece and tokenizer.json implementations).
+  file(GLOB spqr_tokenizer_src CONFIGURE_DEPENDS ${SPQR_ROOT}/engine/tokenizer/*.cc)
   set_source_files_properties(${spqr_pb} PROPERTIES GENERATED TRUE COMPILE_OPTIONS -w)
   add_executable(request_fuzz ${CMAKE_CURRENT_LIST_DIR}/request_fuzz.cc ${spqr_pb}
                               ${SPQR_ROOT}/server/request_parsing.cc
                               ${SPQR_ROOT}/server/request_validation.cc
                               ${SPQR_ROOT}/server/log.cc
-                              ${SPQR_ROOT}/engine/tokenizer/tokenizer.cc)
+                              ${spqr_tokenizer_src})
   add_dependencies(request_fuzz spqr_proto)  # generates spqr.pb.cc
   target_include_directories(request_fuzz PRIVATE ${SPQR_ROOT} ${CMAKE_BINARY_DIR}/proto/gen
                                                   ${Protobuf_INCLUDE_DIRS})
@@ -21,7 +23,9 @@ if(SPQR_FUZZ AND TARGET spqr_proto)
   target_link_options(request_fuzz PRIVATE ${SPQR_FUZZ_FLAGS} "LINKER:--exclude-libs,libprotobuf.a")
   target_link_libraries(request_fuzz PRIVATE ${SPQR_GRPCXX_SHARED} ${SPQR_GRPC_SHARED}
                                              ${SPQR_GPR_SHARED} ${SPQR_PROTOBUF_STATIC} ${SPQR_ZLIB}
-                                             PkgConfig::SENTENCEPIECE absl::status absl::statusor
+                                             PkgConfig::SENTENCEPIECE PkgConfig::PCRE2
+                                             PkgConfig::UTF8PROC nlohmann_json::nlohmann_json
+                                             absl::status absl::statusor
                                              absl::strings absl::str_format absl::time
                                              absl::synchronization Threads::Threads)
   add_executable(config_fuzz ${CMAKE_CURRENT_LIST_DIR}/config_fuzz.cc

@@ -24,5 +24,8 @@ spqr_add_gpu_gtest(cuda_status_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_statu
 spqr_add_gpu_gtest(cuda_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_ops_test.cc)
 spqr_add_gpu_gtest(cublas_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cublas_gemm_test.cc)
 spqr_add_gpu_gtest(spqr_kernels_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_kernels_test.cc)
+# Parity with the CPU backend's KV-cache ops, so it links them.
+spqr_add_gpu_gtest(paged_attention_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/paged_attention_test.cc)
+target_link_libraries(paged_attention_test PRIVATE spqr_engine_cpu)
 spqr_add_gpu_gtest(ptx_wrappers_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/ptx_wrappers_test.cc
                                              ${CMAKE_CURRENT_LIST_DIR}/ptx_probe.cu)

@@ -15,6 +15,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev  # tokenizer.json: regex pre-tokenizers, Unicode normalization
   libboost-context-dev  # fibers of the CPU harness for the CUDA code (docs/cuda-harness.md)
   python3 python3-numpy python3-grpcio python3-protobuf python3-sentencepiece python3-yaml
+  python3-jinja2  # the reference renderer of the chat-template tests (docs/chat-templates.md)
   prometheus
 )
 for arg in "$@"; do

@@ -199,6 +199,7 @@ bool Engine::Impl::Step() {
       Finish(*item.seq, FinishReason::kError, OutputChunk(),
              absl::Status(forward.code(), absl::StrCat("forward step: ", forward.message())));
     }
+    CheckBackendHealth();
     return true;
   }
 
@@ -396,6 +397,18 @@ void Engine::Impl::PublishStats(double step_seconds) {
   stats_.kv_blocks_free = allocator_.num_free_blocks();
   stats_.kv_blocks_cached = allocator_.num_evictable_blocks();
   if (step_seconds >= 0) stats_.last_step_seconds = step_seconds;
+}
+
+void Engine::Impl::CheckBackendHealth() {
+  absl::Status health = model_->backend->health();
+  if (health.ok()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!fault_.ok()) return;
+    fault_ = health;
+    accepting_ = false;
+  }
+  if (options_.on_backend_fault) options_.on_backend_fault(health);
 }
 
 }  // namespace spqr

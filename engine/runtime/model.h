@@ -13,7 +13,9 @@
 namespace spqr {
 
 struct ModelLoadOptions {
-  std::string backend = "auto";  // "cpu", "cuda" or "auto" (cuda when built in and a device exists)
+  // "cpu", "cuda" or "auto": cuda when this build has the CUDA backend and device 0 can run its
+  // kernels, else cpu (LoadedModel::backend_note says which and why).
+  std::string backend = "auto";
   int num_threads = 0;           // CPU backend threads; 0 = all cores
   std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
   std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
@@ -49,6 +51,8 @@ struct LoadedModel {
   std::string tokenizer_note;
   std::shared_ptr<const LlamaWeights> weights;
   std::unique_ptr<Backend> backend;
+  // With backend "auto": which backend was chosen and why, for the start-up log.
+  std::string backend_note;
   QuantizationInfo quantization;
 };
 

@@ -6,7 +6,8 @@ if(NOT SPQR_WITH_CUDA_EMU)
   return()
 endif()
 
-set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc)
+set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc
+                   ${CMAKE_CURRENT_LIST_DIR}/forward_kernels_test.cc)
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 

@@ -53,3 +53,18 @@ add_test(NAME spqr_gpu_bench_table_smoke
 set_tests_properties(spqr_gpu_bench_smoke PROPERTIES FIXTURES_SETUP spqr_gpu_bench_json)
 set_tests_properties(spqr_gpu_bench_table_smoke PROPERTIES LABELS cuda_emu
                                                            FIXTURES_REQUIRED spqr_gpu_bench_json)
+
+# The CUDA backend end to end (--backend cuda/auto through the loader, the real engine) against
+# the CPU backend on the test model and the reference model, dense and SpQR-quantized at test
+# time (tests/cuda_emu/cuda_backend_e2e_test.cc).
+# One ctest for the binary: the SpQR model is quantized once per process (about 5 s), and the
+# CPU backend's OpenMP threads must not spin while the harness runs kernels on the main thread.
+add_executable(cuda_backend_e2e_test ${CMAKE_CURRENT_LIST_DIR}/cuda_backend_e2e_test.cc)
+target_link_libraries(cuda_backend_e2e_test PRIVATE spqr_engine_runtime_emu spqr_quantizer_lib
+                                                    spqr_engine_cuda_emu spqr_engine_cpu
+                                                    GTest::gtest GTest::gmock GTest::gtest_main)
+target_include_directories(cuda_backend_e2e_test PRIVATE ${SPQR_ROOT})
+target_compile_definitions(cuda_backend_e2e_test PRIVATE SPQR_SOURCE_DIR="${SPQR_ROOT}")
+add_test(NAME cuda_backend_e2e COMMAND cuda_backend_e2e_test)
+set_tests_properties(cuda_backend_e2e PROPERTIES LABELS cuda_emu TIMEOUT 600
+                     ENVIRONMENT "OMP_WAIT_POLICY=passive")

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -33,6 +34,7 @@
 
 #include "absl/strings/match.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/emu/harness.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/model.h"
 #include "gtest/gtest.h"
@@ -104,6 +106,12 @@ class Collector {
     EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(300), [&] { return done_[id]; })) << id;
     EXPECT_EQ(errors_[id], "") << id;
     return {tokens_[id], logprobs_[id]};
+  }
+  // Waits for the request's end and returns its error ("" if none).
+  std::string WaitForError(const std::string& id) {
+    std::unique_lock<std::mutex> lock(mu_);
+    EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(300), [&] { return done_[id]; })) << id;
+    return errors_[id];
   }
 
  private:
@@ -267,6 +275,58 @@ TEST(CudaBackendChoiceTest, AutoChoosesTheHarnessDeviceAndSaysWhy) {
   EXPECT_TRUE(absl::StrContains(model->backend_note, "backend auto: chose cuda")) << model->backend_note;
   EXPECT_TRUE(absl::StrContains(model->backend->description(), "CUDA CPU harness"))
       << model->backend->description();
+}
+
+TEST(CudaBackendFaultTest, KvPoolThatDoesNotFitIsRefusedNamingTheSizes) {
+  std::unique_ptr<LoadedModel> model = Load(SourcePath("tests/data/test-model"), "cuda");
+  ASSERT_TRUE(model);
+  // The harness's device has 4 GiB (SPQR_CUDA_EMU_MEMORY_MB); ask for about 8.
+  const int64_t per_block = model->backend->KvBytesPerToken() * 16;
+  const KvPoolShape huge{static_cast<int32_t>((int64_t{8} << 30) / per_block), 16};
+  const absl::Status st = model->backend->AllocateKvPool(huge);
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "does not fit on cuda:0")) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "engine.kv_cache_bytes may be at most")) << st;
+  // A pool that fits still works afterwards.
+  EXPECT_TRUE(model->backend->AllocateKvPool({4, 16}).ok());
+}
+
+// A sticky CUDA error (here injected into the harness: every later call fails as on a real
+// device after an illegal address) breaks the backend for good, and the engine reports it once
+// through on_backend_fault (the server's hook to go NOT_SERVING) and refuses new requests.
+TEST(CudaBackendFaultTest, StickyErrorMarksTheBackendAndTheEngineBroken) {
+  std::unique_ptr<LoadedModel> model = Load(SourcePath("tests/data/test-model"), "cuda");
+  ASSERT_TRUE(model);
+  const Backend* backend = model->backend.get();
+  std::atomic<int> faults{0};
+  EngineOptions options;
+  options.kv_cache_bytes = int64_t{1} << 20;
+  options.on_backend_fault = [&faults](const absl::Status&) { ++faults; };
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(std::move(model), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_TRUE((*engine)->health().ok());
+
+  emu::SetStickyError(cudaErrorIllegalAddress);
+  Collector collector;
+  GenerateRequest r;
+  r.request_id = "doomed";
+  r.prompt_tokens = {1, 5, 9};
+  r.sampling.temperature = 0.0f;
+  r.stopping.max_new_tokens = 2;
+  ASSERT_TRUE((*engine)->Submit(r, collector.For("doomed")).ok());
+  const std::string error = collector.WaitForError("doomed");
+  emu::SetStickyError(cudaSuccess);  // the harness heals; the backend must not
+
+  EXPECT_TRUE(absl::StrContains(error, "cudaErrorIllegalAddress")) << error;
+  EXPECT_EQ(faults.load(), 1);
+  const absl::Status health = backend->health();
+  EXPECT_EQ(health.code(), absl::StatusCode::kInternal) << health;
+  EXPECT_TRUE(absl::StrContains(health.message(), "poisons the CUDA context")) << health;
+  EXPECT_FALSE((*engine)->health().ok());
+  r.request_id = "after";
+  const absl::Status refused = (*engine)->Submit(r, collector.For("after"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "backend failed")) << refused;
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 # Tests on the CPU harness for the CUDA code (label cuda_emu; docs/cuda-harness.md): the harness's
 # own behaviour, and the CUDA kernels against the CPU backend's ops, run without a GPU. The same
-# two test files are also built with AddressSanitizer (harness, kernels and tests instrumented)
+# test files are also built with AddressSanitizer (harness, kernels and tests instrumented)
 # and registered as one ctest, cuda_emu_asan.
 if(NOT SPQR_WITH_CUDA_EMU)
   return()

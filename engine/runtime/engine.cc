@@ -113,9 +113,8 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
 
   std::lock_guard<std::mutex> lock(mu_);
   if (!fault_.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("the backend failed and this server serves no more requests: ",
-                     fault_.message()));
+    return absl::UnavailableError(absl::StrCat(
+        "the backend failed and this server serves no more requests: ", fault_.message()));
   }
   if (!accepting_) {
     return absl::UnavailableError("the engine is shutting down and accepts no new requests");

@@ -158,7 +158,7 @@ class Engine::Impl {
   std::unordered_map<std::string, int64_t> live_ids_;  // request_id -> uid
   bool accepting_ = true;
   bool stopping_ = false;
-  absl::Status fault_;  // the backend's, once it broke
+  absl::Status fault_;           // the backend's, once it broke
   bool has_work_ = false;        // waiting_ or running_ non-empty
   int32_t queued_requests_ = 0;  // submitted, not yet admitted
   int64_t queued_prompt_tokens_ = 0;

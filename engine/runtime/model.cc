@@ -71,8 +71,8 @@ BackendChoice ChooseAutoBackend() {
   }
   const CudaDeviceInfo& device = devices->front();
   if (!device.can_run_kernels) {
-    return {"cpu", absl::StrCat("cuda:0 ", device.name, " cannot run this build's kernels: ",
-                                device.unsupported_reason)};
+    return {"cpu", absl::StrCat("cuda:0 ", device.name,
+                                " cannot run this build's kernels: ", device.unsupported_reason)};
   }
   return {"cuda", absl::StrCat("CUDA device found: ", DescribeCudaDevices({device}))};
 #else
@@ -137,7 +137,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   if (backend_name == "auto") {
     const BackendChoice choice = ChooseAutoBackend();
     backend_name = choice.name;
-    model->backend_note = absl::StrCat("backend auto: chose ", choice.name, " (", choice.reason, ")");
+    model->backend_note =
+        absl::StrCat("backend auto: chose ", choice.name, " (", choice.reason, ")");
   }
   ASSIGN_OR_RETURN(model->backend, CreateBackend(backend_name, model->weights, options));
   // Keep one copy of the weights: the backend's, where it repacked layers into its own layout.

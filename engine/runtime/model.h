@@ -16,7 +16,7 @@ struct ModelLoadOptions {
   // "cpu", "cuda" or "auto": cuda when this build has the CUDA backend and device 0 can run its
   // kernels, else cpu (LoadedModel::backend_note says which and why).
   std::string backend = "auto";
-  int num_threads = 0;           // CPU backend threads; 0 = all cores
+  int num_threads = 0;                    // CPU backend threads; 0 = all cores
   std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
   std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
 };

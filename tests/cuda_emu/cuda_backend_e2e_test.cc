@@ -24,8 +24,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
-#include <limits>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -125,8 +125,8 @@ class Collector {
 
 // Greedy continuations of `prompts`, all submitted at once, on an engine over `model`.
 std::vector<Generation> Generate(std::unique_ptr<LoadedModel> model,
-                                           const std::vector<std::vector<int32_t>>& prompts,
-                                           int max_new_tokens) {
+                                 const std::vector<std::vector<int32_t>>& prompts,
+                                 int max_new_tokens) {
   EngineOptions options;
   options.kv_block_size = 16;
   options.kv_cache_bytes = int64_t{8} << 20;
@@ -153,7 +153,8 @@ std::vector<Generation> Generate(std::unique_ptr<LoadedModel> model,
     EXPECT_TRUE((*engine)->Submit(r, collector.For(r.request_id)).ok());
   }
   std::vector<Generation> out;
-  for (size_t i = 0; i < prompts.size(); ++i) out.push_back(collector.Wait("r" + std::to_string(i)));
+  for (size_t i = 0; i < prompts.size(); ++i)
+    out.push_back(collector.Wait("r" + std::to_string(i)));
   return out;
 }
 
@@ -256,8 +257,8 @@ TEST_P(CudaBackendE2eTest, GreedyTokensMatchTheCpuBackendFor8ConcurrentChunkedSe
       }
       std::printf("[ measured ] %s prompt %zu token %zu: cuda %d, cpu %d, cpu logit gap %.4g\n",
                   GetParam().c_str(), i, j, got[i].tokens[j], want[i].tokens[j], gap);
-      EXPECT_LE(gap, kTieGap) << "token " << j << ": cuda chose " << got[i].tokens[j]
-                              << ", cpu " << want[i].tokens[j];
+      EXPECT_LE(gap, kTieGap) << "token " << j << ": cuda chose " << got[i].tokens[j] << ", cpu "
+                              << want[i].tokens[j];
       ++ties;
       break;  // the contexts differ from here on
     }
@@ -272,7 +273,8 @@ TEST(CudaBackendChoiceTest, AutoChoosesTheHarnessDeviceAndSaysWhy) {
   std::unique_ptr<LoadedModel> model = Load(SourcePath("tests/data/test-model"), "auto");
   ASSERT_TRUE(model);
   EXPECT_EQ(model->backend->name(), "cuda");
-  EXPECT_TRUE(absl::StrContains(model->backend_note, "backend auto: chose cuda")) << model->backend_note;
+  EXPECT_TRUE(absl::StrContains(model->backend_note, "backend auto: chose cuda"))
+      << model->backend_note;
   EXPECT_TRUE(absl::StrContains(model->backend->description(), "CUDA CPU harness"))
       << model->backend->description();
 }

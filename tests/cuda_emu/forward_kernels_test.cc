@@ -140,7 +140,8 @@ TEST_P(ForwardKernelParityTest, GatherRowsCopiesTheChosenRows) {
   const std::vector<float> in = RandomNormal(in_rows * cols, rng);
   const std::vector<int32_t> rows = {8, 0, 3, 3};
   std::vector<float> want;
-  for (int32_t r : rows) want.insert(want.end(), in.begin() + r * cols, in.begin() + (r + 1) * cols);
+  for (int32_t r : rows)
+    want.insert(want.end(), in.begin() + r * cols, in.begin() + (r + 1) * cols);
   DeviceBuffer d_in = Upload(in);
   DeviceBuffer d_rows = Upload(rows);
   DeviceBuffer d_out = Poisoned(want.size() * sizeof(float));

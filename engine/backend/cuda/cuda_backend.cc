@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -52,9 +53,8 @@ class CudaBackend : public Backend {
     RETURN_IF_ERROR(stream_.Create());
     ASSIGN_OR_RETURN(cublas_, CublasHandle::Create(stream_.get()));
     const ModelConfig& c = w_->config;
-    ASSIGN_OR_RETURN(DeviceBuffer inv_freq,
-                     DeviceBuffer::FromVector(
-                         cpu::ComputeRopeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling)));
+    ASSIGN_OR_RETURN(DeviceBuffer inv_freq, DeviceBuffer::FromVector(cpu::ComputeRopeInvFreq(
+                                                c.head_dim, c.rope_theta, c.rope_scaling)));
     ops_ = std::make_unique<CudaForwardOps>(w_->config, *device_weights_, stream_.get(), cublas_,
                                             std::move(inv_freq));
     return absl::OkStatus();
@@ -87,7 +87,10 @@ class CudaBackend : public Backend {
   KvPoolShape kv_pool_shape() const override { return pool_shape_; }
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
   BackendMemoryStats memory_stats() const override;
-  absl::Status health() const override { return broken_; }
+  absl::Status health() const override {
+    std::lock_guard<std::mutex> lock(broken_mu_);
+    return broken_;
+  }
 
  private:
   // After a failed step: is the device context still usable? A sticky error shows on any call.
@@ -103,11 +106,13 @@ class CudaBackend : public Backend {
   DeviceBuffer pool_;
   KvPoolShape pool_shape_{0, 0};
   std::unique_ptr<CudaForwardOps> ops_;
+  // Set by the engine thread, read by any (health(), memory_stats() from metrics scrapes).
+  mutable std::mutex broken_mu_;
   absl::Status broken_;
 };
 
 absl::Status CudaBackend::AllocateKvPool(const KvPoolShape& shape) {
-  if (!broken_.ok()) return broken_;
+  RETURN_IF_ERROR(health());
   if (shape.num_blocks <= 0 || shape.block_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("KV pool: num_blocks %d and block_size %d must be positive",
@@ -151,9 +156,9 @@ absl::Status CudaBackend::AllocateKvPool(const KvPoolShape& shape) {
 }
 
 absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
-  if (!broken_.ok()) {
-    return absl::Status(broken_.code(), absl::StrCat("CUDA backend unusable after a device fault: ",
-                                                     broken_.message()));
+  if (const absl::Status broken = health(); !broken.ok()) {
+    return absl::Status(broken.code(), absl::StrCat("CUDA backend unusable after a device fault: ",
+                                                    broken.message()));
   }
   RETURN_IF_ERROR(ValidateStepPlan(plan, w_->config.vocab_size, pool_shape_, "CUDA"));
   // The current device is per host thread; the engine thread is not the one that created us.
@@ -174,6 +179,7 @@ void CudaBackend::CheckDevice(const absl::Status& cause) {
   cudaError_t e = cudaStreamSynchronize(stream_.get());
   if (e == cudaSuccess) e = cudaPeekAtLastError();
   if (!IsCudaStickyError(e)) return;
+  std::lock_guard<std::mutex> lock(broken_mu_);
   broken_ = absl::InternalError(absl::StrFormat(
       "cuda:%d reported %s (%s), which poisons the CUDA context of this process; the step "
       "failed with: %s",
@@ -183,7 +189,9 @@ void CudaBackend::CheckDevice(const absl::Status& cause) {
 BackendMemoryStats CudaBackend::memory_stats() const {
   BackendMemoryStats s;
   size_t free_bytes = 0, total_bytes = 0;
-  if (broken_.ok() && cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+  // Called from other threads (metrics scrapes), whose current device may be another.
+  if (health().ok() && cudaSetDevice(device_.ordinal) == cudaSuccess &&
+      cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
     s.device_total_bytes = static_cast<int64_t>(total_bytes);
     s.device_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
   }
@@ -198,8 +206,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
     std::shared_ptr<const LlamaWeights> weights, const CudaBackendOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("CreateCudaBackend: no weights");
   if (options.reserve_bytes < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "CUDA backend: reserve_bytes %d is negative", options.reserve_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("CUDA backend: reserve_bytes %d is negative", options.reserve_bytes));
   }
   ASSIGN_OR_RETURN(const std::vector<CudaDeviceInfo> devices, QueryCudaDevices());
   if (options.device < 0 || options.device >= static_cast<int>(devices.size())) {
@@ -209,9 +217,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
   }
   const CudaDeviceInfo& device = devices[options.device];
   if (!device.can_run_kernels) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "CUDA backend: cuda:%d %s (%s) cannot run this build's kernels: %s", device.ordinal,
-        device.name, device.ArchName(), device.unsupported_reason));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("CUDA backend: cuda:%d %s (%s) cannot run this build's kernels: %s",
+                        device.ordinal, device.name, device.ArchName(), device.unsupported_reason));
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device.ordinal));
   auto backend = std::make_unique<CudaBackend>(std::move(weights), options, device);

@@ -6,8 +6,8 @@
 // RMSNorm, RoPE, SwiGLU and attention agree to fp32 rounding; dense projections differ because
 // cuBLAS multiplies 16-bit activations (the fp32 activations rounded to the weights' dtype) with
 // fp32 accumulation, where the CPU multiplies fp32 activations; SpQR projections per
-// spqr_gpu_linear.cuh. Greedy tokens agree on the test models (tests/cuda_emu/cuda_backend_e2e_test.cc
-// states the logit tolerance).
+// spqr_gpu_linear.cuh. Greedy tokens agree on the test models
+// (tests/cuda_emu/cuda_backend_e2e_test.cc states the logit tolerance).
 //
 // Errors: every CUDA failure is a Status naming the op (see cuda_forward_ops.h). When a step
 // fails, the backend asks the device whether its context survived; after a sticky error

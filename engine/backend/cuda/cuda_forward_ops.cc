@@ -151,7 +151,8 @@ absl::Status CudaForwardOps::BeginStep(const StepLayout& step) {
     table_offset += static_cast<int32_t>(s.block_table.size());
     max_positions_ = std::max(max_positions_, static_cast<int32_t>(s.start_pos + s.num_tokens));
   }
-  for (int64_t i = 0; i < logit_rows_; ++i) logit_rows[i] = static_cast<int32_t>(step.logit_rows[i]);
+  for (int64_t i = 0; i < logit_rows_; ++i)
+    logit_rows[i] = static_cast<int32_t>(step.logit_rows[i]);
 
   cudaError_t e = cudaMemcpyAsync(meta_.data(), h, total, cudaMemcpyHostToDevice, stream_);
   if (e != cudaSuccess) return CudaInOp(kOp, e, "cudaMemcpyAsync(step metadata)");

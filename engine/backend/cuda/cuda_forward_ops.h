@@ -88,13 +88,13 @@ class CudaForwardOps : public ForwardOps {
   KvPoolDeviceView pool_;
 
   // The step.
-  int64_t rows_ = 0;         // n
-  int64_t logit_rows_ = 0;   // L
+  int64_t rows_ = 0;        // n
+  int64_t logit_rows_ = 0;  // L
   int32_t num_seqs_ = 0;
   int32_t max_positions_ = 0;
   std::array<DeviceBuffer, kNumActs> acts_;
-  DeviceBuffer meta_;          // device copy of the staging buffer
-  PinnedBuffer meta_staging_;  // ids | positions | seqs | block tables | logit rows
+  DeviceBuffer meta_;                // device copy of the staging buffer
+  PinnedBuffer meta_staging_;        // ids | positions | seqs | block tables | logit rows
   cudaEvent_t meta_sent_ = nullptr;  // recorded after the metadata copy
   const int32_t* d_ids_ = nullptr;
   const int32_t* d_positions_ = nullptr;

@@ -24,9 +24,9 @@ absl::Status CheckTensor(const TensorView& t, const std::vector<int64_t>& shape,
   const std::string name = t.name.empty() ? what : t.name;
   if (t.data == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: no data", name));
   if (!IsDenseFloat(t.dtype)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: dtype %s is not supported by the CUDA backend (F32, F16 or BF16)", name,
-        DTypeName(t.dtype)));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: dtype %s is not supported by the CUDA backend (F32, F16 or BF16)",
+                        name, DTypeName(t.dtype)));
   }
   if (t.shape != shape) {
     return absl::InvalidArgumentError(absl::StrFormat("%s: shape %s, expected %s", name,

@@ -1,7 +1,6 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
-
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/embedding.cuh"
 #include "engine/backend/cuda/embedding_kernel.cuh"
@@ -21,9 +20,8 @@ absl::Status Launch(const EmbeddingParams& p, cudaStream_t stream) {
   for (int64_t row0 = 0; row0 < p.rows; row0 += kMaxRowsPerLaunch) {
     const int64_t rows = std::min(kMaxRowsPerLaunch, p.rows - row0);
     const dim3 grid(col_blocks, static_cast<unsigned>(rows));
-    SPQR_LAUNCH(kernel, grid, kernels::kEmbeddingThreads, 0, stream,
-                static_cast<const T*>(p.table), p.ids + row0, p.output + row0 * p.hidden,
-                p.hidden);
+    SPQR_LAUNCH(kernel, grid, kernels::kEmbeddingThreads, 0, stream, static_cast<const T*>(p.table),
+                p.ids + row0, p.output + row0 * p.hidden, p.hidden);
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   return absl::OkStatus();
@@ -47,9 +45,8 @@ absl::Status LaunchEmbedding(const EmbeddingParams& p, cudaStream_t stream) {
     case DType::kBF16:
       return Launch<__nv_bfloat16>(p, stream);
     default:
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s: table_dtype %s is not F32, F16 or BF16", kOp,
-                          DTypeName(p.table_dtype)));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: table_dtype %s is not F32, F16 or BF16", kOp, DTypeName(p.table_dtype)));
   }
 }
 

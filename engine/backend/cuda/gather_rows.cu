@@ -19,8 +19,8 @@ absl::Status LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream) {
   RETURN_IF_ERROR(CheckNotNull(p.output, kOp, "output"));
   // gridDim.y is limited to 65535 rows per launch; larger gathers are split.
   constexpr int64_t kMaxRowsPerLaunch = 65535;
-  const unsigned col_blocks = static_cast<unsigned>(
-      (p.cols + kernels::kGatherRowsThreads - 1) / kernels::kGatherRowsThreads);
+  const unsigned col_blocks = static_cast<unsigned>((p.cols + kernels::kGatherRowsThreads - 1) /
+                                                    kernels::kGatherRowsThreads);
   for (int64_t row0 = 0; row0 < p.out_rows; row0 += kMaxRowsPerLaunch) {
     GatherRowsParams chunk = p;
     chunk.out_rows = std::min(kMaxRowsPerLaunch, p.out_rows - row0);

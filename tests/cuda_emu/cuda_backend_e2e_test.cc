@@ -34,6 +34,9 @@
 
 #include "absl/strings/match.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu/cpu_backend.h"
+#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/backend/cuda/cuda_weights.h"
 #include "engine/backend/cuda/emu/harness.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/model.h"
@@ -329,6 +332,41 @@ TEST(CudaBackendFaultTest, StickyErrorMarksTheBackendAndTheEngineBroken) {
   const absl::Status refused = (*engine)->Submit(r, collector.For("after"));
   EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
   EXPECT_TRUE(absl::StrContains(refused.message(), "backend failed")) << refused;
+}
+
+// A tied lm_head (its weight is the embedding's memory) is uploaded once, and the backend on
+// such weights still matches the CPU backend.
+TEST(CudaBackendWeightsTest, TiedLmHeadSharesTheEmbeddingTable) {
+  std::unique_ptr<LoadedModel> model = Load(SourcePath("tests/data/test-model"), "cpu");
+  ASSERT_TRUE(model);
+  auto tied = std::make_shared<LlamaWeights>(*model->weights);
+  tied->lm_head.weight = tied->embed_tokens;
+  tied->config.tie_word_embeddings = true;
+  absl::StatusOr<std::unique_ptr<CudaWeights>> untied_upload = CudaWeights::Upload(*model->weights);
+  absl::StatusOr<std::unique_ptr<CudaWeights>> tied_upload = CudaWeights::Upload(*tied);
+  ASSERT_TRUE(untied_upload.ok() && tied_upload.ok());
+  EXPECT_EQ((*tied_upload)->Linear(tied->lm_head)->dense,
+            (*tied_upload)->Table(tied->embed_tokens));
+  EXPECT_EQ((*untied_upload)->device_bytes() - (*tied_upload)->device_bytes(),
+            static_cast<int64_t>(model->weights->lm_head.weight.nbytes));
+
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(tied, CudaBackendOptions());
+  CpuBackendOptions cpu_options;
+  cpu_options.num_threads = 1;
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateCpuBackend(tied, cpu_options);
+  ASSERT_TRUE(cuda.ok() && cpu.ok());
+  ASSERT_TRUE((*cuda)->AllocateKvPool({2, 16}).ok());
+  ASSERT_TRUE((*cpu)->AllocateKvPool({2, 16}).ok());
+  const std::vector<int32_t> prompt = Prompt(9, 3, static_cast<int32_t>(tied->config.vocab_size));
+  const std::vector<int32_t> blocks = {1};
+  StepPlan plan;
+  plan.seqs.push_back({prompt, 0, blocks, 2});
+  StepOutput got, want;
+  ASSERT_TRUE((*cuda)->Forward(plan, &got).ok());
+  ASSERT_TRUE((*cpu)->Forward(plan, &want).ok());
+  for (size_t r = 0; r < 2; ++r) {
+    EXPECT_LE(RowError(got.row(r), want.row(r), want.vocab_size), kLogitTolerance);
+  }
 }
 
 }  // namespace

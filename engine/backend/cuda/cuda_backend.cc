@@ -16,6 +16,7 @@
 #include "engine/backend/cuda/cuda_weights.h"
 #include "engine/backend/cuda/device_buffer.h"
 #include "engine/backend/cuda/device_query.h"
+#include "engine/backend/cuda/spqr_gpu_linear.cuh"
 #include "engine/backend/forward/llama_forward.h"
 #include "engine/util/status_macros.h"
 
@@ -72,8 +73,8 @@ class CudaBackend : public Backend {
         "cuda: cuda:%d %s %s; %d SpQR layers (GPU layout: decode kernel up to batch %d, "
         "dequantize + cuBLAS above), %d dense layers (cuBLAS, %s weights); %.1f MiB of weights on "
         "the device",
-        device_.ordinal, device_.name, device_.ArchName(), device_weights_->spqr_layers(), 16,
-        device_weights_->dense_layers(), DTypeName(w_->embed_tokens.dtype),
+        device_.ordinal, device_.name, device_.ArchName(), device_weights_->spqr_layers(),
+        kSpqrGpuDecodeMaxBatch, device_weights_->dense_layers(), DTypeName(w_->embed_tokens.dtype),
         device_weights_->device_bytes() / 1048576.0);
   }
 

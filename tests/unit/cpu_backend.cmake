@@ -36,3 +36,7 @@ foreach(variant avx2 portable)
                  LIBS spqr_engine_forward OpenMP::OpenMP_CXX LABELS unit)
   target_compile_options(cpu_ops_${variant}_test PRIVATE ${flags})
 endforeach()
+
+# CpuForwardOps' buffer ops and its refusal of buffers that do not fit an op.
+spqr_add_gtest(cpu_forward_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_forward_ops_test.cc
+               LIBS spqr_engine_cpu LABELS unit)

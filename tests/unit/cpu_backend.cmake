@@ -6,6 +6,8 @@ spqr_add_gtest(spqr_tile_kernel_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_tile
                LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(linear_bf16_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_bf16_test.cc
                LIBS spqr_engine_cpu LABELS unit)
+spqr_add_gtest(linear_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_gemm_test.cc
+               LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(cpu_backend_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc
                LIBS spqr_engine_cpu LABELS unit)
 

@@ -1,6 +1,5 @@
 #include "engine/backend/cpu/linear_gemm.h"
 
-#include <cstdlib>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -26,11 +25,10 @@ constexpr int kNt = 4;
 // fp32 panel [kRowBlock][kKBlock] (256 KB, L2); kSubRows rows of it (32 KB) and kNt tokens of
 // activations (12 KB) stay in L1 while the micro-tiles sweep them; the paused accumulators of the
 // unit's token block, [kRowBlock][kTokenBlock][kLanes] (512 KB), live in L2.
-static int64_t EnvOr(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }
-static const int64_t kKBlock = EnvOr("GK", 512);
-static const int64_t kRowBlock = 128;
-static const int64_t kSubRows = EnvOr("GS", 16);
-static const int64_t kTokenBlock = EnvOr("GT", 64);
+constexpr int64_t kKBlock = 512;
+constexpr int64_t kRowBlock = 128;
+constexpr int64_t kSubRows = 16;
+constexpr int64_t kTokenBlock = 64;
 
 // One micro-tile over [k0, k0 + klen) of the K range: accumulators start at zero (first K-block)
 // or are reloaded from `acc`; after the last K-block they are reduced into y (+ bias), otherwise

@@ -305,9 +305,9 @@ absl::StatusOr<std::unique_ptr<HfPreTokenizer>> ParseHfPreTokenizer(const nlohma
     if (!add_prefix) prepend = MetaspacePreTokenizer::Prepend::kNever;
     return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), prepend, split);
   }
-  return absl::UnimplementedError(
-      absl::StrCat("pre_tokenizer type \"", type,
-                   "\" is not supported (supported: Sequence, Split, Digits, ByteLevel, Metaspace)"));
+  return absl::UnimplementedError(absl::StrCat(
+      "pre_tokenizer type \"", type,
+      "\" is not supported (supported: Sequence, Split, Digits, ByteLevel, Metaspace)"));
 }
 
 }  // namespace spqr

@@ -184,8 +184,8 @@ TEST_F(HfTokenizerTest, IncrementalDetokenizationKeepsCharactersWhole) {
 // char::is_numeric: Nd, Nl, No), one piece per character or per run.
 TEST(HfPreTokenizer, DigitsIsolatesNumericCharactersOrRuns) {
   const auto split = [](bool individual, const std::string& text) {
-    auto pre = ParseHfPreTokenizer(
-        nlohmann::json{{"type", "Digits"}, {"individual_digits", individual}});
+    auto pre =
+        ParseHfPreTokenizer(nlohmann::json{{"type", "Digits"}, {"individual_digits", individual}});
     EXPECT_TRUE(pre.ok()) << pre.status();
     std::vector<HfPiece> pieces = {{text, true}};
     (*pre)->PreTokenize(&pieces);
@@ -196,8 +196,8 @@ TEST(HfPreTokenizer, DigitsIsolatesNumericCharactersOrRuns) {
   // "\u0663" is ARABIC-INDIC DIGIT THREE (Nd), "\u00b2" SUPERSCRIPT TWO (No), "\u2167" ROMAN
   // NUMERAL EIGHT (Nl).
   const std::string text = "ab 12\u0663x\u00b2\u2167 9";
-  EXPECT_EQ(split(true, text), (std::vector<std::string>{"ab ", "1", "2", "\u0663", "x",
-                                                         "\u00b2", "\u2167", " ", "9"}));
+  EXPECT_EQ(split(true, text), (std::vector<std::string>{"ab ", "1", "2", "\u0663", "x", "\u00b2",
+                                                         "\u2167", " ", "9"}));
   EXPECT_EQ(split(false, text),
             (std::vector<std::string>{"ab ", "12\u0663", "x", "\u00b2\u2167", " ", "9"}));
 }

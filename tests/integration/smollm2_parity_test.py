@@ -7,7 +7,9 @@ interpreter of $SPQR_TRANSFORMERS_PYTHON or models/.cache/venv-transformers/bin/
 (tools/make_transformers_venv.sh creates it). For a few prompts (prose, digits, code, non-Latin
 text, a chat-templated conversation with special tokens):
 
-- our tokenizer's ids (tokenizer.json through engine/tokenizer) must equal transformers' ids;
+- our tokenizer's ids (tokenizer.json through engine/tokenizer) must equal transformers' ids,
+  for these prompts and for two committed texts (tests/data/heldout/reference-test-slice.txt,
+  64 KB of Debian documentation with code and tables; tools/test_model_text.txt);
 - spqr-dump-logits runs the prompt through the paged KV cache (prefill in chunks of 5, the last
   4 tokens as single decode steps), and for every prompt
 
@@ -31,9 +33,9 @@ import tempfile
 
 import numpy as np
 
-# Measured max relative error: 4.7e-6 (these five prompts, see docs/models.md); the bound leaves room
-# for other SIMD paths and thread counts while still catching any real layout or math error
-# (a wrong RoPE layout or norm epsilon gives errors of order 1e-1).
+# Measured max relative error: 4.7e-6 (these five prompts, see docs/models.md); the bound leaves
+# room for other SIMD paths and thread counts; it is the bound the CPU forward meets against the
+# float64 numpy reference (tests/tools/reference_forward_test.py).
 TOLERANCE = 1e-4
 SKIP = 77
 PARIS = 7042  # "ĠParis", the greedy continuation of PROMPTS[0]
@@ -41,12 +43,14 @@ PARIS = 7042  # "ĠParis", the greedy continuation of PROMPTS[0]
 PROMPTS = [
     "The capital of France is",
     "In 2024, 12345 people visited the museum; 1/2 of them were children under 10.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n"
+    "    return fibonacci(n - 1) + fibonacci(n - 2)\n",
     "Bonjour, je m'appelle Émile. Привет, мир! 日本語も少し話せます。 🙂",
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
     "<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
     "<|im_start|>assistant\n",
 ]
+TEXT_FILES = ["tests/data/heldout/reference-test-slice.txt", "tools/test_model_text.txt"]
 
 
 def find_transformers_python(root):
@@ -95,7 +99,27 @@ def main():
         subprocess.run([reference_python,
                         os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                      "smollm2_transformers_logits.py"),
-                        model_dir, prompts_file, tmp], check=True, env=env)
+                        model_dir, prompts_file, tmp]
+                       + [os.path.join(args.source_dir, p) for p in TEXT_FILES],
+                       check=True, env=env)
+        for j, path in enumerate(TEXT_FILES):
+            ids_file = os.path.join(tmp, f"engine_file_ids_{j}.json")
+            subprocess.run([args.dump_logits, "--model", model_dir, "--text-file",
+                            os.path.join(args.source_dir, path), "--ids-out", ids_file],
+                           check=True)
+            with open(ids_file) as f:
+                ids = json.load(f)
+            with open(os.path.join(tmp, f"file_ids_{j}.json")) as f:
+                ref_ids = json.load(f)
+            first_diff = next((k for k, (a, b) in enumerate(zip(ids, ref_ids)) if a != b),
+                        None if len(ids) == len(ref_ids) else min(len(ids), len(ref_ids)))
+            if first_diff is not None:
+                at = slice(first_diff, first_diff + 8)
+                print(f"FAIL {path}: token ids differ from position {first_diff} "
+                      f"(engine {ids[at]}, transformers {ref_ids[at]})")
+                failures += 1
+            else:
+                print(f"ok {path}: {len(ids)} token ids equal")
         for i, text in enumerate(PROMPTS):
             with open(os.path.join(tmp, f"ids_{i}.json")) as f:
                 ref_ids = json.load(f)

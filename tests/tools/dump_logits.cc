@@ -11,6 +11,8 @@
 // --text STRING replaces --tokens: the model directory's tokenizer (OpenModelTokenizer) encodes it
 // with the special tokens its post-processor adds (transformers' `tokenizer(text)`), and
 // --ids-out FILE writes those ids as a JSON list (for comparison with transformers' ids).
+// --text-file FILE reads the text from a file instead; without --out only the ids are written
+// (no weights are loaded).
 // --generate N then appends N greedy (argmax) tokens, one decode step each, and prints the
 // decoded continuation on stdout (a quick "does this model write sensible text" check); the
 // .npy holds the logits of the input tokens only.
@@ -18,8 +20,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -69,6 +73,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       if (!absl::SimpleAtoi(value, &args->block_size)) return false;
     } else if (flag == "--text") {
       args->text = value;
+    } else if (flag == "--text-file") {
+      std::ifstream in(value, std::ios::binary);
+      if (!in) return false;
+      std::stringstream ss;
+      ss << in.rdbuf();
+      args->text = ss.str();
     } else if (flag == "--ids-out") {
       args->ids_out = value;
     } else if (flag == "--generate") {
@@ -79,7 +89,9 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       return false;
     }
   }
-  return !args->model.empty() && !args->out.empty() &&
+  const bool ids_only =
+      args->out.empty() && !args->ids_out.empty() && !args->text.empty() && args->generate == 0;
+  return !args->model.empty() && (!args->out.empty() || ids_only) &&
          (args->tokens.empty() != args->text.empty()) && args->block_size > 0;
 }
 
@@ -138,6 +150,7 @@ int Run(Args args) {
       return 1;
     }
   }
+  if (args.out.empty()) return 0;  // --ids-out only
   auto checkpoint = Checkpoint::Open(args.model);
   if (!checkpoint.ok()) {
     std::cerr << checkpoint.status() << "\n";
@@ -215,8 +228,9 @@ int Run(Args args) {
 int main(int argc, char** argv) {
   spqr::Args args;
   if (!spqr::ParseArgs(argc, argv, &args)) {
-    std::cerr << "usage: spqr-dump-logits --model DIR (--tokens ID,ID,... | --text STRING) "
-                 "--out FILE.npy [--ids-out FILE.json] [--generate N] [--prompt N] [--chunk N] "
+    std::cerr << "usage: spqr-dump-logits --model DIR (--tokens ID,ID,... | --text STRING | "
+                 "--text-file FILE) --out FILE.npy [--ids-out FILE.json] [--generate N] [--prompt "
+                 "N] [--chunk N] "
                  "[--block-size N] [--threads N]\n";
     return 2;
   }

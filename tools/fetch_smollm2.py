@@ -176,9 +176,10 @@ def hf_name(gguf_name):
 
 
 def convert_weights(gguf, reader, n_head, n_kv_head, out_path):
-    tensors = []
+    tensors, source_types = [], {}
     for t in reader.tensors:
         name = hf_name(t.name)
+        source_types[name] = t.tensor_type.name
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne innermost first
         if w.shape != expected and not (len(expected) == 1 and w.shape == (expected[0],)):
@@ -190,8 +191,7 @@ def convert_weights(gguf, reader, n_head, n_kv_head, out_path):
         tensors.append((name, to_bf16_bits(w)))
     tensors.sort(key=lambda item: item[0])
     write_safetensors(out_path, tensors)
-    return {name: t.tensor_type.name for name, t in zip((hf_name(t.name) for t in reader.tensors),
-                                                         reader.tensors)}
+    return source_types
 
 
 def tokenizer_files(reader):

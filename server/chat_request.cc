@@ -19,17 +19,17 @@ absl::Status ValidateChatRequest(const v1::ChatRequest& request, const RequestLi
     return absl::InvalidArgumentError("messages must not be empty (the conversation to answer)");
   }
   if (request.messages_size() > kMaxChatMessages) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "messages has %d entries; at most %d are allowed", request.messages_size(),
-        kMaxChatMessages));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("messages has %d entries; at most %d are allowed", request.messages_size(),
+                        kMaxChatMessages));
   }
   int64_t content_bytes = 0;
   for (int i = 0; i < request.messages_size(); ++i) {
     const v1::ChatMessage& m = request.messages(i);
     if (m.role().empty() || m.role().size() > static_cast<size_t>(kMaxChatRoleBytes)) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("messages[%d].role has %d bytes; it must have 1 to %d (e.g. \"user\")",
-                          i, m.role().size(), kMaxChatRoleBytes));
+          absl::StrFormat("messages[%d].role has %d bytes; it must have 1 to %d (e.g. \"user\")", i,
+                          m.role().size(), kMaxChatRoleBytes));
     }
     for (char c : m.role()) {
       if (!IsRoleChar(c)) {

@@ -55,8 +55,8 @@ class GeneratePrompt final : public CallPrompt {
 // GenerateResponse per step with output) or unary (one GenerateResponse at the end). `method` is
 // the metric and log label, a string literal.
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StartStreamedGeneration(
-    SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer& payload, const char* method, std::unique_ptr<CallPrompt> prompt);
+    SpqrServiceImpl* service, grpc::CallbackServerContext* context, const grpc::ByteBuffer& payload,
+    const char* method, std::unique_ptr<CallPrompt> prompt);
 grpc::ServerUnaryReactor* StartUnaryGeneration(SpqrServiceImpl* service,
                                                grpc::CallbackServerContext* context,
                                                const grpc::ByteBuffer& payload,

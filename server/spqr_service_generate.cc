@@ -145,8 +145,8 @@ class GenerateStream final : public GenerateCallBase<grpc::ServerWriteReactor<gr
 class GenerateUnaryCall final : public GenerateCallBase<grpc::ServerUnaryReactor> {
  public:
   GenerateUnaryCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-                    const grpc::ByteBuffer& payload, grpc::ByteBuffer* response,
-                    const char* method, std::unique_ptr<CallPrompt> prompt)
+                    const grpc::ByteBuffer& payload, grpc::ByteBuffer* response, const char* method,
+                    std::unique_ptr<CallPrompt> prompt)
       : GenerateCallBase(service, method, std::move(prompt)),
         response_(response),
         shared_(std::make_shared<Shared>()) {
@@ -213,8 +213,8 @@ class GenerateUnaryCall final : public GenerateCallBase<grpc::ServerUnaryReactor
 }  // namespace
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StartStreamedGeneration(
-    SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-    const grpc::ByteBuffer& payload, const char* method, std::unique_ptr<CallPrompt> prompt) {
+    SpqrServiceImpl* service, grpc::CallbackServerContext* context, const grpc::ByteBuffer& payload,
+    const char* method, std::unique_ptr<CallPrompt> prompt) {
   return new GenerateStream(service, context, payload, method, std::move(prompt));
 }
 

@@ -56,7 +56,8 @@ struct LoadedModel {
 };
 
 // Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.json or tokenizer.model:
-// see OpenModelTokenizer, the chat template: see LoadModelChat) and creates the backend. Errors name the file and the problem.
+// see OpenModelTokenizer, the chat template: see LoadModelChat) and creates the backend. Errors
+// name the file and the problem.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
                                                        const ModelLoadOptions& options);
 

@@ -45,9 +45,9 @@ std::vector<int32_t> TokenizeChatPrompt(const std::string& prompt, const std::st
 
 absl::Status CheckChatAvailable(const ModelChat& chat) {
   if (chat.chat_template.has_value()) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this model has no chat template, so Chat cannot format the messages (", chat.missing_reason,
-      "); use Generate with a prompt in the model's own format"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("this model has no chat template, so Chat cannot format the messages (",
+                   chat.missing_reason, "); use Generate with a prompt in the model's own format"));
 }
 
 absl::StatusOr<std::vector<int32_t>> ChatPromptTokens(const ModelChat& chat,

@@ -12,7 +12,7 @@ spqr-server and checks over gRPC:
   * Score works on the BPE model;
   * hostile Chat requests (no messages, a bad role, contents over the byte bound, invalid UTF-8)
     get INVALID_ARGUMENT naming the problem;
-  * spqr-client's chat command works;
+  * spqr-client's chat command and the Python client's chat / chat_stream work;
   * a model without a chat template (tests/data/test-model, SentencePiece) answers Chat with
     FAILED_PRECONDITION and reports tokenizer_kind "sentencepiece".
 
@@ -206,6 +206,18 @@ class ChatTest(unittest.TestCase):
         for call in (PLAIN.stub.Chat, PLAIN.stub.ChatUnary):
             self.assert_refused(call, chat_request(), grpc.StatusCode.FAILED_PRECONDITION,
                                 "no chat template")
+
+    def test_python_client_chat(self):
+        sys.path.insert(0, os.path.join(ARGS.root, "clients/python"))
+        from spqr_client import Client
+        with Client(SERVER.address, stubs_dir=ARGS.stubs) as client:
+            options = dict(max_new_tokens=6, temperature=0, return_token_ids=True)
+            unary = client.chat(CONVERSATION, **options)
+            chunks = list(client.chat_stream(
+                [{"role": r, "content": c} for r, c in CONVERSATION], **options))
+        self.assertEqual([i for c in chunks for i in c.token_ids], list(unary.token_ids))
+        self.assertEqual("".join(c.text for c in chunks), unary.text)
+        self.assertEqual(len(unary.token_ids), 6)
 
     def test_client_chat_command(self):
         for extra in ([], ["--unary"]):

@@ -275,6 +275,26 @@ def main():
                 for part, v in packed.items():
                     tensors[f"{prefix}.{part}"] = v
                     config_shapes[f"{prefix}.{part}.shape"] = int(v[1].shape[0])
+        # One projection packed by the authors' own code (tools/make_hf_spqr_fixture.py), with
+        # their own decoder's output: the layout reading and the fp16 decode here must reproduce
+        # it bit for bit.
+        fixture = read_safetensors(os.path.join(args.source_dir,
+                                                "tests/data/hf-spqr/authors_k_proj.safetensors"))
+        authors_prefix = "model.layers.0.self_attn.k_proj"
+        assert shapes["self_attn.k_proj"] == (64, 128), shapes
+        layers[authors_prefix] = {k.split(".", 1)[1]: v for k, v in fixture.items()
+                                  if k != "layer.authors_dequant"}
+        for part, v in layers[authors_prefix].items():
+            tensors[f"{authors_prefix}.{part}"] = v
+            config_shapes[f"{authors_prefix}.{part}.shape"] = int(v[1].shape[0])
+        mine16 = decode_theirs(layers[authors_prefix], 64, 128, half=True)
+        ip = fixture["layer.in_perm"][1].view(np.uint32)
+        perm = np.stack([ip & 0xFFFF, ip >> 16], 1).reshape(-1)
+        authors = np.zeros((64, 128), dtype=np.float32)
+        authors[:, perm] = fixture["layer.authors_dequant"][1].astype(np.float32)
+        if not np.array_equal(mine16.view(np.uint32), authors.view(np.uint32)):
+            sys.exit("FAIL: the fp16 decode here differs from the authors' dequantize_compressed")
+        print("authors' layer: this test's fp16 decode == their dequantize_compressed, bit for bit")
         write_safetensors(os.path.join(hf, "model.safetensors"), tensors)
         hf_cfg = dict(cfg)
         hf_cfg["quantization_config"] = {"quant_method": "spqr", "bits": 3, "beta1": 16, "beta2": 16,

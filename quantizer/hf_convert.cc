@@ -86,8 +86,7 @@ absl::Status CheckShapeEntry(const nlohmann::json& q, const Checkpoint& ck,
   const TensorView* v = ck.Find(tensor);
   if (v == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": quantization_config.shapes has '",
-                                                   key, "' but tensor '", tensor,
-                                                   "' is missing"));
+                                                   key, "' but tensor '", tensor, "' is missing"));
   }
   const int64_t have = v->numel();
   if (!shapes[key].is_number_integer() || shapes[key].get<int64_t>() != have) {
@@ -141,7 +140,7 @@ absl::StatusOr<HfConvertReport> ConvertHfSpqrModel(const std::string& input_dir,
   const int64_t kv_dim = config.num_key_value_heads * config.head_dim;
   const int64_t inter = config.intermediate_size;
   const int64_t shape[7][2] = {{q_dim, hidden}, {kv_dim, hidden}, {kv_dim, hidden}, {hidden, q_dim},
-                               {inter, hidden}, {inter, hidden}, {hidden, inter}};
+                               {inter, hidden}, {inter, hidden},  {hidden, inter}};
   const int64_t shards = config.num_hidden_layers + 1;
   auto shard_name = [&](int64_t i) {
     return absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards);
@@ -227,9 +226,9 @@ absl::StatusOr<HfConvertReport> ConvertHfSpqrModel(const std::string& input_dir,
   nlohmann::ordered_json index = {{"metadata", {{"format", "spqr-format 1"}}},
                                   {"weight_map", weight_map}};
   RETURN_IF_ERROR(WriteText(tmp + "/model.safetensors.index.json", index.dump(2) + "\n"));
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "special_tokens_map.json",
-                           "generation_config.json", "tokenizer_config.json", "chat_template.jinja",
-                           "chat_template.json"}) {
+  for (const char* name :
+       {"tokenizer.model", "tokenizer.json", "special_tokens_map.json", "generation_config.json",
+        "tokenizer_config.json", "chat_template.jinja", "chat_template.json"}) {
     const fs::path src = fs::path(input_dir) / name;
     if (!fs::exists(src)) continue;
     std::error_code ec;
@@ -245,8 +244,7 @@ absl::StatusOr<HfConvertReport> ConvertHfSpqrModel(const std::string& input_dir,
     remove_tmp.path.clear();
   }
   RETURN_IF_ERROR(published);
-  report.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
 

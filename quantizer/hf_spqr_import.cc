@@ -50,8 +50,7 @@ struct Outlier {
 }  // namespace
 
 absl::StatusOr<PackedSpqrLayer> ImportHfSpqrLayer(const TensorLookup& lookup,
-                                                  const std::string& prefix, int64_t m,
-                                                  int64_t n) {
+                                                  const std::string& prefix, int64_t m, int64_t n) {
   const std::string dw_name = prefix + ".dense_weights";
   const std::string ro_name = prefix + ".row_offsets";
   const std::string cv_name = prefix + ".col_vals";
@@ -92,7 +91,8 @@ absl::StatusOr<PackedSpqrLayer> ImportHfSpqrLayer(const TensorLookup& lookup,
 
   for (int64_t ti = 0; ti < tiles_m; ++ti) {
     for (int64_t tj = 0; tj < tiles_n; ++tj) {
-      const uint64_t* words = reinterpret_cast<const uint64_t*>(dense.data()) + (ti * tiles_n + tj) * T;
+      const uint64_t* words =
+          reinterpret_cast<const uint64_t*>(dense.data()) + (ti * tiles_n + tj) * T;
       // The second-order word exactly as both of their decoders assemble it (unmasked fragments
       // OR-ed, rows 2k and 2k+1 carrying the same byte).
       uint64_t second = 0;

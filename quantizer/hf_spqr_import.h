@@ -14,7 +14,8 @@
 //       interleaved: entry e of a block belongs to row e % 16; all-zero entries are padding).
 //   <prefix>.col_vals       I32 [nnz]: low 16 bits column (permuted position, a signed short in
 //       their kernels), high 16 bits the fp16 value ADDED to the dense decode.
-//   <prefix>.in_perm        I32 [n/2]: perm[2i] = low 16 bits, perm[2i+1] = high 16 bits of entry i;
+//   <prefix>.in_perm        I32 [n/2]: perm[2i] = low 16 bits, perm[2i+1] = high 16 bits of entry
+//   i;
 //       [0] = identity.
 //
 // Every code and statistic is carried over unchanged (beta1 = 16 columns, beta2 = 16 rows,

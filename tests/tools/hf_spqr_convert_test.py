@@ -245,6 +245,7 @@ def main():
     ap.add_argument("--convert", required=True)
     ap.add_argument("--dump-logits", required=True)
     ap.add_argument("--source-dir", required=True)
+    ap.add_argument("--keep", help="copy the transformers and converted directories here")
     args = ap.parse_args()
     src = os.path.join(args.source_dir, "tests/data/test-model")
     cfg = json.load(open(os.path.join(src, "config.json")))
@@ -354,6 +355,9 @@ def main():
         la = logits(args.dump_logits, out, tokens, os.path.join(tmp, "a.npy"))
         lb = logits(args.dump_logits, dense_dir, tokens, os.path.join(tmp, "b.npy"))
         err = float(np.abs(la - lb).max())
+        if args.keep:
+            shutil.copytree(hf, os.path.join(args.keep, "hf"), dirs_exist_ok=True)
+            shutil.copytree(out, os.path.join(args.keep, "converted"), dirs_exist_ok=True)
         print(f"(b) logits converted (exact SpQR kernel) vs dense-from-decoded: max |diff| "
               f"{err:.3g} (logit range {float(np.abs(lb).max()):.3g})")
         # Identical weights; only the summation order of the dot products differs.

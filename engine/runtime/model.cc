@@ -155,8 +155,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   model->quantization.method = "none";
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
   RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));
-  ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options,
-                                                 &model->backend_choice));
+  ASSIGN_OR_RETURN(model->backend,
+                   CreateBackend(options.backend, model->weights, options, &model->backend_choice));
   // Keep one copy of the weights: the backend's, where it repacked layers into its own layout.
   if (auto resident = model->backend->resident_weights()) model->weights = std::move(resident);
   return model;

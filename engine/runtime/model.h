@@ -17,7 +17,7 @@ struct ModelLoadOptions {
   // its kernels is visible, else cpu (LoadedModel::backend_choice says which and why). "cuda"
   // without such a device is FAILED_PRECONDITION saying what is missing.
   std::string backend = "auto";
-  int num_threads = 0;           // CPU backend threads; 0 = all cores
+  int num_threads = 0;                    // CPU backend threads; 0 = all cores
   std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
   std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
 };

@@ -12,21 +12,22 @@
 // rounding dominates: logits (magnitudes ~1..20) agree to kDenseLogitTol / kSpqrLogitTol absolute
 // (measured maxima: 0.044 test model, 0.015 reference, 0.010 SpQR test model). Greedy tokens must
 // be equal in every row. The harness is deterministic, so this is a fixed outcome, not a chance
-// one; rows where the CPU's best logit leads the second by less than 2 x the tolerance are near-ties
-// that a legitimate rounding change could flip: the failure message shows the lead.
+// one; rows where the CPU's best logit leads the second by less than 2 x the tolerance are
+// near-ties that a legitimate rounding change could flip: the failure message shows the lead.
+#include "engine/backend/cuda/cuda_backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <memory>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.h"
-#include "engine/backend/cuda/cuda_backend.h"
 #include "engine/backend/cuda/emu/harness.h"
 #include "engine/model/llama_weights.h"
 #include "engine/model/model_config.h"
@@ -65,8 +66,8 @@ std::vector<int32_t> TextTokens(const LlamaWeights& w) {
   std::ifstream in(std::string(SPQR_SOURCE_DIR) + "/tools/test_model_text.txt");
   std::stringstream text;
   text << in.rdbuf();
-  std::vector<int32_t> ids = tok.ok() ? (*tok)->Encode(text.str().substr(0, 4000), false)
-                                      : std::vector<int32_t>();
+  std::vector<int32_t> ids =
+      tok.ok() ? (*tok)->Encode(text.str().substr(0, 4000), false) : std::vector<int32_t>();
   for (int32_t& id : ids) id = std::min<int32_t>(id, w.config.vocab_size - 1);
   EXPECT_GT(ids.size(), 300u);
   return ids;
@@ -98,9 +99,9 @@ Pair Create(std::shared_ptr<const LlamaWeights> w, KvPoolShape pool) {
 struct Agreement {
   float tol = 0.0f;
   int rows = 0;
-  int near_ties = 0;       // CPU lead below 2 tol
-  int differing = 0;       // rows whose greedy tokens differ
-  float max_diff = 0.0f;   // max |cpu - cuda| over every logit
+  int near_ties = 0;      // CPU lead below 2 tol
+  int differing = 0;      // rows whose greedy tokens differ
+  float max_diff = 0.0f;  // max |cpu - cuda| over every logit
 };
 
 // Runs `plan` on both backends; returns the CPU's greedy token per logit row, and checks the
@@ -306,9 +307,9 @@ TEST(CudaBackendTest, TiedLmHeadIsUploadedOnce) {
   auto untied_be = CreateCudaBackend(w, {});
   auto tied_be = CreateCudaBackend(tied, {});
   ASSERT_TRUE(untied_be.ok() && tied_be.ok());
-  EXPECT_EQ((*tied_be)->memory_stats().weight_bytes,
-            (*untied_be)->memory_stats().weight_bytes -
-                static_cast<int64_t>(w->lm_head.weight.nbytes));
+  EXPECT_EQ(
+      (*tied_be)->memory_stats().weight_bytes,
+      (*untied_be)->memory_stats().weight_bytes - static_cast<int64_t>(w->lm_head.weight.nbytes));
 }
 
 TEST(CudaBackendTest, StickyErrorBreaksTheBackendForGood) {

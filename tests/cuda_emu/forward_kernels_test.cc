@@ -153,8 +153,7 @@ TEST_P(ForwardKernelTest, AddInPlaceAndBiasEqualTheCpuArithmetic) {
     }
     DeviceBuffer d_out = Upload(y.data(), y.size() * sizeof(float));
     DeviceBuffer d_bias = Upload(bias_bytes.data(), bias_bytes.size());
-    ASSERT_TRUE(
-        LaunchAddBias({d_out.as<float>(), d_bias.data(), dtype, rows, cols}, nullptr).ok());
+    ASSERT_TRUE(LaunchAddBias({d_out.as<float>(), d_bias.data(), dtype, rows, cols}, nullptr).ok());
     EXPECT_TRUE(SameBits(Download(d_out), out));
   }
 }
@@ -176,8 +175,7 @@ TEST(ForwardKernelArgsTest, BadArgumentsAreRefusedNamingTheField) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Orders, ForwardKernelTest,
-                         ::testing::Values(emu::ThreadOrder::kForward,
-                                           emu::ThreadOrder::kReverse));
+                         ::testing::Values(emu::ThreadOrder::kForward, emu::ThreadOrder::kReverse));
 
 }  // namespace
 }  // namespace spqr

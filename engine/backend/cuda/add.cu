@@ -1,11 +1,10 @@
-#include "engine/backend/cuda/add.cuh"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/add.cuh"
 #include "engine/backend/cuda/add_kernel.cuh"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/kernel_launch_checks.h"

@@ -256,9 +256,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(
   }
   const CudaDeviceInfo& device = devices[options.device];
   if (!device.can_run_kernels) {
-    return absl::FailedPreconditionError(absl::StrCat("CUDA backend: device ", options.device,
-                                                      " cannot run this build's kernels: ",
-                                                      device.unsupported_reason));
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA backend: device ", options.device,
+                     " cannot run this build's kernels: ", device.unsupported_reason));
   }
   auto backend = std::make_unique<CudaBackend>(std::move(weights), device);
   RETURN_IF_ERROR(backend->Init());

@@ -32,9 +32,9 @@ absl::Status Grow(DeviceBuffer& buffer, size_t bytes, const char* what) {
   buffer = DeviceBuffer();  // free first, so that the old and new buffers need not both fit
   absl::StatusOr<DeviceBuffer> grown = DeviceBuffer::Allocate(bytes);
   if (!grown.ok()) {
-    return absl::Status(grown.status().code(),
-                        absl::StrFormat("allocating %d bytes of %s: %s", bytes, what,
-                                        grown.status().message()));
+    return absl::Status(
+        grown.status().code(),
+        absl::StrFormat("allocating %d bytes of %s: %s", bytes, what, grown.status().message()));
   }
   buffer = *std::move(grown);
   return absl::OkStatus();
@@ -88,14 +88,21 @@ absl::Status CudaForwardOps::DoBeginStep(const StepLayout& step) {
   const struct {
     Act act;
     int64_t rows, cols;
-  } shapes[] = {{Act::kX, n, h},         {Act::kH, n, h},          {Act::kProj, n, h},
-                {Act::kQ, n, q},         {Act::kAttn, n, q},       {Act::kK, n, kv},
-                {Act::kV, n, kv},        {Act::kGate, n, inter},   {Act::kUp, n, inter},
-                {Act::kFinal, num_logits, h}, {Act::kLogits, num_logits, c_.vocab_size}};
+  } shapes[] = {{Act::kX, n, h},
+                {Act::kH, n, h},
+                {Act::kProj, n, h},
+                {Act::kQ, n, q},
+                {Act::kAttn, n, q},
+                {Act::kK, n, kv},
+                {Act::kV, n, kv},
+                {Act::kGate, n, inter},
+                {Act::kUp, n, inter},
+                {Act::kFinal, num_logits, h},
+                {Act::kLogits, num_logits, c_.vocab_size}};
   for (const auto& s : shapes) {
     ActBuffer& a = act(s.act);
-    RETURN_IF_ERROR(Grow(a.memory, static_cast<size_t>(s.rows * s.cols) * sizeof(float),
-                         "activations"));
+    RETURN_IF_ERROR(
+        Grow(a.memory, static_cast<size_t>(s.rows * s.cols) * sizeof(float), "activations"));
     a.data = a.memory.as<float>();
     a.rows = s.rows;
     a.cols = s.cols;
@@ -113,9 +120,9 @@ absl::Status CudaForwardOps::DoBeginStep(const StepLayout& step) {
     const int64_t blocks = (end + bs - 1) / bs;
     if (end > kInt32Max || table_entries + blocks > kInt32Max ||
         static_cast<int64_t>(s.block_table.size()) < blocks) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "sequence %d: positions up to %d with %d block-table entries", i, end,
-          s.block_table.size()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("sequence %d: positions up to %d with %d block-table entries", i, end,
+                          s.block_table.size()));
     }
     seqs[i] = {static_cast<int32_t>(s.row_offset), static_cast<int32_t>(s.num_tokens),
                static_cast<int32_t>(s.start_pos), static_cast<int32_t>(table_entries)};
@@ -144,15 +151,14 @@ absl::Status CudaForwardOps::DoBeginStep(const StepLayout& step) {
   int32_t* tables = reinterpret_cast<int32_t*>(host + tables_off);
   for (size_t i = 0; i < step.seqs.size(); ++i) {
     const int32_t count = (i + 1 < seqs.size() ? seqs[i + 1].block_table_offset
-                                                : static_cast<int32_t>(table_entries)) -
+                                               : static_cast<int32_t>(table_entries)) -
                           seqs[i].block_table_offset;
     std::memcpy(tables + seqs[i].block_table_offset, step.seqs[i].block_table.data(),
                 count * sizeof(int32_t));
   }
   int32_t* logit_rows = reinterpret_cast<int32_t*>(host + logits_off);
   for (int64_t i = 0; i < num_logits; ++i) logit_rows[i] = static_cast<int32_t>(step.logit_rows[i]);
-  CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(meta_.data(), host, total, cudaMemcpyHostToDevice, stream_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.data(), host, total, cudaMemcpyHostToDevice, stream_));
   // The staging buffer is rewritten by the next step's BeginStep; the ops between finish the copy
   // long before (ReadLogits waits for the stream), so one buffer suffices.
   char* dev = static_cast<char*>(meta_.data());
@@ -189,8 +195,8 @@ absl::Status CudaForwardOps::RmsNorm(Act in, const TensorView& weight, float eps
   const ActBuffer& i = act(in);
   ActBuffer& o = act(out);
   if (w.numel != i.cols || o.cols != i.cols || o.rows != i.rows) {
-    return absl::InternalError(absl::StrFormat("CUDA op %s: weight %s has %d elements for rows of %d",
-                                               kOp, weight.name, w.numel, i.cols));
+    return absl::InternalError(absl::StrFormat(
+        "CUDA op %s: weight %s has %d elements for rows of %d", kOp, weight.name, w.numel, i.cols));
   }
   RmsNormParams p;
   p.input = i.data;
@@ -209,8 +215,8 @@ absl::Status CudaForwardOps::Project(Act in, std::span<const Projection> project
   return OpStatus("Project", DoProject(in, projections));
 }
 
-absl::Status CudaForwardOps::SpqrLinear(const SpqrGpuDeviceLayer& layer, const float* x,
-                                        float* y, int64_t batch) {
+absl::Status CudaForwardOps::SpqrLinear(const SpqrGpuDeviceLayer& layer, const float* x, float* y,
+                                        int64_t batch) {
   const int64_t need = SpqrGpuLinearWorkspaceBytes(layer.view(), batch);
   RETURN_IF_ERROR(Grow(workspace_, static_cast<size_t>(need), "SpQR workspace"));
   SpqrGpuLinearParams p;
@@ -231,9 +237,9 @@ absl::Status CudaForwardOps::DoProject(Act in, std::span<const Projection> proje
     ASSIGN_OR_RETURN(const CudaLinear* l, weights_.Linear(*proj.linear, "Project"));
     ActBuffer& y = act(proj.out);
     if (l->in_features != x.cols || l->out_features != y.cols || y.rows != x.rows) {
-      return absl::InternalError(absl::StrFormat(
-          "layer [%d, %d] does not map the input [%d, %d] to the output [%d, %d]",
-          l->out_features, l->in_features, x.rows, x.cols, y.rows, y.cols));
+      return absl::InternalError(
+          absl::StrFormat("layer [%d, %d] does not map the input [%d, %d] to the output [%d, %d]",
+                          l->out_features, l->in_features, x.rows, x.cols, y.rows, y.cols));
     }
     if (x.rows == 0) continue;
     if (l->spqr != nullptr) {
@@ -341,8 +347,8 @@ absl::Status CudaForwardOps::AddInPlace(Act x, Act y) {
   ActBuffer& xb = act(x);
   const ActBuffer& yb = act(y);
   if (xb.rows != yb.rows || xb.cols != yb.cols) {
-    return absl::InternalError(absl::StrFormat("CUDA op AddInPlace: [%d, %d] += [%d, %d]",
-                                               xb.rows, xb.cols, yb.rows, yb.cols));
+    return absl::InternalError(absl::StrFormat("CUDA op AddInPlace: [%d, %d] += [%d, %d]", xb.rows,
+                                               xb.cols, yb.rows, yb.cols));
   }
   AddInPlaceParams p;
   p.x = xb.data;

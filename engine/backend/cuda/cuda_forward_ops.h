@@ -91,8 +91,7 @@ class CudaForwardOps : public ForwardOps {
   // y[batch, m] = x[batch, n] · W_hat^T for an SpQR layer: the one place that picks the SpQR
   // kernel (today LaunchSpqrGpuLinear, which chooses decode kernel or dequantize + cuBLAS by
   // batch size), so that a faster kernel replaces it here.
-  absl::Status SpqrLinear(const SpqrGpuDeviceLayer& layer, const float* x, float* y,
-                          int64_t batch);
+  absl::Status SpqrLinear(const SpqrGpuDeviceLayer& layer, const float* x, float* y, int64_t batch);
   PagedAttentionParams AttentionBase(int64_t layer) const;
 
   const ModelConfig& c_;

@@ -10,8 +10,8 @@ namespace {
 
 absl::Status Named(const absl::Status& status, const std::string& name) {
   if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrFormat("uploading %s to the device: %s", name,
-                                                     status.message()));
+  return absl::Status(status.code(),
+                      absl::StrFormat("uploading %s to the device: %s", name, status.message()));
 }
 
 }  // namespace
@@ -26,9 +26,9 @@ absl::StatusOr<CudaTensor> CudaWeights::UploadTensor(const TensorView& view) {
                         view.name, DTypeName(view.dtype)));
   }
   if (view.nbytes != static_cast<size_t>(view.numel()) * DTypeSize(view.dtype)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: %d bytes bound for %d elements of %s", view.name, view.nbytes, view.numel(),
-        DTypeName(view.dtype)));
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %d bytes bound for %d elements of %s",
+                                                      view.name, view.nbytes, view.numel(),
+                                                      DTypeName(view.dtype)));
   }
   if (auto it = tensors_.find(view.data); it != tensors_.end()) return it->second;  // tied
   absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::FromHost(view.data, view.nbytes);
@@ -84,9 +84,8 @@ absl::StatusOr<std::unique_ptr<CudaWeights>> CudaWeights::Upload(const LlamaWeig
 absl::StatusOr<CudaTensor> CudaWeights::Tensor(const TensorView& view, const char* op) const {
   auto it = tensors_.find(view.data);
   if (it == tensors_.end()) {
-    return absl::InternalError(
-        absl::StrFormat("%s: tensor %s is not among the weights the CUDA backend uploaded", op,
-                        view.name));
+    return absl::InternalError(absl::StrFormat(
+        "%s: tensor %s is not among the weights the CUDA backend uploaded", op, view.name));
   }
   return it->second;
 }

@@ -30,9 +30,9 @@ struct CudaTensor {
 struct CudaLinear {
   int64_t out_features = 0;
   int64_t in_features = 0;
-  CudaTensor weight;                             // dense [out, in]; data null for SpQR layers
-  const SpqrGpuDeviceLayer* spqr = nullptr;      // non-null for an SpQR layer
-  CudaTensor bias;                               // data null without a bias
+  CudaTensor weight;                         // dense [out, in]; data null for SpQR layers
+  const SpqrGpuDeviceLayer* spqr = nullptr;  // non-null for an SpQR layer
+  CudaTensor bias;                           // data null without a bias
 };
 
 class CudaWeights {

@@ -1,10 +1,9 @@
-#include "engine/backend/cuda/gather_rows.cuh"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/cuda_status.h"
+#include "engine/backend/cuda/gather_rows.cuh"
 #include "engine/backend/cuda/gather_rows_kernel.cuh"
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/util/status_macros.h"
@@ -15,8 +14,8 @@ namespace {
 template <typename T>
 void Launch(const GatherRowsParams& p, cudaStream_t stream) {
   SPQR_LAUNCH(kernels::GatherRowsKernel<T>, static_cast<unsigned>(p.rows),
-              kernels::kGatherRowsThreads, 0, stream, static_cast<const T*>(p.table),
-              p.table_rows, p.indices, p.output, p.cols);
+              kernels::kGatherRowsThreads, 0, stream, static_cast<const T*>(p.table), p.table_rows,
+              p.indices, p.output, p.cols);
 }
 
 }  // namespace

@@ -27,7 +27,8 @@ __global__ void __launch_bounds__(kGatherRowsThreads)
   const int64_t index = indices[row];
   float* out = output + row * cols;
   if (index < 0 || index >= table_rows) {
-    for (int64_t c = threadIdx.x; c < cols; c += kGatherRowsThreads) out[c] = __int_as_float(0x7fc00000);
+    for (int64_t c = threadIdx.x; c < cols; c += kGatherRowsThreads)
+      out[c] = __int_as_float(0x7fc00000);
     return;
   }
   const T* in = table + index * cols;

@@ -4,8 +4,11 @@
 //   Weights     uploaded once at creation (cuda_weights.h): dense tensors as stored (fp16, bf16,
 //               or fp32 kept fp32), norms, SpQR layers in the GPU layout, lm_head (a tied one
 //               shares embed_tokens' copy).
-//   KV pool     fp32, the CPU pool's layout (paged_attention.cuh); AllocateKvPool refuses a pool
-//               larger than the device's free memory (cudaMemGetInfo) with RESOURCE_EXHAUSTED.
+//   KV pool     fp32, the CPU pool's layout (paged_attention.cuh); AllocateKvPool frees the old
+//               pool, then refuses a pool larger than the device's free memory (cudaMemGetInfo)
+//               with RESOURCE_EXHAUSTED naming the sizes (the backend then has no pool).
+//   Transfers   per step, one host-to-device copy of the metadata (ids, positions, sequences,
+//               block tables, logit rows) from pinned memory, and one copy of the logits back.
 //   Execution   one stream and one cuBLAS handle per backend; a step's ops are enqueued in order
 //               and Forward returns once the logits are on the host.
 //   Errors      every CUDA/cuBLAS error is a Status naming the op ("CUDA op Project: ...").

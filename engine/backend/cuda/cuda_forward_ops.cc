@@ -75,6 +75,9 @@ absl::Status CudaForwardOps::BeginStep(const StepLayout& step) {
 
 absl::Status CudaForwardOps::DoBeginStep(const StepLayout& step) {
   if (pool_.data == nullptr) return absl::FailedPreconditionError("no KV pool allocated");
+  // Normally idle (ReadLogits waited for it); after a step abandoned by an error, work of that step
+  // may still read the staging buffer or the buffers this step may reallocate.
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   const int64_t n = static_cast<int64_t>(step.token_ids.size());
   const int64_t num_logits = static_cast<int64_t>(step.logit_rows.size());
   if (n > kInt32Max || static_cast<int64_t>(step.seqs.size()) > kInt32Max) {
@@ -159,8 +162,8 @@ absl::Status CudaForwardOps::DoBeginStep(const StepLayout& step) {
   int32_t* logit_rows = reinterpret_cast<int32_t*>(host + logits_off);
   for (int64_t i = 0; i < num_logits; ++i) logit_rows[i] = static_cast<int32_t>(step.logit_rows[i]);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(meta_.data(), host, total, cudaMemcpyHostToDevice, stream_));
-  // The staging buffer is rewritten by the next step's BeginStep; the ops between finish the copy
-  // long before (ReadLogits waits for the stream), so one buffer suffices.
+  // The staging buffer is rewritten by the next step's BeginStep, after the stream is drained, so
+  // one buffer suffices.
   char* dev = static_cast<char*>(meta_.data());
   token_ids_ = reinterpret_cast<const int32_t*>(dev + ids_off);
   positions_ = reinterpret_cast<const int32_t*>(dev + pos_off);

@@ -69,8 +69,7 @@ absl::StatusOr<std::string> UsableCudaDevice() {
 #ifdef SPQR_WITH_CUDA
   absl::StatusOr<std::vector<CudaDeviceInfo>> devices = QueryCudaDevices();
   if (!devices.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("no usable CUDA driver: ", devices.status().message()));
+    return absl::FailedPreconditionError(devices.status().message());  // says which driver issue
   }
   if (devices->empty()) {
     return absl::FailedPreconditionError(

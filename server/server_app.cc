@@ -163,19 +163,17 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
   return options;
 }
 
-// The CPU backend keeps the KV cache in host memory: a budget beyond what this process may use is
-// refused, before the model is loaded when the backend is "cpu", right after loading when "auto"
-// chose the CPU (`backend` is the created backend's name; the CUDA backend checks the pool
-// against the device's free memory instead).
+// The CPU backend keeps the KV cache in host memory: a budget beyond what this process may use
+// is refused before the model is loaded (the backend checks the exact pool size again).
 namespace {
-absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config, const std::string& backend) {
-  if (backend != "cpu") return absl::OkStatus();
+absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config) {
+  if (config.model.backend == "cuda") return absl::OkStatus();
   const HostMemoryLimit limit = GetHostMemoryLimit();
   if (limit.bytes > 0 && config.engine.kv_cache_bytes > limit.bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "engine.kv_cache_bytes=%d exceeds %s of %d bytes; the %s backend keeps the KV cache in "
         "host memory, so it could only fail to allocate (docs/operations.md#sizing)",
-        config.engine.kv_cache_bytes, limit.source, limit.bytes, backend));
+        config.engine.kv_cache_bytes, limit.source, limit.bytes, config.model.backend));
   }
   return absl::OkStatus();
 }
@@ -183,7 +181,7 @@ absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config, const std::s
 
 absl::Status RunServer(const ServerConfig& config) {
   SetLogLevel(config.server.log_level);
-  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config, config.model.backend));
+  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config));
   SignalWaiter signals;  // before any other thread exists
 
   ServerMetrics metrics(config.metrics.vllm_compatible_names);
@@ -271,14 +269,6 @@ absl::Status RunServer(const ServerConfig& config) {
     return absl::Status(model.status().code(),
                         absl::StrCat("loading the model: ", model.status().message()));
   }
-  Logf(LogLevel::kInfo, "%s", (*model)->backend_choice);
-  if (config.model.backend == "auto") {
-    if (absl::Status fits = CheckKvCacheFitsHostMemory(config, (*model)->backend->name());
-        !fits.ok()) {
-      stop_grpc_after_failure();
-      return fits;
-    }
-  }
   Logf(LogLevel::kInfo, "model loaded in %.1f s; %s; %s tokenizer",
        absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description(),
        (*model)->tokenizer->kind());
@@ -311,19 +301,7 @@ absl::Status RunServer(const ServerConfig& config) {
        (*engine)->model().backend->name(), stats.kv_blocks_total, stats.kv_block_size);
   Announce("ready");
 
-  // A backend broken for good (a sticky CUDA error: Backend::health) fails every step; health
-  // turns NOT_SERVING so that load balancers and probes stop sending traffic and restart us.
-  bool broken = false;
-  while (!signals.got_signal().WaitForNotificationWithTimeout(absl::Seconds(1))) {
-    const absl::Status backend_health = (*engine)->model().backend->health();
-    if (!backend_health.ok() && !broken) {
-      broken = true;
-      Logf(LogLevel::kError, "backend %s is broken, health NOT_SERVING: %s",
-           (*engine)->model().backend->name(), backend_health.message());
-      health.SetServing(false);
-      metrics.SetReady(false);
-    }
-  }
+  signals.got_signal().WaitForNotification();
   Logf(LogLevel::kInfo, "signal %d: draining (up to %.1f s)", signals.received(),
        config.server.drain_timeout_seconds);
   health.SetServing(false);

@@ -69,10 +69,6 @@ class Backend {
   // the pool) and returns INVALID_ARGUMENT instead of touching memory it does not own.
   virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
   virtual BackendMemoryStats memory_stats() const = 0;
-  // OK while the backend can run steps; otherwise the error that broke it for good (a sticky CUDA
-  // error corrupts the device context: every later step would fail or return garbage), which
-  // Forward then returns at once. The server reports NOT_SERVING when it is not OK. Thread-safe.
-  virtual absl::Status health() const { return absl::OkStatus(); }
   // The weights the backend keeps resident when it replaced parts of the bound ones by its own
   // layout (the CPU backend's SpQR tile layouts), so the loader can drop the originals and hold
   // the weights once; null when the backend uses the bound weights as they are.

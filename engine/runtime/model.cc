@@ -4,15 +4,10 @@
 #include <fstream>
 #include <sstream>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/cpu_backend.h"
-#ifdef SPQR_WITH_CUDA
-#include "engine/backend/cuda/cuda_backend.h"
-#include "engine/backend/cuda/device_query.h"
-#endif
 #include "engine/format/spqr_model.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/status_macros.h"
@@ -53,78 +48,26 @@ absl::Status FillQuantizationInfo(const std::string& dir, QuantizationInfo* info
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateCpu(std::shared_ptr<const LlamaWeights> weights,
-                                                   const ModelLoadOptions& options) {
-  CpuBackendOptions cpu_options;
-  cpu_options.num_threads = options.num_threads;
-  ASSIGN_OR_RETURN(cpu_options.spqr_kernel, ParseSpqrCpuKernel(options.spqr_cpu_kernel));
-  ASSIGN_OR_RETURN(cpu_options.dense_kernel, ParseDenseCpuKernel(options.dense_cpu_kernel));
-  return CreateCpuBackend(std::move(weights), cpu_options);
-}
-
-// The CUDA device the backend would run on (ordinal 0), or FAILED_PRECONDITION saying why there
-// is none: no CUDA backend in this build, no driver, no visible device, or a device this build's
-// kernels cannot run on.
-absl::StatusOr<std::string> UsableCudaDevice() {
-#ifdef SPQR_WITH_CUDA
-  absl::StatusOr<std::vector<CudaDeviceInfo>> devices = QueryCudaDevices();
-  if (!devices.ok()) {
-    return absl::FailedPreconditionError(devices.status().message());  // says which driver issue
-  }
-  if (devices->empty()) {
-    return absl::FailedPreconditionError(
-        "the CUDA driver exposes no device (check CUDA_VISIBLE_DEVICES)");
-  }
-  const CudaDeviceInfo& d = devices->front();
-  if (!d.can_run_kernels) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CUDA device 0 cannot run this build's kernels: ", d.unsupported_reason));
-  }
-  return DescribeCudaDevices({d});
-#else
-  return absl::FailedPreconditionError(
-      "this build has no CUDA backend (configure with -DSPQR_CUDA=ON where the CUDA toolkit is "
-      "installed)");
-#endif
-}
-
-absl::StatusOr<std::unique_ptr<Backend>> CreateCuda(std::shared_ptr<const LlamaWeights> weights) {
-#ifdef SPQR_WITH_CUDA
-  return CreateCudaBackend(std::move(weights), CudaBackendOptions{});
-#else
-  (void)weights;
-  return absl::FailedPreconditionError("this build has no CUDA backend");
-#endif
-}
-
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
                                                        std::shared_ptr<const LlamaWeights> weights,
-                                                       const ModelLoadOptions& options,
-                                                       std::string* choice) {
-  if (name == "cpu") {
-    *choice = "backend cpu (as configured)";
-    return CreateCpu(std::move(weights), options);
+                                                       const ModelLoadOptions& options) {
+  if (name == "cpu" || name == "auto") {
+    // "auto" picks CUDA once the CUDA backend exists and a device is present; until then the
+    // CPU backend is the only one this build can run.
+    CpuBackendOptions cpu_options;
+    cpu_options.num_threads = options.num_threads;
+    ASSIGN_OR_RETURN(cpu_options.spqr_kernel, ParseSpqrCpuKernel(options.spqr_cpu_kernel));
+    ASSIGN_OR_RETURN(cpu_options.dense_kernel, ParseDenseCpuKernel(options.dense_cpu_kernel));
+    return CreateCpuBackend(std::move(weights), cpu_options);
   }
   if (name == "cuda") {
-    absl::StatusOr<std::string> device = UsableCudaDevice();
-    if (!device.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("backend \"cuda\": ", device.status().message(),
-                       "; use backend \"cpu\" (or \"auto\") on this machine"));
-    }
-    *choice = absl::StrCat("backend cuda (as configured) on ", *device);
-    return CreateCuda(std::move(weights));
-  }
-  if (name == "auto") {
-    absl::StatusOr<std::string> device = UsableCudaDevice();
-    if (device.ok()) {
-      // A failure here (e.g. the weights do not fit the device) is reported, not hidden behind a
-      // silent fallback to a far slower backend.
-      *choice = absl::StrCat("backend auto chose cuda: ", *device);
-      return CreateCuda(std::move(weights));
-    }
-    *choice = absl::StrCat("backend auto chose cpu: ", device.status().message());
-    return CreateCpu(std::move(weights), options);
+#ifdef SPQR_WITH_CUDA
+    return absl::UnimplementedError(
+        "backend \"cuda\": the CUDA backend is compiled in but not wired to the model loader yet");
+#else
+    return absl::FailedPreconditionError(
+        "backend \"cuda\": this build has no CUDA backend (configure with -DSPQR_CUDA=ON)");
+#endif
   }
   return absl::InvalidArgumentError(
       absl::StrCat("backend \"", name, "\" is unknown; expected \"cpu\", \"cuda\" or \"auto\""));
@@ -156,8 +99,7 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   model->quantization.method = "none";
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
   RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));
-  ASSIGN_OR_RETURN(model->backend,
-                   CreateBackend(options.backend, model->weights, options, &model->backend_choice));
+  ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options));
   // Keep one copy of the weights: the backend's, where it repacked layers into its own layout.
   if (auto resident = model->backend->resident_weights()) model->weights = std::move(resident);
   return model;

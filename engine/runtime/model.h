@@ -14,11 +14,8 @@
 namespace spqr {
 
 struct ModelLoadOptions {
-  // "cpu", "cuda" or "auto": cuda when this build has the CUDA backend and a device that can run
-  // its kernels is visible, else cpu (LoadedModel::backend_choice says which and why). "cuda"
-  // without such a device is FAILED_PRECONDITION saying what is missing.
-  std::string backend = "auto";
-  int num_threads = 0;                    // CPU backend threads; 0 = all cores
+  std::string backend = "auto";  // "cpu", "cuda" or "auto" (cuda when built in and a device exists)
+  int num_threads = 0;           // CPU backend threads; 0 = all cores
   std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
   std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
 };
@@ -53,9 +50,6 @@ struct LoadedModel {
   std::string tokenizer_note;
   std::shared_ptr<const LlamaWeights> weights;
   std::unique_ptr<Backend> backend;
-  // One line for the start-up log: which backend was created and why (e.g. "auto chose cpu: this
-  // build has no CUDA backend").
-  std::string backend_choice;
   QuantizationInfo quantization;
   // The chat template and its end-of-turn tokens (model_chat.h); no template is not an error.
   ModelChat chat;

@@ -6,8 +6,7 @@ if(NOT SPQR_WITH_CUDA_EMU)
   return()
 endif()
 
-set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc
-                   ${CMAKE_CURRENT_LIST_DIR}/forward_kernels_test.cc)
+set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc)
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 
@@ -53,8 +52,3 @@ add_test(NAME spqr_gpu_bench_table_smoke
 set_tests_properties(spqr_gpu_bench_smoke PROPERTIES FIXTURES_SETUP spqr_gpu_bench_json)
 set_tests_properties(spqr_gpu_bench_table_smoke PROPERTIES LABELS cuda_emu
                                                            FIXTURES_REQUIRED spqr_gpu_bench_json)
-
-# The CUDA backend end to end on the harness against the CPU backend (test model, reference model,
-# the test model quantized to SpQR at test time).
-spqr_add_gtest(cuda_backend_emu_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cuda_backend_test.cc
-               LIBS spqr_engine_cuda_emu spqr_engine_cpu spqr_quantizer_lib LABELS cuda_emu)

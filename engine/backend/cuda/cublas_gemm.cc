@@ -51,12 +51,9 @@ absl::Status DenseGemm(const CublasHandle& handle, const DenseGemmParams& p) {
     case DType::kBF16:
       type = CUDA_R_16BF;
       break;
-    case DType::kF32:
-      type = CUDA_R_32F;  // fp32 weights kept fp32 (CUBLAS_COMPUTE_32F: no TF32 rounding)
-      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "DenseGemm: dtype must be F16, BF16 or F32, not ", std::string(DTypeName(p.dtype))));
+      return absl::InvalidArgumentError(absl::StrCat("DenseGemm: dtype must be F16 or BF16, not ",
+                                                     std::string(DTypeName(p.dtype))));
   }
   // cuBLAS is column-major. Row-major Y[m, n] is column-major Y^T[n, m] = W · X^T, where row-major
   // W[n, k] read column-major is W^T[k, n] (so op T), and row-major X[m, k] is X^T[k, m] (op N).

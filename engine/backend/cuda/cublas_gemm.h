@@ -1,6 +1,5 @@
 // Dense GEMM through cuBLAS for unquantized weights (and the fp16 baseline the SpQR kernels are
-// measured against): Y[m, n] (fp32) = X[m, k] · W[n, k]^T, with X and W both fp16, both bf16 or
-// both fp32 (fp32 checkpoints; computed in fp32, no TF32),
+// measured against): Y[m, n] (fp32) = X[m, k] · W[n, k]^T, with X and W both fp16 or both bf16,
 // row-major, W in the Hugging Face [out_features, in_features] layout, accumulation in fp32.
 // m == 1 is the decode GEMV; cuBLAS picks its own kernel for each shape.
 #pragma once
@@ -40,7 +39,7 @@ struct DenseGemmParams {
   const void* x = nullptr;    // [m, k] row-major, of dtype
   const void* w = nullptr;    // [n, k] row-major, of dtype
   float* y = nullptr;         // [m, n] row-major, fp32; overwritten
-  DType dtype = DType::kF16;  // of x and w: kF16, kBF16 or kF32
+  DType dtype = DType::kF16;  // of x and w: kF16 or kBF16
   int64_t m = 0;              // rows of x (tokens)
   int64_t n = 0;              // output features
   int64_t k = 0;              // input features

@@ -33,11 +33,6 @@ absl::Status CublasStatusToStatus(cublasStatus_t status, const char* expr, const
 // failure of a device that works).
 bool IsCudaNoDeviceError(cudaError_t error);
 
-// True for the "sticky" errors after which the CUDA context is corrupt and every later runtime
-// call fails with the same code (illegal address, kernel assert, launch failure or timeout,
-// illegal instruction, misaligned address, uncorrectable ECC, ...): only a new process recovers.
-bool IsStickyCudaError(cudaError_t error);
-
 }  // namespace spqr
 
 // Evaluates a CUDA runtime call; on error returns its Status from the enclosing function.

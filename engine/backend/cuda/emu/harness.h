@@ -73,14 +73,6 @@ struct Stats {
 };
 Stats GetStats();
 
-// Fault injection for tests of error handling: from now on the emulated device behaves as after a
-// sticky error (e.g. cudaErrorIllegalAddress, which a real kernel causes by an out-of-bounds
-// access): cudaGetLastError, cudaPeekAtLastError, synchronizations, copies, allocations and
-// launches return `error`, and cudaGetLastError does not clear it. A GPU only recovers in a new
-// process; ClearStickyError() lets the next test start clean.
-void InjectStickyError(cudaError_t error);
-void ClearStickyError();
-
 // ---- Used by the launch macro and the device-side emulation (engine/backend/cuda/emu/device.h)
 
 // Runs `body(closure)` as every thread of the grid. Returns cudaErrorInvalidConfiguration for a

@@ -11,7 +11,6 @@
 // about a GPU. One emulated device: "CUDA CPU harness (emulated)", compute capability 9.0.
 #include <cuda_runtime_api.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -59,9 +58,6 @@ bool IsDeviceRange(const void* p, size_t bytes) {
 }
 
 thread_local cudaError_t t_last_error = cudaSuccess;
-std::atomic<int> g_sticky_error{cudaSuccess};
-
-cudaError_t Sticky() { return static_cast<cudaError_t>(g_sticky_error.load()); }
 
 cudaError_t Record(cudaError_t error) {
   if (error != cudaSuccess) t_last_error = error;
@@ -99,12 +95,7 @@ cudaError_t CheckCopy(void* dst, const void* src, size_t count, cudaMemcpyKind k
 
 }  // namespace
 
-void SetLastLaunchError(cudaError_t error) { Record(Sticky() != cudaSuccess ? Sticky() : error); }
-void InjectStickyError(cudaError_t error) { g_sticky_error = error; }
-void ClearStickyError() {
-  g_sticky_error = cudaSuccess;
-  t_last_error = cudaSuccess;
-}
+void SetLastLaunchError(cudaError_t error) { Record(error); }
 
 }  // namespace spqr::emu
 
@@ -113,16 +104,12 @@ using spqr::emu::Record;
 // ---- Errors ----
 
 cudaError_t cudaGetLastError() {
-  if (spqr::emu::Sticky() != cudaSuccess) return spqr::emu::Sticky();
   const cudaError_t e = spqr::emu::t_last_error;
   spqr::emu::t_last_error = cudaSuccess;
   return e;
 }
 
-cudaError_t cudaPeekAtLastError() {
-  if (spqr::emu::Sticky() != cudaSuccess) return spqr::emu::Sticky();
-  return spqr::emu::t_last_error;
-}
+cudaError_t cudaPeekAtLastError() { return spqr::emu::t_last_error; }
 
 #define SPQR_EMU_ERRORS(X)                                                                       \
   X(cudaSuccess, "no error")                                                                     \
@@ -169,7 +156,6 @@ const char* cudaGetErrorString(cudaError_t error) {
 // ---- Memory ----
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
-  if (spqr::emu::Sticky() != cudaSuccess) return Record(spqr::emu::Sticky());
   if (ptr == nullptr) return Record(cudaErrorInvalidValue);
   *ptr = nullptr;
   if (size == 0) return cudaSuccess;
@@ -216,7 +202,6 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  if (spqr::emu::Sticky() != cudaSuccess) return Record(spqr::emu::Sticky());
   const cudaError_t e = spqr::emu::CheckCopy(dst, src, count, kind);
   if (e != cudaSuccess) return Record(e);
   if (count > 0) std::memmove(dst, src, count);
@@ -264,7 +249,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return spqr::emu::Sticky(); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 
@@ -303,7 +288,7 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return spqr::emu::Sticky(); }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 // ---- Devices ----
 

@@ -1,6 +1,9 @@
 // fp32 forward of one LLaMA decoder block over calibration sequences, with hooks that feed each
-// linear layer's input to its Hessian accumulator. Used by the model quantizer only (the serving
-// engine has its own paged forward).
+// linear layer's input to its Hessian accumulator. Used by the model quantizer and the perplexity
+// evaluator. The layer loop is the engine's (RunLlamaLayer, engine/backend/forward/llama_forward.h)
+// over the quantizer's own ops (block_forward.cc): Eigen GEMMs on fp32 weights, full-sequence
+// causal attention without a KV pool, RMSNorm summed in double. So the op order is shared with the
+// serving backends while the arithmetic stays independent of the engine's kernels.
 #pragma once
 
 #include <cstdint>

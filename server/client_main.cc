@@ -6,6 +6,10 @@
 //     generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p P]
 //                     [--seed S] [--repetition-penalty R] [--stop STRING]... [--ignore-eos]
 //                     [--unary] [--no-bos]        streams the generated text to stdout
+//     chat [MESSAGE] [--system TEXT] [--message ROLE:TEXT]... [--no-generation-prompt]
+//          [generate's options but --no-bos]       chats (the model's chat template); the
+//                                                 conversation is --system, the --message turns
+//                                                 in order, then MESSAGE as the user's turn
 //     score TEXT                                  log-likelihood of a text (JSON)
 //     score --context C --continuation X [...]   log-likelihood of continuations (JSON)
 //     info                                        model information (JSON)
@@ -39,6 +43,8 @@ constexpr char kUsage[] =
     "  generate PROMPT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
     "                  [--min-p P] [--seed S] [--repetition-penalty R] [--stop STRING]...\n"
     "                  [--ignore-eos] [--unary] [--no-bos]\n"
+    "  chat [MESSAGE] [--system TEXT] [--message ROLE:TEXT]... [--no-generation-prompt]\n"
+    "                 [the generate options but --no-bos]\n"
     "  score TEXT | score --context C --continuation X [--context C2 --continuation X2 ...]\n"
     "  info\n"
     "  abort REQUEST_ID\n"
@@ -47,7 +53,7 @@ constexpr char kUsage[] =
 constexpr double kUnaryTimeoutSeconds = 60;
 
 // Flags that take no value.
-const char* const kSwitches[] = {"ignore_eos", "unary", "no_bos", "help"};
+const char* const kSwitches[] = {"ignore_eos", "unary", "no_bos", "no_generation_prompt", "help"};
 
 struct Args {
   std::vector<std::string> positional;
@@ -155,45 +161,49 @@ void PrintJson(const google::protobuf::Message& message) {
   std::printf("%s", json.c_str());
 }
 
-int Generate(spqr::v1::SpqrService::Stub& stub, const Args& args) {
-  if (args.positional.size() != 2) {
-    std::fprintf(stderr, "spqr-client: generate takes one PROMPT argument\n%s", kUsage);
-    return 2;
-  }
-  spqr::v1::GenerateRequest request;
-  request.set_text(args.positional[1]);
-  if (args.Has("no_bos")) request.set_add_bos(false);
+// The options Generate and Chat share (sampling, penalties, stopping).
+template <typename Request>
+void SetGenerationOptions(const Args& args, Request* request) {
   int32_t int_value;
   float float_value;
   uint64_t seed;
   if (ParseNumber(args, "max_new_tokens", &int_value)) {
-    request.mutable_stopping()->set_max_new_tokens(int_value);
+    request->mutable_stopping()->set_max_new_tokens(int_value);
   }
   if (ParseNumber(args, "temperature", &float_value)) {
-    request.mutable_sampling()->set_temperature(float_value);
+    request->mutable_sampling()->set_temperature(float_value);
   }
-  if (ParseNumber(args, "top_k", &int_value)) request.mutable_sampling()->set_top_k(int_value);
-  if (ParseNumber(args, "top_p", &float_value)) request.mutable_sampling()->set_top_p(float_value);
-  if (ParseNumber(args, "min_p", &float_value)) request.mutable_sampling()->set_min_p(float_value);
-  if (ParseNumber(args, "seed", &seed)) request.mutable_sampling()->set_seed(seed);
+  if (ParseNumber(args, "top_k", &int_value)) request->mutable_sampling()->set_top_k(int_value);
+  if (ParseNumber(args, "top_p", &float_value)) {
+    request->mutable_sampling()->set_top_p(float_value);
+  }
+  if (ParseNumber(args, "min_p", &float_value)) {
+    request->mutable_sampling()->set_min_p(float_value);
+  }
+  if (ParseNumber(args, "seed", &seed)) request->mutable_sampling()->set_seed(seed);
   if (ParseNumber(args, "repetition_penalty", &float_value)) {
-    request.mutable_penalties()->set_repetition_penalty(float_value);
+    request->mutable_penalties()->set_repetition_penalty(float_value);
   }
   for (const std::string& stop : args.GetAll("stop")) {
-    request.mutable_stopping()->add_stop_strings(stop);
+    request->mutable_stopping()->add_stop_strings(stop);
   }
-  if (args.Has("ignore_eos")) request.mutable_stopping()->set_ignore_eos(true);
+  if (args.Has("ignore_eos")) request->mutable_stopping()->set_ignore_eos(true);
+}
 
+// Runs a generating call, streamed (printing each text delta as it comes) or unary (--unary), and
+// prints the finish reason and token counts to stderr.
+template <typename Request, typename Unary, typename Streamed>
+int RunGeneration(const Args& args, const Request& request, Unary unary, Streamed streamed) {
   grpc::ClientContext context;
   SetDeadline(args, &context);
   spqr::v1::GenerateResponse last;
   if (args.Has("unary")) {
-    grpc::Status status = stub.GenerateUnary(&context, request, &last);
+    grpc::Status status = unary(&context, request, &last);
     if (!status.ok()) return Fail(status);
     std::printf("%s", last.text().c_str());
   } else {
     std::unique_ptr<grpc::ClientReader<spqr::v1::GenerateResponse>> reader =
-        stub.Generate(&context, request);
+        streamed(&context, request);
     spqr::v1::GenerateResponse response;
     while (reader->Read(&response)) {
       std::printf("%s", response.text().c_str());
@@ -211,6 +221,62 @@ int Generate(spqr::v1::SpqrService::Stub& stub, const Args& args) {
                spqr::v1::FinishReason_Name(last.finish_reason()).c_str(),
                last.usage().prompt_tokens(), last.usage().completion_tokens());
   return 0;
+}
+
+int Generate(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  if (args.positional.size() != 2) {
+    std::fprintf(stderr, "spqr-client: generate takes one PROMPT argument\n%s", kUsage);
+    return 2;
+  }
+  spqr::v1::GenerateRequest request;
+  request.set_text(args.positional[1]);
+  if (args.Has("no_bos")) request.set_add_bos(false);
+  SetGenerationOptions(args, &request);
+  return RunGeneration(
+      args, request,
+      [&](grpc::ClientContext* c, const spqr::v1::GenerateRequest& r,
+          spqr::v1::GenerateResponse* out) { return stub.GenerateUnary(c, r, out); },
+      [&](grpc::ClientContext* c, const spqr::v1::GenerateRequest& r) {
+        return stub.Generate(c, r);
+      });
+}
+
+// chat [--system TEXT] [--message ROLE:TEXT]... [MESSAGE]: the conversation in order (system,
+// the --message turns, then MESSAGE as the user's last turn).
+int Chat(spqr::v1::SpqrService::Stub& stub, const Args& args) {
+  if (args.positional.size() > 2) {
+    std::fprintf(stderr, "spqr-client: chat takes at most one MESSAGE argument\n%s", kUsage);
+    return 2;
+  }
+  spqr::v1::ChatRequest request;
+  if (args.Has("system")) {
+    spqr::v1::ChatMessage* m = request.add_messages();
+    m->set_role("system");
+    m->set_content(args.Get("system"));
+  }
+  for (const std::string& turn : args.GetAll("message")) {
+    const size_t colon = turn.find(':');
+    if (colon == std::string::npos) {
+      std::fprintf(stderr, "spqr-client: --message takes ROLE:TEXT, got '%s'\n", turn.c_str());
+      return 2;
+    }
+    spqr::v1::ChatMessage* m = request.add_messages();
+    m->set_role(turn.substr(0, colon));
+    m->set_content(turn.substr(colon + 1));
+  }
+  if (args.positional.size() == 2) {
+    spqr::v1::ChatMessage* m = request.add_messages();
+    m->set_role("user");
+    m->set_content(args.positional[1]);
+  }
+  if (args.Has("no_generation_prompt")) request.set_add_generation_prompt(false);
+  SetGenerationOptions(args, &request);
+  return RunGeneration(
+      args, request,
+      [&](grpc::ClientContext* c, const spqr::v1::ChatRequest& r, spqr::v1::GenerateResponse* out) {
+        return stub.ChatUnary(c, r, out);
+      },
+      [&](grpc::ClientContext* c, const spqr::v1::ChatRequest& r) { return stub.Chat(c, r); });
 }
 
 int Score(spqr::v1::SpqrService::Stub& stub, const Args& args) {
@@ -323,6 +389,7 @@ int main(int argc, char** argv) {
   auto stub = spqr::v1::SpqrService::NewStub(channel);
   const std::string& command = args.positional[0];
   if (command == "generate") return Generate(*stub, args);
+  if (command == "chat") return Chat(*stub, args);
   if (command == "score") return Score(*stub, args);
   if (command == "info") return Info(*stub, args);
   if (command == "abort") return Abort(*stub, args);

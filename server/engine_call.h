@@ -1,7 +1,7 @@
-// What every spqr.v1 call that runs engine requests shares (Generate, GenerateUnary, Score): the
-// engine deadline from the gRPC deadline, the RPC status of a finished engine request, the request
-// log's detail, the cancellation flags the call shares with its work-pool task, and the
-// inter-token latency clock.
+// What every spqr.v1 call that runs engine requests shares (Generate, GenerateUnary, Chat,
+// ChatUnary, Score): the engine deadline from the gRPC deadline, the RPC status of a finished
+// engine request, the request log's detail, the cancellation flags the call shares with its
+// work-pool task, and the inter-token latency clock.
 #pragma once
 
 #include <atomic>

@@ -8,9 +8,24 @@
 
 namespace spqr {
 
+grpc::Status GeneratePrompt::Admit(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
+                                   const char* method, const grpc::ByteBuffer& payload,
+                                   v1::GenerateRequest* request, std::string* engine_id,
+                                   std::string* client_id) {
+  return service->AdmitGenerate(context, method, payload, request, engine_id, client_id);
+}
+
+absl::StatusOr<GenerateRequest> GeneratePrompt::MakeRequest(SpqrServiceImpl* service,
+                                                            const v1::GenerateRequest& request,
+                                                            const std::string& engine_id) {
+  return MakeEngineRequest(request, service->engine()->model().tokenizer.get(), service->limits(),
+                           engine_id);
+}
+
 template <typename Reactor>
-GenerateCallBase<Reactor>::GenerateCallBase(SpqrServiceImpl* service, const char* method)
-    : service_(service), method_(method) {
+GenerateCallBase<Reactor>::GenerateCallBase(SpqrServiceImpl* service, const char* method,
+                                            std::unique_ptr<CallPrompt> prompt)
+    : service_(service), method_(method), prompt_(std::move(prompt)) {
   service_->CallStarted();
 }
 
@@ -18,7 +33,7 @@ template <typename Reactor>
 void GenerateCallBase<Reactor>::Begin(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer& payload) {
   if (grpc::Status s =
-          service_->AdmitGenerate(context, method_, payload, &request_, &engine_id_, &client_id_);
+          prompt_->Admit(service_, context, method_, payload, &request_, &engine_id_, &client_id_);
       !s.ok()) {
     FinishEarly(s);
     return;
@@ -47,7 +62,7 @@ void GenerateCallBase<Reactor>::Start(grpc::CallbackServerContext* context) {
   }
   Engine* engine = service_->engine();
   absl::StatusOr<GenerateRequest> engine_request =
-      MakeEngineRequest(request_, engine->model().tokenizer.get(), service_->limits(), engine_id_);
+      prompt_->MakeRequest(service_, request_, engine_id_);
   if (!engine_request.ok()) {
     FinishEarly(ToGrpcStatus(engine_request.status()));
     return;

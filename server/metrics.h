@@ -25,8 +25,8 @@ namespace spqr {
 
 // The methods of spqr.v1.SpqrService, the `method` label of the per-method series exported at 0
 // from the start (a new RPC is added here).
-inline constexpr const char* kSpqrServiceMethods[] = {"Generate", "GenerateUnary", "Score",
-                                                      "GetModelInfo", "Abort"};
+inline constexpr const char* kSpqrServiceMethods[] = {
+    "Generate", "GenerateUnary", "Chat", "ChatUnary", "Score", "GetModelInfo", "Abort"};
 
 enum class MetricKind { kCounter, kGauge, kHistogram };
 

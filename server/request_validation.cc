@@ -172,6 +172,11 @@ absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
     default:
       return Invalid("prompt: exactly one of text or token_ids must be set");
   }
+  return ValidateGenerationOptions(request, limits);
+}
+
+absl::Status ValidateGenerationOptions(const v1::GenerateRequest& request,
+                                       const RequestLimits& limits) {
   if (absl::Status s = CheckSampling(request.sampling()); !s.ok()) return s;
   if (absl::Status s = CheckPenalties(request.penalties()); !s.ok()) return s;
   if (absl::Status s = CheckStopping(request.stopping(), limits); !s.ok()) return s;

@@ -41,6 +41,11 @@ absl::Status ValidateRequestId(const std::string& request_id);
 absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
                                      const RequestLimits& limits);
 
+// The checks of ValidateGenerateRequest on everything but the prompt (sampling, penalties,
+// stopping, response options, request id, priority).
+absl::Status ValidateGenerationOptions(const v1::GenerateRequest& request,
+                                       const RequestLimits& limits);
+
 // Validates and converts a GenerateRequest into an engine request with id `engine_id`, tokenizing a
 // text prompt with `tokenizer` (which may be null only for token id prompts) and resolving the
 // defaults (max_new_tokens, temperature, top_p, repetition penalty). The gRPC deadline is set by

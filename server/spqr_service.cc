@@ -1,7 +1,7 @@
 // SpqrServiceImpl's shared state: lifecycle (SetEngine, drain), admission (API keys, accepting),
 // the bookkeeping of in-flight calls and live engine requests (drain, CancelAll, Abort), and the
 // request log. Each RPC family is in a file of its own: spqr_service_generate.cc,
-// spqr_service_score.cc, spqr_service_model_info.cc, spqr_service_abort.cc.
+// spqr_service_chat.cc, spqr_service_score.cc, spqr_service_model_info.cc, spqr_service_abort.cc.
 #include "server/spqr_service.h"
 
 #include <sys/random.h>

@@ -31,8 +31,9 @@
 
 namespace spqr {
 
-// Initial metadata of Generate and GenerateUnary: the request's id (the client's or the one the
-// server assigned), sent before the first token so that a client can Abort a request still queued.
+// Initial metadata of Generate, GenerateUnary, Chat and ChatUnary: the request's id (the client's
+// or the one the server assigned), sent before the first token so that a client can Abort a request
+// still queued.
 inline constexpr char kRequestIdMetadataKey[] = "spqr-request-id";
 
 // The limits requests are checked against, from the config and the loaded engine.
@@ -41,9 +42,12 @@ RequestLimits ResolveRequestLimits(const ServerConfig& config, const Engine& eng
 // Every method of spqr.v1.SpqrService as a raw callback method.
 using RawSpqrService = v1::SpqrService::WithRawCallbackMethod_Generate<
     v1::SpqrService::WithRawCallbackMethod_GenerateUnary<
-        v1::SpqrService::WithRawCallbackMethod_Score<
-            v1::SpqrService::WithRawCallbackMethod_GetModelInfo<
-                v1::SpqrService::WithRawCallbackMethod_Abort<v1::SpqrService::Service>>>>>;
+        v1::SpqrService::WithRawCallbackMethod_Chat<
+            v1::SpqrService::WithRawCallbackMethod_ChatUnary<
+                v1::SpqrService::WithRawCallbackMethod_Score<
+                    v1::SpqrService::WithRawCallbackMethod_GetModelInfo<
+                        v1::SpqrService::WithRawCallbackMethod_Abort<
+                            v1::SpqrService::Service>>>>>>>;
 
 // 32 lowercase hex digits: 128 bits from the kernel's CSPRNG (getrandom), the id of a request the
 // client did not name. Unguessable, so that without API keys only whoever received an id can
@@ -72,6 +76,11 @@ class SpqrServiceImpl final : public RawSpqrService {
   grpc::ServerUnaryReactor* GenerateUnary(grpc::CallbackServerContext* context,
                                           const grpc::ByteBuffer* request,
                                           grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Chat(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
+  grpc::ServerUnaryReactor* ChatUnary(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request,
                                   grpc::ByteBuffer* response) override;

@@ -1,6 +1,6 @@
 // SpqrServiceImpl::Generate (server-streamed) and GenerateUnary: one generation each, started by
 // GenerateCallBase (generate_call.h); they differ only in how the engine's chunks become
-// responses.
+// responses. Chat and ChatUnary (spqr_service_chat.cc) answer through the same two reactors.
 #include <deque>
 #include <memory>
 #include <utility>
@@ -22,8 +22,9 @@ namespace {
 class GenerateStream final : public GenerateCallBase<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
  public:
   GenerateStream(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-                 const grpc::ByteBuffer& payload)
-      : GenerateCallBase(service, "Generate"), shared_(std::make_shared<Shared>()) {
+                 const grpc::ByteBuffer& payload, const char* method,
+                 std::unique_ptr<CallPrompt> prompt)
+      : GenerateCallBase(service, method, std::move(prompt)), shared_(std::make_shared<Shared>()) {
     Begin(context, payload);
   }
 
@@ -144,8 +145,9 @@ class GenerateStream final : public GenerateCallBase<grpc::ServerWriteReactor<gr
 class GenerateUnaryCall final : public GenerateCallBase<grpc::ServerUnaryReactor> {
  public:
   GenerateUnaryCall(SpqrServiceImpl* service, grpc::CallbackServerContext* context,
-                    const grpc::ByteBuffer& payload, grpc::ByteBuffer* response)
-      : GenerateCallBase(service, "GenerateUnary"),
+                    const grpc::ByteBuffer& payload, grpc::ByteBuffer* response, const char* method,
+                    std::unique_ptr<CallPrompt> prompt)
+      : GenerateCallBase(service, method, std::move(prompt)),
         response_(response),
         shared_(std::make_shared<Shared>()) {
     Begin(context, payload);
@@ -210,15 +212,31 @@ class GenerateUnaryCall final : public GenerateCallBase<grpc::ServerUnaryReactor
 
 }  // namespace
 
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StartStreamedGeneration(
+    SpqrServiceImpl* service, grpc::CallbackServerContext* context, const grpc::ByteBuffer& payload,
+    const char* method, std::unique_ptr<CallPrompt> prompt) {
+  return new GenerateStream(service, context, payload, method, std::move(prompt));
+}
+
+grpc::ServerUnaryReactor* StartUnaryGeneration(SpqrServiceImpl* service,
+                                               grpc::CallbackServerContext* context,
+                                               const grpc::ByteBuffer& payload,
+                                               grpc::ByteBuffer* response, const char* method,
+                                               std::unique_ptr<CallPrompt> prompt) {
+  return new GenerateUnaryCall(service, context, payload, response, method, std::move(prompt));
+}
+
 grpc::ServerWriteReactor<grpc::ByteBuffer>* SpqrServiceImpl::Generate(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new GenerateStream(this, context, *request);
+  return StartStreamedGeneration(this, context, *request, "Generate",
+                                 std::make_unique<GeneratePrompt>());
 }
 
 grpc::ServerUnaryReactor* SpqrServiceImpl::GenerateUnary(grpc::CallbackServerContext* context,
                                                          const grpc::ByteBuffer* request,
                                                          grpc::ByteBuffer* response) {
-  return new GenerateUnaryCall(this, context, *request, response);
+  return StartUnaryGeneration(this, context, *request, response, "GenerateUnary",
+                              std::make_unique<GeneratePrompt>());
 }
 
 }  // namespace spqr

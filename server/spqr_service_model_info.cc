@@ -118,6 +118,8 @@ grpc::ServerUnaryReactor* SpqrServiceImpl::GetModelInfo(grpc::CallbackServerCont
   limits->set_max_message_bytes(static_cast<int32_t>(config_.server.max_message_bytes));
   limits->set_max_prompt_bytes(limits_.max_prompt_bytes);
   response->set_server_version(SPQR_SERVER_VERSION);
+  response->set_tokenizer_kind(model.tokenizer ? model.tokenizer->kind() : "");
+  response->set_has_chat_template(model.chat.chat_template.has_value());
   *raw_response = SerializeResponse(info);
   metrics_->RecordRpc("GetModelInfo", "OK");
   reactor->Finish(grpc::Status::OK);

@@ -6,6 +6,10 @@ The output directory gets:
   generation_config.json  bos_token_id 1, eos_token_id 2
   model.safetensors       (or model-0000i-of-0000N.safetensors + model.safetensors.index.json)
   tokenizer.model         SentencePiece BPE, 512 pieces, byte fallback, unk=0 bos=1 eos=2, no pad
+or, with --hf-tokenizer tokenizer.json [--chat-template T.jinja] (a ChatML byte-level BPE model):
+  tokenizer.json          the given file, copied
+  tokenizer_config.json   eos_token <|im_end|>, pad_token <|endoftext|>, no bos, the chat template
+  config.json / generation_config.json with bos 0 and eos [0] (<|endoftext|>)
 
 Everything is byte-identical for identical arguments: the safetensors files are written here with
 numpy + json (no safetensors package), each tensor's values come from its own generator seeded with
@@ -301,15 +305,30 @@ def parse_args(argv):
     p.add_argument("--attention-bias", action="store_true",
                    help="q/k/v biases for llama/mistral too (always on for qwen2)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="tokenizer training text")
+    p.add_argument("--hf-tokenizer", metavar="TOKENIZER_JSON",
+                   help="use this Hugging Face tokenizer.json (e.g. a byte-level BPE of "
+                        "tests/data/hf-tokenizers/) instead of training tokenizer.model; a ChatML "
+                        "vocabulary (<|endoftext|>, <|im_start|>, <|im_end|> = ids 0, 1, 2, as in "
+                        "tests/data/hf-tokenizers/qwen2) is expected")
+    p.add_argument("--chat-template", metavar="JINJA",
+                   help="write this chat template into tokenizer_config.json (with --hf-tokenizer)")
     args = p.parse_args(argv)
+    args.tokenizer_vocab = TOKENIZER_VOCAB
+    if args.chat_template and not args.hf_tokenizer:
+        p.error("--chat-template needs --hf-tokenizer")
+    if args.hf_tokenizer:
+        with open(args.hf_tokenizer, "r", encoding="utf-8") as f:
+            tok = json.load(f)
+        ids = list(tok["model"]["vocab"].values()) + [t["id"] for t in tok.get("added_tokens", [])]
+        args.tokenizer_vocab = max(ids) + 1
     if args.head_dim is None:
         if args.hidden % args.heads:
             p.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
         args.head_dim = args.hidden // args.heads
     if args.heads % args.kv_heads:
         p.error(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
-    if args.vocab < TOKENIZER_VOCAB:
-        p.error(f"--vocab {args.vocab} is smaller than the tokenizer's {TOKENIZER_VOCAB} pieces")
+    if args.vocab < args.tokenizer_vocab:
+        p.error(f"--vocab {args.vocab} is smaller than the tokenizer's {args.tokenizer_vocab} ids")
     if args.shards < 1:
         p.error("--shards must be >= 1")
     if min(args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads,
@@ -323,11 +342,35 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "config.json"), model_config(args))
-    write_json(os.path.join(args.out, "generation_config.json"),
-               {"bos_token_id": 1, "eos_token_id": 2})
+    cfg = model_config(args)
+    if args.hf_tokenizer:
+        # As a ChatML base model (Qwen2, SmolLM2) is configured: bos/eos <|endoftext|> (0), the
+        # end-of-turn <|im_end|> (2) only as tokenizer_config.json's eos_token, and eos_token_id
+        # given as a list the way instruct models' generation_config.json give it.
+        cfg["bos_token_id"] = 0
+        cfg["eos_token_id"] = 0
+    write_json(os.path.join(args.out, "config.json"), cfg)
     write_checkpoint(args.out, build_tensors(args), args.dtype, args.shards)
-    write_bytes(os.path.join(args.out, "tokenizer.model"), train_tokenizer(args.text, args.seed))
+    if args.hf_tokenizer:
+        write_json(os.path.join(args.out, "generation_config.json"),
+                   {"bos_token_id": 0, "eos_token_id": [0]})
+        with open(args.hf_tokenizer, "rb") as f:
+            write_bytes(os.path.join(args.out, "tokenizer.json"), f.read())
+        tokenizer_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+        }
+        if args.chat_template:
+            with open(args.chat_template, "r", encoding="utf-8") as f:
+                tokenizer_config["chat_template"] = f.read()
+        write_json(os.path.join(args.out, "tokenizer_config.json"), tokenizer_config)
+    else:
+        write_json(os.path.join(args.out, "generation_config.json"),
+                   {"bos_token_id": 1, "eos_token_id": 2})
+        write_bytes(os.path.join(args.out, "tokenizer.model"),
+                    train_tokenizer(args.text, args.seed))
     return 0
 
 

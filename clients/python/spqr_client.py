@@ -10,6 +10,8 @@ spqr_proto_python, written to <build dir>/python_stubs). Point the client at the
         for chunk in client.generate_stream("The GNU General Public License is",
                                             max_new_tokens=32, temperature=0.7, seed=1):
             print(chunk.text, end="", flush=True)
+        reply = client.chat([("user", "What is free software?")], max_new_tokens=64)
+
 
 To stop a generation from elsewhere (another thread, process or connection), start it with
 start_generation(), whose .request_id is the id the server uses (yours, or the one it assigned), and
@@ -179,6 +181,46 @@ class Client:
         request.response.top_logprobs = top_logprobs
         return request
 
+    def chat_request(self, messages, *, add_generation_prompt=None, **options):
+        """Builds a ChatRequest. messages: (role, content) pairs or {"role": .., "content": ..}
+        dicts, oldest first. options: the keyword arguments of generate_request but prompt and
+        add_bos (the chat template decides the special tokens)."""
+        pb = self._pb
+        if "add_bos" in options:
+            raise TypeError("chat_request: add_bos does not apply (the chat template decides)")
+        generate = self.generate_request("", **options)
+        request = pb.ChatRequest(request_id=generate.request_id, priority=generate.priority)
+        for message in messages:
+            role, content = ((message["role"], message["content"]) if isinstance(message, dict)
+                             else message)
+            request.messages.add(role=role, content=content)
+        if add_generation_prompt is not None:
+            request.add_generation_prompt = add_generation_prompt
+        request.sampling.CopyFrom(generate.sampling)
+        request.penalties.CopyFrom(generate.penalties)
+        request.stopping.CopyFrom(generate.stopping)
+        request.response.CopyFrom(generate.response)
+        return request
+
+    def start_chat(self, messages, *, timeout=None, **options):
+        """Starts a streaming chat (the Chat RPC) and returns its Generation, like
+        start_generation. options: the keyword arguments of chat_request."""
+        request = self.chat_request(messages, **options)
+        return Generation(self._stub.Chat(request, timeout=self._deadline(timeout),
+                                          metadata=self._metadata))
+
+    def chat_stream(self, messages, *, timeout=None, **options):
+        """Streams the assistant's reply: yields GenerateResponse chunks, like generate_stream."""
+        with self.start_chat(messages, timeout=timeout, **options) as generation:
+            for chunk in generation:
+                yield chunk
+
+    def chat(self, messages, *, timeout=None, **options):
+        """One GenerateResponse with the whole reply (the ChatUnary RPC)."""
+        request = self.chat_request(messages, **options)
+        return self._stub.ChatUnary(request, timeout=self._deadline(timeout),
+                                    metadata=self._metadata)
+
     def start_generation(self, prompt, *, timeout=None, **options):
         """Starts a streaming generation (the Generate RPC) and returns its Generation: iterate it
         for the chunks; its request_id is what abort() takes. options: the keyword arguments of
@@ -196,7 +238,8 @@ class Client:
                 yield chunk
 
     def abort(self, request_id, timeout=None):
-        """Cancels every live Generate, GenerateUnary or Score call with this request id, from
+        """Cancels every live Generate, GenerateUnary, Chat, ChatUnary or Score call with this
+        request id, from
         any connection (the Abort RPC; with API keys, only calls made with the same key). Returns
         True when one was found; False when none is live (unknown or already finished). An aborted
         generation ends normally, its last chunk with finish_reason FINISH_REASON_CANCELLED; an

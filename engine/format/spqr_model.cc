@@ -101,6 +101,15 @@ absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
   const QuantizationConfigReader r(q, absl::StrCat(source, ": quantization_config"));
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   SpqrQuantizationInfo info;
+  // A checkpoint written for transformers (the authors' spqr_quant layout) has no format_version
+  // but bits/shapes; it must be converted first (docs/model-format.md, section 11).
+  if (!q.contains("format_version") && (q.contains("bits") || q.contains("shapes"))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        source,
+        ": this is a transformers SpQR checkpoint (quantization_config with bits/beta1/beta2/"
+        "shapes, tensors dense_weights/row_offsets/col_vals/in_perm); convert it to spqr-format 1 "
+        "with `spqr-convert --in DIR --out DIR`"));
+  }
   ASSIGN_OR_RETURN(const int64_t version, r.Int("format_version", 0, kIntMax));
   if (version != kSpqrFormatVersion) {
     return absl::FailedPreconditionError(absl::StrCat(source, ": unsupported spqr-format version ",
@@ -133,6 +142,7 @@ absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
   info.has_avg_bits_real = q.contains("avg_bits_real");
   info.has_outlier_share = q.contains("outlier_share");
   ASSIGN_OR_RETURN(info.quantizer_version, r.String("quantizer_version", ""));
+  ASSIGN_OR_RETURN(info.imported_from, r.String("imported_from", ""));
   if (q.contains("calibration") && q["calibration"].is_object()) {
     const QuantizationConfigReader c(q["calibration"],
                                      absl::StrCat(source, ": quantization_config.calibration"));
@@ -228,7 +238,9 @@ absl::Status CheckLayerMatchesQuantizationConfig(const SpqrQuantizationInfo& inf
   if (l.stats_bits != kFp16Stats && l.beta2 != info.beta2) {
     return Contradiction(prefix, "beta2", info.beta2, l.beta2);
   }
-  const bool outliers_allowed = info.method == "spqr" && std::isfinite(info.tau);
+  // An imported checkpoint (spqr-convert) has outliers but no recorded tau.
+  const bool outliers_allowed =
+      info.method == "spqr" && (std::isfinite(info.tau) || !info.imported_from.empty());
   if (l.num_outliers() > 0 && !outliers_allowed) {
     return absl::InvalidArgumentError(absl::StrCat(
         "SpQR layer '", prefix, "' stores ", l.num_outliers(),

@@ -24,6 +24,9 @@ struct SpqrQuantizationInfo {
   // Whether config.json states them (they are reports, optional in the format).
   bool has_avg_bits_formula = false, has_avg_bits_real = false, has_outlier_share = false;
   std::string quantizer_version;
+  // Set by spqr-convert ("transformers-spqr"): the layers were imported, not quantized here, so
+  // tau/lambda/calibration are unknown (tau is null) and outliers are allowed nevertheless.
+  std::string imported_from;
   std::string calibration;                      // "file=..., nsamples=..., seqlen=..., seed=..."
   std::map<std::string, uint32_t> shard_crc32;  // file name -> CRC-32 of the whole file
 };

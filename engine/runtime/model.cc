@@ -130,6 +130,8 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
         " tokens but config.json vocab_size is ", model->config.vocab_size));
   }
 
+  ASSIGN_OR_RETURN(model->chat, LoadModelChat(dir, *model->tokenizer));
+
   model->quantization.method = "none";
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
   RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));

@@ -8,6 +8,7 @@
 #include "engine/backend/backend.h"
 #include "engine/model/llama_weights.h"
 #include "engine/model/model_config.h"
+#include "engine/runtime/model_chat.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace spqr {
@@ -54,10 +55,13 @@ struct LoadedModel {
   // With backend "auto": which backend was chosen and why, for the start-up log.
   std::string backend_note;
   QuantizationInfo quantization;
+  // The chat template and its end-of-turn tokens (model_chat.h); no template is not an error.
+  ModelChat chat;
 };
 
 // Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.json or tokenizer.model:
-// see OpenModelTokenizer) and creates the backend. Errors name the file and the problem.
+// see OpenModelTokenizer, the chat template: see LoadModelChat) and creates the backend. Errors
+// name the file and the problem.
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
                                                        const ModelLoadOptions& options);
 

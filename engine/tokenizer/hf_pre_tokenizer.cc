@@ -266,6 +266,16 @@ absl::StatusOr<std::unique_ptr<HfPreTokenizer>> ParseHfPreTokenizer(const nlohma
     ASSIGN_OR_RETURN(bool invert, HfBool(j, "invert", false, "Split pre_tokenizer"));
     return std::make_unique<SplitPreTokenizer>(std::move(regex), behavior, invert);
   }
+  if (type == "Digits") {
+    // tokenizers splits on char::is_numeric (general categories Nd, Nl, No, i.e. \p{N}):
+    // individual_digits isolates every such character, otherwise each run of them (its
+    // "Contiguous" behavior on single characters is one match per run).
+    ASSIGN_OR_RETURN(bool individual,
+                     HfBool(j, "individual_digits", false, "Digits pre_tokenizer"));
+    ASSIGN_OR_RETURN(std::unique_ptr<HfRegex> regex,
+                     HfRegex::Compile(individual ? "\\p{N}" : "\\p{N}+"));
+    return std::make_unique<SplitPreTokenizer>(std::move(regex), Behavior::kIsolated, false);
+  }
   if (type == "ByteLevel") {
     ASSIGN_OR_RETURN(bool prefix, HfBool(j, "add_prefix_space", true, "ByteLevel pre_tokenizer"));
     ASSIGN_OR_RETURN(bool use_regex, HfBool(j, "use_regex", true, "ByteLevel pre_tokenizer"));
@@ -295,9 +305,9 @@ absl::StatusOr<std::unique_ptr<HfPreTokenizer>> ParseHfPreTokenizer(const nlohma
     if (!add_prefix) prepend = MetaspacePreTokenizer::Prepend::kNever;
     return std::make_unique<MetaspacePreTokenizer>(std::move(replacement), prepend, split);
   }
-  return absl::UnimplementedError(
-      absl::StrCat("pre_tokenizer type \"", type,
-                   "\" is not supported (supported: Sequence, Split, ByteLevel, Metaspace)"));
+  return absl::UnimplementedError(absl::StrCat(
+      "pre_tokenizer type \"", type,
+      "\" is not supported (supported: Sequence, Split, Digits, ByteLevel, Metaspace)"));
 }
 
 }  // namespace spqr

@@ -75,7 +75,8 @@ class HealthAndReflectionTest(unittest.TestCase):
             responses[1].file_descriptor_response.file_descriptor_proto[0])
         self.assertEqual(descriptor.package, "spqr.v1")
         methods = {m.name for s in descriptor.service for m in s.method}
-        self.assertEqual(methods, {"Generate", "GenerateUnary", "Score", "GetModelInfo", "Abort"})
+        self.assertEqual(methods, {"Generate", "GenerateUnary", "Chat", "ChatUnary", "Score",
+                                   "GetModelInfo", "Abort"})
 
 
 class ModelInfoTest(unittest.TestCase):

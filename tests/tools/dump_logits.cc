@@ -7,10 +7,24 @@
 // small block size and a scrambled block table so paging is exercised.
 //
 //   spqr-dump-logits --model DIR --tokens 1,2,3,4 --prompt 3 --chunk 2 --out logits.npy
+//                    [--spqr-kernel auto|exact|int8]
+//
+// --text STRING replaces --tokens: the model directory's tokenizer (OpenModelTokenizer) encodes it
+// with the special tokens its post-processor adds (transformers' `tokenizer(text)`), and
+// --ids-out FILE writes those ids as a JSON list (for comparison with transformers' ids).
+// --text-file FILE reads the text from a file instead; without --out only the ids are written
+// (no weights are loaded).
+// --generate N then appends N greedy (argmax) tokens, one decode step each, and prints the
+// decoded continuation on stdout (a quick "does this model write sensible text" check); the
+// .npy holds the logits of the input tokens only.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +34,7 @@
 #include "engine/model/llama_weights.h"
 #include "engine/model/model_config.h"
 #include "engine/model/safetensors.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace spqr {
 namespace {
@@ -31,7 +46,11 @@ struct Args {
   int chunk = 0;    // default: the whole prompt in one step
   int block_size = 4;
   int threads = 0;
+  std::string spqr_kernel = "auto";
   std::string out;
+  std::string text;
+  std::string ids_out;
+  int generate = 0;
 };
 
 bool ParseArgs(int argc, char** argv, Args* args) {
@@ -54,14 +73,30 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       if (!absl::SimpleAtoi(value, &args->chunk)) return false;
     } else if (flag == "--block-size") {
       if (!absl::SimpleAtoi(value, &args->block_size)) return false;
+    } else if (flag == "--text") {
+      args->text = value;
+    } else if (flag == "--text-file") {
+      std::ifstream in(value, std::ios::binary);
+      if (!in) return false;
+      std::stringstream ss;
+      ss << in.rdbuf();
+      args->text = ss.str();
+    } else if (flag == "--ids-out") {
+      args->ids_out = value;
+    } else if (flag == "--generate") {
+      if (!absl::SimpleAtoi(value, &args->generate) || args->generate < 0) return false;
+    } else if (flag == "--spqr-kernel") {
+      args->spqr_kernel = value;
     } else if (flag == "--threads") {
       if (!absl::SimpleAtoi(value, &args->threads)) return false;
     } else {
       return false;
     }
   }
-  return !args->model.empty() && !args->out.empty() && !args->tokens.empty() &&
-         args->block_size > 0;
+  const bool ids_only =
+      args->out.empty() && !args->ids_out.empty() && !args->text.empty() && args->generate == 0;
+  return !args->model.empty() && (!args->out.empty() || ids_only) &&
+         (args->tokens.empty() != args->text.empty()) && args->block_size > 0;
 }
 
 bool WriteNpy(const std::string& path, const std::vector<float>& data, int64_t rows, int64_t cols) {
@@ -80,12 +115,46 @@ bool WriteNpy(const std::string& path, const std::vector<float>& data, int64_t r
   return std::fclose(f) == 0;
 }
 
-int Run(const Args& args) {
+int Run(Args args) {
   auto config = LoadModelConfig(args.model);
   if (!config.ok()) {
     std::cerr << config.status() << "\n";
     return 1;
   }
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!args.text.empty() || args.generate > 0) {
+    auto opened = OpenModelTokenizer(args.model, config->bos_token_id, config->eos_token_ids);
+    if (!opened.ok()) {
+      std::cerr << opened.status() << "\n";
+      return 1;
+    }
+    tokenizer = *std::move(opened);
+  }
+  if (!args.text.empty()) {
+    args.tokens = tokenizer->Encode(args.text, /*add_bos=*/true);
+    if (args.tokens.empty()) {
+      std::cerr << "--text encodes to no tokens\n";
+      return 1;
+    }
+  }
+  if (!args.ids_out.empty()) {
+    FILE* f = std::fopen(args.ids_out.c_str(), "w");
+    if (f == nullptr) {
+      std::cerr << "cannot write " << args.ids_out << "\n";
+      return 1;
+    }
+    std::string list = "[";
+    for (size_t i = 0; i < args.tokens.size(); ++i) {
+      list += (i > 0 ? ", " : "") + std::to_string(args.tokens[i]);
+    }
+    list += "]\n";
+    std::fputs(list.c_str(), f);
+    if (std::fclose(f) != 0) {
+      std::cerr << "cannot write " << args.ids_out << "\n";
+      return 1;
+    }
+  }
+  if (args.out.empty()) return 0;  // --ids-out only
   auto checkpoint = Checkpoint::Open(args.model);
   if (!checkpoint.ok()) {
     std::cerr << checkpoint.status() << "\n";
@@ -96,13 +165,21 @@ int Run(const Args& args) {
     std::cerr << weights.status() << "\n";
     return 1;
   }
-  auto backend = CreateCpuBackend(*weights, CpuBackendOptions{args.threads});
+  auto kernel = ParseSpqrCpuKernel(args.spqr_kernel);
+  if (!kernel.ok()) {
+    std::cerr << kernel.status() << "\n";
+    return 1;
+  }
+  CpuBackendOptions options{args.threads};
+  options.spqr_kernel = *kernel;
+  auto backend = CreateCpuBackend(*weights, options);
   if (!backend.ok()) {
     std::cerr << backend.status() << "\n";
     return 1;
   }
   const int n = static_cast<int>(args.tokens.size());
-  const int blocks = (n + args.block_size - 1) / args.block_size;
+  const int total = n + args.generate;
+  const int blocks = (total + args.block_size - 1) / args.block_size;
   // Pool twice as large as needed, blocks used in reverse order with gaps.
   if (absl::Status st = (*backend)->AllocateKvPool({2 * blocks + 1, args.block_size}); !st.ok()) {
     std::cerr << st << "\n";
@@ -128,6 +205,27 @@ int Run(const Args& args) {
     logits.insert(logits.end(), out.logits.begin(), out.logits.end());
     pos += len;
   }
+  // Greedy continuation: the argmax of the last position's logits, fed back one step at a time.
+  std::vector<int32_t> sequence = args.tokens;
+  std::vector<float> last(logits.end() - vocab, logits.end());
+  std::vector<int32_t> generated;
+  for (int step = 0; step < args.generate; ++step) {
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+    generated.push_back(next);
+    sequence.push_back(next);
+    if (step + 1 == args.generate) break;
+    StepPlan plan;
+    const int pos = static_cast<int>(sequence.size()) - 1;
+    plan.seqs.push_back({std::span<const int32_t>(sequence.data() + pos, 1), pos, table, 1});
+    StepOutput out;
+    if (absl::Status st = (*backend)->Forward(plan, &out); !st.ok()) {
+      std::cerr << st << "\n";
+      return 1;
+    }
+    last.assign(out.logits.begin(), out.logits.end());
+  }
+  if (args.generate > 0) std::cout << tokenizer->Decode(generated) << std::endl;
   if (!WriteNpy(args.out, logits, n, vocab)) {
     std::cerr << "cannot write " << args.out << "\n";
     return 1;
@@ -141,8 +239,10 @@ int Run(const Args& args) {
 int main(int argc, char** argv) {
   spqr::Args args;
   if (!spqr::ParseArgs(argc, argv, &args)) {
-    std::cerr << "usage: spqr-dump-logits --model DIR --tokens ID,ID,... --out FILE.npy "
-                 "[--prompt N] [--chunk N] [--block-size N] [--threads N]\n";
+    std::cerr << "usage: spqr-dump-logits --model DIR (--tokens ID,ID,... | --text STRING | "
+                 "--text-file FILE) --out FILE.npy [--ids-out FILE.json] [--generate N] [--prompt "
+                 "N] [--chunk N] "
+                 "[--block-size N] [--threads N]\n";
     return 2;
   }
   return spqr::Run(args);

@@ -6,6 +6,8 @@ spqr_add_gtest(spqr_tile_kernel_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_tile
                LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(linear_bf16_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_bf16_test.cc
                LIBS spqr_engine_cpu LABELS unit)
+spqr_add_gtest(linear_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_gemm_test.cc
+               LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(cpu_backend_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc
                LIBS spqr_engine_cpu LABELS unit)
 
@@ -32,7 +34,12 @@ foreach(variant avx2 portable)
   endif()
   spqr_add_gtest(cpu_ops_${variant}_test
                  SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_ops_test.cc
-                         ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc ${spqr_cpu_backend_sources}
-                 LIBS spqr_engine_core OpenMP::OpenMP_CXX LABELS unit)
+                         ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc
+                         ${CMAKE_CURRENT_LIST_DIR}/linear_gemm_test.cc ${spqr_cpu_backend_sources}
+                 LIBS spqr_engine_forward OpenMP::OpenMP_CXX LABELS unit)
   target_compile_options(cpu_ops_${variant}_test PRIVATE ${flags})
 endforeach()
+
+# CpuForwardOps' buffer ops and its refusal of buffers that do not fit an op.
+spqr_add_gtest(cpu_forward_ops_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_forward_ops_test.cc
+               LIBS spqr_engine_cpu LABELS unit)

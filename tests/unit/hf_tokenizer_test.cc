@@ -180,6 +180,28 @@ TEST_F(HfTokenizerTest, IncrementalDetokenizationKeepsCharactersWhole) {
   }
 }
 
+// Digits (SmolLM2 / StarCoder tokenizers) splits on every \p{N} character (tokenizers'
+// char::is_numeric: Nd, Nl, No), one piece per character or per run.
+TEST(HfPreTokenizer, DigitsIsolatesNumericCharactersOrRuns) {
+  const auto split = [](bool individual, const std::string& text) {
+    auto pre =
+        ParseHfPreTokenizer(nlohmann::json{{"type", "Digits"}, {"individual_digits", individual}});
+    EXPECT_TRUE(pre.ok()) << pre.status();
+    std::vector<HfPiece> pieces = {{text, true}};
+    (*pre)->PreTokenize(&pieces);
+    std::vector<std::string> out;
+    for (const HfPiece& p : pieces) out.push_back(p.text);
+    return out;
+  };
+  // "\u0663" is ARABIC-INDIC DIGIT THREE (Nd), "\u00b2" SUPERSCRIPT TWO (No), "\u2167" ROMAN
+  // NUMERAL EIGHT (Nl).
+  const std::string text = "ab 12\u0663x\u00b2\u2167 9";
+  EXPECT_EQ(split(true, text), (std::vector<std::string>{"ab ", "1", "2", "\u0663", "x", "\u00b2",
+                                                         "\u2167", " ", "9"}));
+  EXPECT_EQ(split(false, text),
+            (std::vector<std::string>{"ab ", "12\u0663", "x", "\u00b2\u2167", " ", "9"}));
+}
+
 TEST(HfTokenizerErrors, UnsupportedConstructsAreNamed) {
   TempDir dir;
   const nlohmann::json base = ReadJson(kFixtures + "/gpt2/tokenizer.json");

@@ -2,136 +2,25 @@
 
 #include <omp.h>
 
-#include <algorithm>
-#include <cstring>
 #include <new>
 #include <string>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/backend/cpu/attention.h"
-#include "engine/backend/cpu/embedding.h"
-#include "engine/backend/cpu/linear.h"
+#include "engine/backend/cpu/cpu_forward_ops.h"
 #include "engine/backend/cpu/linear_bf16.h"
 #include "engine/backend/cpu/paged_kv_pool.h"
-#include "engine/backend/cpu/rms_norm.h"
-#include "engine/backend/cpu/rope.h"
 #include "engine/backend/cpu/spqr_linear.h"
 #include "engine/backend/cpu/spqr_tile_layout.h"
-#include "engine/backend/cpu/swiglu.h"
+#include "engine/backend/forward/llama_forward.h"
+#include "engine/backend/forward/weight_checks.h"
 #include "engine/util/status_macros.h"
 #include "engine/util/system_memory.h"
 
 namespace spqr {
 namespace {
-
-using cpu::AttentionSequence;
-using cpu::AttentionShape;
-using cpu::PackedActivations;
-
-bool IsDenseFloat(DType dtype) {
-  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += absl::StrFormat("%s%d", i ? ", " : "", shape[i]);
-  return s + "]";
-}
-
-// Checks that `t` is a dense float tensor of exactly `shape` whose bytes are all present.
-absl::Status CheckTensor(const TensorView& t, const std::vector<int64_t>& shape,
-                         const std::string& what) {
-  const std::string name = t.name.empty() ? what : t.name;
-  if (t.data == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s: no data", name));
-  if (!IsDenseFloat(t.dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: dtype %s is not supported by the CPU backend (F32, F16 or BF16)", name,
-                        DTypeName(t.dtype)));
-  }
-  if (t.shape != shape) {
-    return absl::InvalidArgumentError(absl::StrFormat("%s: shape %s, expected %s", name,
-                                                      ShapeString(t.shape), ShapeString(shape)));
-  }
-  if (t.nbytes < static_cast<size_t>(t.numel()) * DTypeSize(t.dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: %d bytes, too few for shape %s", name, t.nbytes, ShapeString(shape)));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckLinear(const LinearTensors& l, int64_t out, int64_t in, bool want_bias,
-                         const std::string& what) {
-  if (l.out_features != out || l.in_features != in) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: out_features/in_features %d/%d, expected %d/%d", what, l.out_features,
-                        l.in_features, out, in));
-  }
-  if (l.spqr != nullptr) {
-    // Packed SpQR layer: validated when bound (SpqrLayerFromTensors); only the shape is rechecked.
-    if (l.spqr->out_features != out || l.spqr->in_features != in) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s: SpQR layer is %dx%d, expected %dx%d",
-                                                        what, l.spqr->out_features,
-                                                        l.spqr->in_features, out, in));
-    }
-  } else {
-    RETURN_IF_ERROR(CheckTensor(l.weight, {out, in}, what + ".weight"));
-  }
-  if (l.bias) RETURN_IF_ERROR(CheckTensor(*l.bias, {out}, what + ".bias"));
-  if (want_bias && !l.bias) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s.bias: missing although the config has attention biases", what));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckWeights(const LlamaWeights& w) {
-  const ModelConfig& c = w.config;
-  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 ||
-      c.num_hidden_layers <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 ||
-      c.head_dim <= 0) {
-    return absl::InvalidArgumentError(
-        "model config: vocab_size, hidden_size, intermediate_size, num_hidden_layers, "
-        "num_attention_heads, num_key_value_heads and head_dim must all be positive");
-  }
-  if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "model config: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-        c.num_attention_heads, c.num_key_value_heads));
-  }
-  if (c.head_dim % 2 != 0 || c.head_dim > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("model config: head_dim %d must be even and at most 1024", c.head_dim));
-  }
-  if (static_cast<int64_t>(w.layers.size()) != c.num_hidden_layers) {
-    return absl::InvalidArgumentError(absl::StrFormat("weights: %d layers bound, config has %d",
-                                                      w.layers.size(), c.num_hidden_layers));
-  }
-  const int64_t h = c.hidden_size;
-  const int64_t q_out = c.num_attention_heads * c.head_dim;
-  const int64_t kv_out = c.num_key_value_heads * c.head_dim;
-  RETURN_IF_ERROR(CheckTensor(w.embed_tokens, {c.vocab_size, h}, "model.embed_tokens.weight"));
-  RETURN_IF_ERROR(CheckTensor(w.norm, {h}, "model.norm.weight"));
-  RETURN_IF_ERROR(CheckLinear(w.lm_head, c.vocab_size, h, false, "lm_head"));
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    const DecoderLayerWeights& l = w.layers[i];
-    const std::string p = absl::StrFormat("model.layers.%d.", i);
-    RETURN_IF_ERROR(CheckTensor(l.input_layernorm, {h}, p + "input_layernorm.weight"));
-    RETURN_IF_ERROR(
-        CheckTensor(l.post_attention_layernorm, {h}, p + "post_attention_layernorm.weight"));
-    RETURN_IF_ERROR(CheckLinear(l.q_proj, q_out, h, c.attention_bias, p + "self_attn.q_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.k_proj, kv_out, h, c.attention_bias, p + "self_attn.k_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.v_proj, kv_out, h, c.attention_bias, p + "self_attn.v_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.o_proj, h, q_out, false, p + "self_attn.o_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.gate_proj, c.intermediate_size, h, false, p + "mlp.gate_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.up_proj, c.intermediate_size, h, false, p + "mlp.up_proj"));
-    RETURN_IF_ERROR(CheckLinear(l.down_proj, h, c.intermediate_size, false, p + "mlp.down_proj"));
-  }
-  return absl::OkStatus();
-}
 
 // Every projection of the model, lm_head last.
 std::vector<const LinearTensors*> AllLinears(const LlamaWeights& w) {
@@ -151,17 +40,16 @@ int64_t LinearBytes(const LinearTensors& l) {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(std::shared_ptr<const LlamaWeights> weights, int num_threads,
-             std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles,
+  CpuBackend(std::shared_ptr<const LlamaWeights> weights, int num_threads, cpu::SpqrTileMap tiles,
              cpu::TileIsa isa, bool resident, bool bf16_dot)
       : w_(std::move(weights)),
         c_(w_->config),
         num_threads_(num_threads),
-        inv_freq_(cpu::ComputeRopeInvFreq(c_.head_dim, c_.rope_theta, c_.rope_scaling)),
         tiles_(std::move(tiles)),
         isa_(isa),
         resident_(resident),
-        bf16_dot_(bf16_dot) {}
+        bf16_dot_(bf16_dot),
+        ops_(c_, &tiles_, &pool_, {num_threads, isa, bf16_dot}) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -235,190 +123,24 @@ class CpuBackend : public Backend {
   }
 
  private:
-  absl::Status ValidatePlan(const StepPlan& plan) const;
-  void RunLayer(int64_t layer, std::span<const AttentionSequence> seqs);
-  // y = packed_ W^T (+ b) through the layer's tile layout when it has one, else cpu::Linear.
-  void Project(const LinearTensors& l, float* y);
-
   std::shared_ptr<const LlamaWeights> w_;
   const ModelConfig& c_;
   const int num_threads_;
-  const std::vector<float> inv_freq_;
   cpu::PagedKvPool pool_;
   KvPoolShape pool_shape_{0, 0};
-
-  // Per-step scratch, reused across steps (Forward is called by one thread at a time).
-  std::vector<int32_t> ids_;
-  std::vector<int64_t> positions_;
-  std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_, proj_;
-  PackedActivations packed_;
   // Tile layouts of the SpQR layers the int8 kernel runs, keyed by their source layer.
-  const std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles_;
+  const cpu::SpqrTileMap tiles_;
   const cpu::TileIsa isa_;
   const bool resident_;  // w_ is the backend's own copy (tile layouts hold the SpQR codes)
   const bool bf16_dot_;  // dense BF16 layers use the bf16 dot-product kernel
+  // The ops over pool_ and tiles_ (declared above it), with their per-step scratch reused across
+  // steps (Forward is called by one thread at a time).
+  cpu::CpuForwardOps ops_;
 };
 
-void CpuBackend::Project(const LinearTensors& l, float* y) {
-  if (l.spqr != nullptr && !tiles_.empty()) {
-    auto it = tiles_.find(l.spqr.get());
-    if (it != tiles_.end()) {
-      return cpu::SpqrLinearTiled(*it->second, l, packed_, y, num_threads_, isa_);
-    }
-  }
-  if (bf16_dot_ && l.spqr == nullptr && l.weight.dtype == DType::kBF16) {
-    return cpu::LinearBf16(l, packed_, y, num_threads_);
-  }
-  cpu::Linear(l, packed_, y, num_threads_);
-}
-
-absl::Status CpuBackend::ValidatePlan(const StepPlan& plan) const {
-  if (pool_.num_blocks() == 0) {
-    return absl::FailedPreconditionError("CPU backend: Forward before AllocateKvPool");
-  }
-  const int64_t bs = pool_.block_size();
-  std::unordered_set<int64_t> written_slots;
-  for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const SequenceStep& s = plan.seqs[i];
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    if (n == 0) return absl::InvalidArgumentError(absl::StrFormat("seqs[%d]: no tokens", i));
-    if (s.start_pos < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("seqs[%d]: start_pos %d is negative", i, s.start_pos));
-    }
-    if (s.num_logits < 0 || s.num_logits > n) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "seqs[%d]: num_logits %d outside [0, %d] (the chunk's tokens)", i, s.num_logits, n));
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      if (s.tokens[t] < 0 || s.tokens[t] >= c_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "seqs[%d].tokens[%d]: id %d outside [0, %d)", i, t, s.tokens[t], c_.vocab_size));
-      }
-    }
-    const int64_t end = static_cast<int64_t>(s.start_pos) + n;
-    const int64_t blocks_needed = (end + bs - 1) / bs;
-    if (static_cast<int64_t>(s.block_table.size()) < blocks_needed) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("seqs[%d]: block table has %d blocks, positions [0, %d) need %d", i,
-                          s.block_table.size(), end, blocks_needed));
-    }
-    for (int64_t b = 0; b < blocks_needed; ++b) {
-      if (s.block_table[b] < 0 || s.block_table[b] >= pool_.num_blocks()) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("seqs[%d].block_table[%d]: block %d outside the pool [0, %d)", i, b,
-                            s.block_table[b], pool_.num_blocks()));
-      }
-    }
-    // Two sequences writing one slot in the same step would race; reject it.
-    for (int64_t p = s.start_pos; p < end; ++p) {
-      const int64_t slot = static_cast<int64_t>(s.block_table[p / bs]) * bs + p % bs;
-      if (!written_slots.insert(slot).second) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "seqs[%d]: position %d writes KV slot %d of block %d, already written in this step", i,
-            p, p % bs, s.block_table[p / bs]));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
-void AddInPlace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
-
-void CpuBackend::RunLayer(int64_t li, std::span<const AttentionSequence> seqs) {
-  const DecoderLayerWeights& l = w_->layers[li];
-  const int64_t n = static_cast<int64_t>(ids_.size());
-  const int64_t hidden = c_.hidden_size;
-  const int64_t hd = c_.head_dim;
-  const int64_t q_floats = c_.num_attention_heads * hd;
-  const int64_t kv_floats = c_.num_key_value_heads * hd;
-  const float eps = static_cast<float>(c_.rms_norm_eps);
-  const int nt = num_threads_;
-
-  // Attention block.
-  cpu::RmsNorm(x_.data(), n, hidden, l.input_layernorm, eps, h_.data(), nt);
-  cpu::PackActivations(h_.data(), n, hidden, &packed_);
-  Project(l.q_proj, q_.data());
-  Project(l.k_proj, k_.data());
-  Project(l.v_proj, v_.data());
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 1)
-  for (int64_t t = 0; t < n; ++t) {
-    cpu::ApplyRope(q_.data() + t * q_floats, c_.num_attention_heads, k_.data() + t * kv_floats,
-                   c_.num_key_value_heads, hd, positions_[t], inv_freq_.data());
-  }
-  const AttentionShape shape{c_.num_attention_heads, c_.num_key_value_heads, hd};
-  cpu::StoreKv(k_.data(), v_.data(), seqs, shape, li, &pool_);
-  cpu::PagedAttention(q_.data(), seqs, shape, li, pool_, attn_.data(), nt);
-  cpu::PackActivations(attn_.data(), n, q_floats, &packed_);
-  Project(l.o_proj, proj_.data());
-  AddInPlace(x_.data(), proj_.data(), n * hidden);
-
-  // MLP block.
-  const int64_t inter = c_.intermediate_size;
-  cpu::RmsNorm(x_.data(), n, hidden, l.post_attention_layernorm, eps, h_.data(), nt);
-  cpu::PackActivations(h_.data(), n, hidden, &packed_);
-  Project(l.gate_proj, gate_.data());
-  Project(l.up_proj, up_.data());
-  cpu::SwiGlu(gate_.data(), up_.data(), n * inter, gate_.data(), nt);
-  cpu::PackActivations(gate_.data(), n, inter, &packed_);
-  Project(l.down_proj, proj_.data());
-  AddInPlace(x_.data(), proj_.data(), n * hidden);
-}
-
 absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
-  RETURN_IF_ERROR(ValidatePlan(plan));
-  const int64_t hidden = c_.hidden_size;
-
-  ids_.clear();
-  positions_.clear();
-  std::vector<AttentionSequence> seqs;
-  int64_t total_logits = 0;
-  for (const SequenceStep& s : plan.seqs) {
-    seqs.push_back({static_cast<int64_t>(ids_.size()), static_cast<int64_t>(s.tokens.size()),
-                    s.start_pos, s.block_table.data()});
-    for (size_t i = 0; i < s.tokens.size(); ++i) {
-      ids_.push_back(s.tokens[i]);
-      positions_.push_back(s.start_pos + static_cast<int64_t>(i));
-    }
-    total_logits += s.num_logits;
-  }
-  const int64_t n = static_cast<int64_t>(ids_.size());
-  out->vocab_size = static_cast<int32_t>(c_.vocab_size);
-  out->logits.assign(total_logits * c_.vocab_size, 0.0f);
-  if (n == 0) return absl::OkStatus();
-
-  const int64_t q_floats = c_.num_attention_heads * c_.head_dim;
-  const int64_t kv_floats = c_.num_key_value_heads * c_.head_dim;
-  x_.resize(n * hidden);
-  h_.resize(n * hidden);
-  proj_.resize(n * hidden);
-  q_.resize(n * q_floats);
-  attn_.resize(n * q_floats);
-  k_.resize(n * kv_floats);
-  v_.resize(n * kv_floats);
-  gate_.resize(n * c_.intermediate_size);
-  up_.resize(n * c_.intermediate_size);
-
-  cpu::EmbeddingLookup(w_->embed_tokens, ids_, hidden, x_.data());
-  for (int64_t li = 0; li < c_.num_hidden_layers; ++li) RunLayer(li, seqs);
-  if (total_logits == 0) return absl::OkStatus();
-
-  // Final norm and lm_head only for the rows whose logits were asked for.
-  std::vector<float> selected;
-  selected.reserve(total_logits * hidden);
-  for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const int64_t last = seqs[i].row_offset + seqs[i].num_tokens;
-    for (int64_t r = last - plan.seqs[i].num_logits; r < last; ++r) {
-      selected.insert(selected.end(), x_.begin() + r * hidden, x_.begin() + (r + 1) * hidden);
-    }
-  }
-  cpu::RmsNorm(selected.data(), total_logits, hidden, w_->norm, static_cast<float>(c_.rms_norm_eps),
-               selected.data(), num_threads_);
-  cpu::PackActivations(selected.data(), total_logits, hidden, &packed_);
-  Project(w_->lm_head, out->logits.data());
-  return absl::OkStatus();
+  RETURN_IF_ERROR(ValidateStepPlan(plan, c_.vocab_size, pool_shape_, "CPU"));
+  return RunLlamaForward(*w_, plan, ops_, out);
 }
 
 }  // namespace
@@ -446,7 +168,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     return absl::InvalidArgumentError(
         absl::StrFormat("CPU backend: num_threads %d is negative", options.num_threads));
   }
-  RETURN_IF_ERROR(CheckWeights(*weights));
+  RETURN_IF_ERROR(CheckLlamaWeights(*weights, "CPU"));
   const int threads = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();
   const cpu::TileIsa isa = cpu::BestTileIsa();
   if (options.dense_kernel == DenseCpuKernel::kBf16 && !cpu::Bf16DotSupported()) {
@@ -460,7 +182,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
   const bool bf16_dot = options.dense_kernel == DenseCpuKernel::kBf16;
   const bool int8 = options.spqr_kernel == SpqrCpuKernel::kInt8 ||
                     (options.spqr_kernel == SpqrCpuKernel::kAuto && isa != cpu::TileIsa::kScalar);
-  std::unordered_map<const PackedSpqrLayer*, std::unique_ptr<cpu::SpqrTileLayout>> tiles;
+  cpu::SpqrTileMap tiles;
   bool resident = false;
   if (int8) {
     // The backend's own copy of the weight views, whose SpQR layers point at the slim sources of

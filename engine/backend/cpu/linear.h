@@ -1,8 +1,8 @@
 // Dense linear layer y = x W^T (+ b) over weights kept in their stored dtype (F32/F16/BF16).
 //
-// Every output row's weights are converted to fp32 once per call (a row tile at a time, into a
-// per-thread scratch) and then multiplied with all tokens of the call, so each weight is read from
-// memory once per step however many tokens the step holds. Rows are split across threads.
+// Decode-sized calls (up to 4 tokens) convert the weights to fp32 in registers, straight from
+// memory; larger calls go to the K-blocked GEMM of linear_gemm.h, which converts cache-resident
+// weight panels once per 64 tokens. Rows are split across threads.
 //
 // Batch independence: y[t, o] is always the same sequence of vector FMAs over the zero-padded
 // k range followed by the same horizontal reduction, whatever the number of tokens, the tile

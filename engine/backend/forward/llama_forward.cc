@@ -61,6 +61,29 @@ absl::Status ValidateStepPlan(const StepPlan& plan, int64_t vocab_size, const Kv
   return absl::OkStatus();
 }
 
+absl::Status RunLlamaLayer(const DecoderLayerWeights& l, int64_t index, float eps,
+                           ForwardOps& ops) {
+  // Attention block.
+  RETURN_IF_ERROR(ops.RmsNorm(Act::kX, l.input_layernorm, eps, Act::kH));
+  const Projection qkv[] = {{&l.q_proj, Act::kQ}, {&l.k_proj, Act::kK}, {&l.v_proj, Act::kV}};
+  RETURN_IF_ERROR(ops.Project(Act::kH, qkv));
+  RETURN_IF_ERROR(ops.Rope(Act::kQ, Act::kK));
+  RETURN_IF_ERROR(ops.StoreKv(index, Act::kK, Act::kV));
+  RETURN_IF_ERROR(ops.Attention(index, Act::kQ, Act::kAttn));
+  const Projection o[] = {{&l.o_proj, Act::kProj}};
+  RETURN_IF_ERROR(ops.Project(Act::kAttn, o));
+  RETURN_IF_ERROR(ops.AddInPlace(Act::kX, Act::kProj));
+  // MLP block.
+  RETURN_IF_ERROR(ops.RmsNorm(Act::kX, l.post_attention_layernorm, eps, Act::kH));
+  const Projection gate_up[] = {{&l.gate_proj, Act::kGate}, {&l.up_proj, Act::kUp}};
+  RETURN_IF_ERROR(ops.Project(Act::kH, gate_up));
+  RETURN_IF_ERROR(ops.SwiGlu(Act::kGate, Act::kUp, Act::kGate));
+  const Projection down[] = {{&l.down_proj, Act::kProj}};
+  RETURN_IF_ERROR(ops.Project(Act::kGate, down));
+  RETURN_IF_ERROR(ops.AddInPlace(Act::kX, Act::kProj));
+  return absl::OkStatus();
+}
+
 absl::Status RunLlamaForward(const LlamaWeights& w, const StepPlan& plan, ForwardOps& ops,
                              StepOutput* out) {
   const ModelConfig& c = w.config;
@@ -86,25 +109,7 @@ absl::Status RunLlamaForward(const LlamaWeights& w, const StepPlan& plan, Forwar
   const float eps = static_cast<float>(c.rms_norm_eps);
   RETURN_IF_ERROR(ops.Embed(w.embed_tokens, Act::kX));
   for (int64_t li = 0; li < c.num_hidden_layers; ++li) {
-    const DecoderLayerWeights& l = w.layers[li];
-    // Attention block.
-    RETURN_IF_ERROR(ops.RmsNorm(Act::kX, l.input_layernorm, eps, Act::kH));
-    const Projection qkv[] = {{&l.q_proj, Act::kQ}, {&l.k_proj, Act::kK}, {&l.v_proj, Act::kV}};
-    RETURN_IF_ERROR(ops.Project(Act::kH, qkv));
-    RETURN_IF_ERROR(ops.Rope(Act::kQ, Act::kK));
-    RETURN_IF_ERROR(ops.StoreKv(li, Act::kK, Act::kV));
-    RETURN_IF_ERROR(ops.Attention(li, Act::kQ, Act::kAttn));
-    const Projection o[] = {{&l.o_proj, Act::kProj}};
-    RETURN_IF_ERROR(ops.Project(Act::kAttn, o));
-    RETURN_IF_ERROR(ops.AddInPlace(Act::kX, Act::kProj));
-    // MLP block.
-    RETURN_IF_ERROR(ops.RmsNorm(Act::kX, l.post_attention_layernorm, eps, Act::kH));
-    const Projection gate_up[] = {{&l.gate_proj, Act::kGate}, {&l.up_proj, Act::kUp}};
-    RETURN_IF_ERROR(ops.Project(Act::kH, gate_up));
-    RETURN_IF_ERROR(ops.SwiGlu(Act::kGate, Act::kUp, Act::kGate));
-    const Projection down[] = {{&l.down_proj, Act::kProj}};
-    RETURN_IF_ERROR(ops.Project(Act::kGate, down));
-    RETURN_IF_ERROR(ops.AddInPlace(Act::kX, Act::kProj));
+    RETURN_IF_ERROR(RunLlamaLayer(w.layers[li], li, eps, ops));
   }
   if (logit_rows.empty()) return absl::OkStatus();
 

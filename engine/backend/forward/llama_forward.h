@@ -19,6 +19,13 @@ namespace spqr {
 absl::Status ValidateStepPlan(const StepPlan& plan, int64_t vocab_size, const KvPoolShape& pool,
                               const char* backend);
 
+// One decoder layer (`layer` is layer number `index`): RMSNorm -> q/k/v -> RoPE -> KV write ->
+// attention -> o_proj + residual -> RMSNorm -> gate/up -> SwiGLU -> down_proj + residual, reading
+// and updating the residual stream in Act::kX. RunLlamaForward calls it per layer; the quantizer's
+// block forward (quantizer/block_forward.h) calls it alone, on its own ops, for one block.
+absl::Status RunLlamaLayer(const DecoderLayerWeights& layer, int64_t index, float eps,
+                           ForwardOps& ops);
+
 // Runs one validated step (ValidateStepPlan first) through `ops` and fills `out` with the logits
 // of the rows the plan asks for, in plan order.
 absl::Status RunLlamaForward(const LlamaWeights& weights, const StepPlan& plan, ForwardOps& ops,

@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,7 @@
 #include "engine/backend/cuda/emu/harness.h"
 #include "engine/runtime/engine.h"
 #include "engine/runtime/model.h"
+#include "engine/util/half.h"
 #include "gtest/gtest.h"
 #include "quantizer/model_quantizer.h"
 
@@ -367,6 +369,65 @@ TEST(CudaBackendWeightsTest, TiedLmHeadSharesTheEmbeddingTable) {
   for (size_t r = 0; r < 2; ++r) {
     EXPECT_LE(RowError(got.row(r), want.row(r), want.vocab_size), kLogitTolerance);
   }
+}
+
+// q/k/v biases (qwen2-style attention_bias) are added after the product, and an fp32 projection
+// is converted to a 16-bit GEMM operand; both still match the CPU backend.
+TEST(CudaBackendWeightsTest, BiasesAndFp32ProjectionsMatchTheCpuBackend) {
+  std::unique_ptr<LoadedModel> model = Load(SourcePath("tests/data/test-model"), "cpu");
+  ASSERT_TRUE(model);
+  auto w = std::make_shared<LlamaWeights>(*model->weights);
+  w->config.attention_bias = true;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist(0.0f, 0.5f);
+  std::vector<std::vector<float>> storage;  // outlives the backends (declared before them)
+  storage.reserve(64);
+  auto f32 = [&](std::vector<float> values, std::vector<int64_t> shape) {
+    storage.push_back(std::move(values));
+    TensorView t;
+    t.dtype = DType::kF32;
+    t.shape = std::move(shape);
+    t.data = storage.back().data();
+    t.nbytes = storage.back().size() * sizeof(float);
+    return t;
+  };
+  for (DecoderLayerWeights& l : w->layers) {
+    for (LinearTensors* p : {&l.q_proj, &l.k_proj, &l.v_proj}) {
+      std::vector<float> b(p->out_features);
+      for (float& x : b) x = dist(rng);
+      p->bias = f32(std::move(b), {p->out_features});
+    }
+    // o_proj as fp32 values of its bf16 weights.
+    const TensorView& o = l.o_proj.weight;
+    std::vector<float> values(o.numel());
+    for (int64_t i = 0; i < o.numel(); ++i) values[i] = Bf16ToF32(o.as<uint16_t>()[i]);
+    l.o_proj.weight = f32(std::move(values), o.shape);
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = CreateCudaBackend(w, CudaBackendOptions());
+  CpuBackendOptions cpu_options;
+  cpu_options.num_threads = 1;
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = CreateCpuBackend(w, cpu_options);
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE((*cuda)->AllocateKvPool({2, 16}).ok());
+  ASSERT_TRUE((*cpu)->AllocateKvPool({2, 16}).ok());
+  const std::vector<int32_t> prompt = Prompt(9, 4, static_cast<int32_t>(w->config.vocab_size));
+  const std::vector<int32_t> blocks = {1};
+  StepPlan plan;
+  plan.seqs.push_back({prompt, 0, blocks, 9});
+  StepOutput got, want, unbiased;
+  ASSERT_TRUE((*cuda)->Forward(plan, &got).ok());
+  ASSERT_TRUE((*cpu)->Forward(plan, &want).ok());
+  double worst = 0;
+  for (size_t r = 0; r < 9; ++r) {
+    worst = std::max(worst, RowError(got.row(r), want.row(r), want.vocab_size));
+  }
+  std::printf("[ measured ] biases + fp32 o_proj: %.3g\n", worst);
+  EXPECT_LE(worst, kLogitTolerance);
+  // The biases matter: without them the logits are far from these.
+  ASSERT_TRUE(model->backend->AllocateKvPool({2, 16}).ok());
+  ASSERT_TRUE(model->backend->Forward(plan, &unbiased).ok());
+  EXPECT_GT(RowError(unbiased.row(8), want.row(8), want.vocab_size), 10 * kLogitTolerance);
 }
 
 }  // namespace

@@ -164,9 +164,8 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
 }
 
 // The CPU backend keeps the KV cache in host memory: a budget beyond what this process may use
-// is refused before the model is loaded when the config names the CPU backend, and right after
-// loading when "auto" chose it (the backend checks the exact pool size again). The CUDA backend
-// checks its pool against the device's free memory itself.
+// is refused before the model is loaded when the CPU backend will run it (the backend checks the
+// exact pool size again). The CUDA backend checks its pool against the device's free memory.
 namespace {
 absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config, const std::string& backend) {
   if (backend != "cpu") return absl::OkStatus();
@@ -183,7 +182,9 @@ absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config, const std::s
 
 absl::Status RunServer(const ServerConfig& config) {
   SetLogLevel(config.server.log_level);
-  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config, config.model.backend));
+  // "auto" is resolved here the way the loader will resolve it, so that a KV budget the CPU
+  // backend could not hold is refused before the model is loaded.
+  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config, ResolveBackend(config.model.backend).name));
   SignalWaiter signals;  // before any other thread exists
 
   ServerMetrics metrics(config.metrics.vllm_compatible_names);
@@ -275,13 +276,6 @@ absl::Status RunServer(const ServerConfig& config) {
        absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description(),
        (*model)->tokenizer->kind());
   if (!(*model)->backend_note.empty()) Logf(LogLevel::kInfo, "%s", (*model)->backend_note);
-  if (config.model.backend == "auto") {
-    if (absl::Status fits = CheckKvCacheFitsHostMemory(config, (*model)->backend->name());
-        !fits.ok()) {
-      stop_grpc_after_failure();
-      return fits;
-    }
-  }
   if (!(*model)->tokenizer_note.empty()) {
     Logf(LogLevel::kWarning, "%s", (*model)->tokenizer_note);
   }

@@ -54,12 +54,6 @@ absl::Status FillQuantizationInfo(const std::string& dir, QuantizationInfo* info
   return absl::OkStatus();
 }
 
-// What "auto" resolves to, and why (for the start-up log).
-struct BackendChoice {
-  std::string name;
-  std::string reason;
-};
-
 BackendChoice ChooseAutoBackend() {
 #ifdef SPQR_WITH_CUDA
   absl::StatusOr<std::vector<CudaDeviceInfo>> devices = QueryCudaDevices();
@@ -110,6 +104,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
 }
 
 }  // namespace
+
+BackendChoice ResolveBackend(const std::string& backend) {
+  if (backend == "auto") return ChooseAutoBackend();
+  return {backend, ""};
+}
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
                                                        const ModelLoadOptions& options) {

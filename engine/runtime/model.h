@@ -59,6 +59,16 @@ struct LoadedModel {
   ModelChat chat;
 };
 
+// Which backend a ModelLoadOptions::backend value means here: "auto" resolved against this build
+// and the devices present (the same rule LoadModel applies), other values returned as they are;
+// `reason` says why for "auto" (empty otherwise). Never fails (an unknown name is LoadModel's
+// error); with CUDA built in it queries the devices (QueryCudaDevices).
+struct BackendChoice {
+  std::string name;
+  std::string reason;
+};
+BackendChoice ResolveBackend(const std::string& backend);
+
 // Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.json or tokenizer.model:
 // see OpenModelTokenizer, the chat template: see LoadModelChat) and creates the backend. Errors
 // name the file and the problem.

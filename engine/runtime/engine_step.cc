@@ -195,11 +195,13 @@ bool Engine::Impl::Step() {
     ++stats_.steps_total;
   }
   if (!forward.ok()) {
+    // Health first: a client that sees its request fail and then asks the server's health must
+    // already find the fault (and the engine must refuse new work) — not race the report.
+    CheckBackendHealth();
     for (Item& item : items) {
       Finish(*item.seq, FinishReason::kError, OutputChunk(),
              absl::Status(forward.code(), absl::StrCat("forward step: ", forward.message())));
     }
-    CheckBackendHealth();
     return true;
   }
 

@@ -68,3 +68,19 @@ target_compile_definitions(cuda_backend_e2e_test PRIVATE SPQR_SOURCE_DIR="${SPQR
 add_test(NAME cuda_backend_e2e COMMAND cuda_backend_e2e_test)
 set_tests_properties(cuda_backend_e2e PROPERTIES LABELS cuda_emu TIMEOUT 600
                      ENVIRONMENT "OMP_WAIT_POLICY=passive")
+
+# tools/gpu_logits_check.py (the device's end-to-end logits check, run by tools/gpu-check.sh) on
+# the harness: spqr-dump-logits built against the CUDA backend on the CPU harness, its
+# --backend cuda logits against its --backend cpu logits on the test model (prefill in ragged
+# chunks, decode steps, a scrambled paged block table).
+add_executable(spqr-dump-logits-emu ${SPQR_ROOT}/tests/tools/dump_logits.cc)
+target_link_libraries(spqr-dump-logits-emu PRIVATE spqr_engine_cuda_emu spqr_engine_cpu
+                                                   absl::strings)
+target_compile_definitions(spqr-dump-logits-emu PRIVATE SPQR_WITH_CUDA=1)
+target_include_directories(spqr-dump-logits-emu PRIVATE ${SPQR_ROOT})
+add_test(NAME gpu_logits_check_emu
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tools/gpu_logits_check.py
+                 --dump-logits $<TARGET_FILE:spqr-dump-logits-emu>
+                 --out ${CMAKE_BINARY_DIR}/gpu_logits_check_emu.json
+                 --vs-cpu ${SPQR_ROOT}/tests/data/test-model)
+set_tests_properties(gpu_logits_check_emu PROPERTIES LABELS "cuda_emu;python" TIMEOUT 300)

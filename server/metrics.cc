@@ -42,6 +42,7 @@ enum MetricIndex {
   kModelReady,
   kInflight,
   kResidentMemory,
+  kDeviceMemory,
   kUnauthenticated,
   kMalformed,
   kVllmWaiting,
@@ -105,6 +106,9 @@ const std::vector<MetricSpec> kMetricTable = {
     {"spqr_inflight_rpcs", MetricKind::kGauge, "", "RPCs of spqr.v1.SpqrService in progress."},
     {"spqr_process_resident_memory_bytes", MetricKind::kGauge, "",
      "Resident memory of the server process (/proc/self/statm), in bytes."},
+    {"spqr_device_memory_bytes", MetricKind::kGauge, "state",
+     "Memory of the GPU the backend runs on, by state (used: by all processes, total); 0 on the "
+     "CPU backend."},
     {"spqr_unauthenticated_requests_total", MetricKind::kCounter, "method,reason",
      "Calls refused with UNAUTHENTICATED, by method and reason (missing or invalid API key)."},
     {"spqr_malformed_requests_total", MetricKind::kCounter, "method",
@@ -233,6 +237,15 @@ class ServerMetrics::EngineCollector : public prometheus::Collectable {
     blocks.metric.push_back(
         EngineFamily(kKvBlocks, stats.kv_blocks_free, {{"state", "free"}}).metric.front());
     families.push_back(std::move(blocks));
+    BackendMemoryStats memory;
+    if (const Engine* engine = engine_.load()) memory = engine->model().backend->memory_stats();
+    prometheus::MetricFamily device = EngineFamily(
+        kDeviceMemory, static_cast<double>(memory.device_used_bytes), {{"state", "used"}});
+    device.metric.push_back(EngineFamily(kDeviceMemory,
+                                         static_cast<double>(memory.device_total_bytes),
+                                         {{"state", "total"}})
+                                .metric.front());
+    families.push_back(std::move(device));
     if (vllm_names_) {
       families.push_back(EngineFamily(kVllmWaiting, stats.waiting_requests));
       families.push_back(EngineFamily(kVllmRunning, stats.running_requests));

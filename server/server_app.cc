@@ -164,16 +164,17 @@ ModelLoadOptions ToModelLoadOptions(const ServerConfig& config) {
 }
 
 // The CPU backend keeps the KV cache in host memory: a budget beyond what this process may use
-// is refused before the model is loaded (the backend checks the exact pool size again).
+// is refused before the model is loaded when the CPU backend will run it (the backend checks the
+// exact pool size again). The CUDA backend checks its pool against the device's free memory.
 namespace {
-absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config) {
-  if (config.model.backend == "cuda") return absl::OkStatus();
+absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config, const std::string& backend) {
+  if (backend != "cpu") return absl::OkStatus();
   const HostMemoryLimit limit = GetHostMemoryLimit();
   if (limit.bytes > 0 && config.engine.kv_cache_bytes > limit.bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "engine.kv_cache_bytes=%d exceeds %s of %d bytes; the %s backend keeps the KV cache in "
         "host memory, so it could only fail to allocate (docs/operations.md#sizing)",
-        config.engine.kv_cache_bytes, limit.source, limit.bytes, config.model.backend));
+        config.engine.kv_cache_bytes, limit.source, limit.bytes, backend));
   }
   return absl::OkStatus();
 }
@@ -181,7 +182,9 @@ absl::Status CheckKvCacheFitsHostMemory(const ServerConfig& config) {
 
 absl::Status RunServer(const ServerConfig& config) {
   SetLogLevel(config.server.log_level);
-  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config));
+  // "auto" is resolved here the way the loader will resolve it, so that a KV budget the CPU
+  // backend could not hold is refused before the model is loaded.
+  RETURN_IF_ERROR(CheckKvCacheFitsHostMemory(config, ResolveBackend(config.model.backend).name));
   SignalWaiter signals;  // before any other thread exists
 
   ServerMetrics metrics(config.metrics.vllm_compatible_names);
@@ -272,6 +275,7 @@ absl::Status RunServer(const ServerConfig& config) {
   Logf(LogLevel::kInfo, "model loaded in %.1f s; %s; %s tokenizer",
        absl::ToDoubleSeconds(absl::Now() - load_start), (*model)->backend->description(),
        (*model)->tokenizer->kind());
+  if (!(*model)->backend_note.empty()) Logf(LogLevel::kInfo, "%s", (*model)->backend_note);
   if (!(*model)->tokenizer_note.empty()) {
     Logf(LogLevel::kWarning, "%s", (*model)->tokenizer_note);
   }
@@ -279,6 +283,13 @@ absl::Status RunServer(const ServerConfig& config) {
     EngineOptions options = ToEngineOptions(config);
     // `metrics` outlives the engine (declared first in this function).
     options.step_observer = [&metrics](const StepRecord& step) { metrics.RecordStep(step); };
+    // A backend that broke for good (a sticky CUDA error) must not look healthy: NOT_SERVING, so
+    // that load balancers and Kubernetes take this replica out instead of receiving errors.
+    options.on_backend_fault = [&health, &metrics](const absl::Status& fault) {
+      Logf(LogLevel::kError, "backend fault, health NOT_SERVING from now on: %s", fault.message());
+      health.SetServing(false);
+      metrics.SetReady(false);
+    };
     return options;
   }());
   if (!engine.ok()) {
@@ -295,6 +306,11 @@ absl::Status RunServer(const ServerConfig& config) {
   service.SetEngine(engine->get());
   health.SetServing(true);
   metrics.SetReady(true);
+  // A fault in the first requests may have been reported before SetServing(true) above.
+  if (!(*engine)->health().ok()) {
+    health.SetServing(false);
+    metrics.SetReady(false);
+  }
   const EngineStats stats = (*engine)->GetStats();
   Logf(LogLevel::kInfo, "ready in %.2f s: %s on %s, %d KV blocks of %d tokens",
        absl::ToDoubleSeconds(absl::Now() - load_start), config.model.dir,

@@ -5,18 +5,23 @@
 # prints one line per kernel and architecture:
 #   <file> <arch> <kernel (demangled)> registers=<n> spill_stores=<b> spill_loads=<b> stack=<b> smem=<b>
 # Usage: tools/cuda-resource-report.sh [build-dir] > bench/results/cuda-resources-sm90.txt
+#        SPQR_REPORT_ONLY=<regex> limits it to the .cu files whose path matches (to add the lines of
+#        new kernels to the record without recompiling every file).
 # The build itself fails on any spill (ptxas -warn-spills -Werror in engine/CMakeLists.txt); this
 # report is the record of how close each kernel is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 /usr/bin/python3 - "$BUILD_DIR" <<'PY'
-import json, re, shlex, subprocess, sys
+import json, os, re, shlex, subprocess, sys
 build = sys.argv[1]
+only = re.compile(os.environ.get("SPQR_REPORT_ONLY", ""))
 commands = json.load(open(f"{build}/compile_commands.json"))
 rows = []
 for c in commands:
     if not c["file"].endswith(".cu") or "nvcc" not in c["command"].split()[0]:
+        continue
+    if not only.search(c["file"]):
         continue
     args = shlex.split(c["command"])
     out = args.index("-o")

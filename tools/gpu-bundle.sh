@@ -54,6 +54,8 @@ if ((${#targets[@]} == 0)); then
     [[ -n $t ]] && targets+=("$t")
   done < <(grep -E "$OPTIONAL_TARGET_RE" <<<"$known" || true)
   if ((with_server)); then targets+=(spqr-server); fi
+  # More targets from the environment (tools/gpu-check.sh adds spqr-dump-logits).
+  for t in ${SPQR_GPU_EXTRA_TARGETS:-}; do targets+=("$t"); done
 fi
 if ((build)); then
   echo "gpu-bundle: building ${targets[*]} in $BUILD"

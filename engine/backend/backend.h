@@ -69,6 +69,11 @@ class Backend {
   // the pool) and returns INVALID_ARGUMENT instead of touching memory it does not own.
   virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
   virtual BackendMemoryStats memory_stats() const = 0;
+  // OK while the backend can run steps. After a fault it cannot recover from (on CUDA a "sticky"
+  // error such as an illegal address, which poisons the device context for the whole process)
+  // the error that broke it: every later Forward fails, and the engine stops taking requests and
+  // reports itself unhealthy instead of serving garbage (Engine::health()).
+  virtual absl::Status health() const { return absl::OkStatus(); }
   // The weights the backend keeps resident when it replaced parts of the bound ones by its own
   // layout (the CPU backend's SpQR tile layouts), so the loader can drop the originals and hold
   // the weights once; null when the backend uses the bound weights as they are.

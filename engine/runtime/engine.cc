@@ -112,6 +112,10 @@ absl::Status Engine::Impl::Submit(GenerateRequest request, OutputCallback callba
   seq->request = std::move(request);
 
   std::lock_guard<std::mutex> lock(mu_);
+  if (!fault_.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the backend failed and this server serves no more requests: ", fault_.message()));
+  }
   if (!accepting_) {
     return absl::UnavailableError("the engine is shutting down and accepts no new requests");
   }
@@ -271,6 +275,7 @@ absl::Status Engine::Submit(GenerateRequest request, OutputCallback callback) {
 void Engine::Cancel(const std::string& request_id) { impl_->Cancel(request_id); }
 void Engine::StopAccepting() { impl_->StopAccepting(); }
 EngineStats Engine::GetStats() const { return impl_->GetStats(); }
+absl::Status Engine::health() const { return impl_->health(); }
 const LoadedModel& Engine::model() const { return *impl_->model_; }
 const EngineOptions& Engine::options() const { return impl_->options_; }
 

@@ -44,6 +44,11 @@ struct EngineOptions {
   // failed ones included. It must be thread-safe with respect to its own state, fast, and must
   // not block or call back into the engine. Empty: no step records.
   std::function<void(const StepRecord&)> step_observer;
+  // Called once, on the engine thread, when a failed step left the backend broken for good
+  // (Backend::health(), e.g. a sticky CUDA error): from then on the engine refuses new requests
+  // with UNAVAILABLE naming the fault, and every admitted one fails. The server turns its health
+  // NOT_SERVING here. Same rules as step_observer.
+  std::function<void(const absl::Status&)> on_backend_fault;
 };
 
 // Point-in-time counters for metrics and GetModelInfo. Cumulative counters only grow.
@@ -86,6 +91,8 @@ class Engine {
   // Refuses new requests with UNAVAILABLE from now on (drain).
   void StopAccepting();
   EngineStats GetStats() const;
+  // OK while the engine can serve; the backend's fault once it broke (see on_backend_fault).
+  absl::Status health() const;
 
   const LoadedModel& model() const;
   const EngineOptions& options() const;

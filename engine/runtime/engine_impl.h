@@ -100,6 +100,10 @@ class Engine::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     accepting_ = false;
   }
+  absl::Status health() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fault_;
+  }
   EngineStats GetStats() const {
     EngineStats stats;
     {
@@ -130,6 +134,9 @@ class Engine::Impl {
   void Emit(Sequence& seq, OutputChunk chunk);
   void RemoveFinished();
   void PublishStats(double step_seconds);
+  // After a failed step: if the backend reports itself broken, stop accepting requests, remember
+  // the fault and tell the owner (EngineOptions::on_backend_fault), once.
+  void CheckBackendHealth();
   // Prompt blocks a request may take from the prefix cache: full blocks, never the last prompt
   // token (its logits must be computed), and none for prompt_logprobs requests (every prompt
   // position's logits are needed).
@@ -151,6 +158,7 @@ class Engine::Impl {
   std::unordered_map<std::string, int64_t> live_ids_;  // request_id -> uid
   bool accepting_ = true;
   bool stopping_ = false;
+  absl::Status fault_;           // the backend's, once it broke
   bool has_work_ = false;        // waiting_ or running_ non-empty
   int32_t queued_requests_ = 0;  // submitted, not yet admitted
   int64_t queued_prompt_tokens_ = 0;

@@ -195,6 +195,9 @@ bool Engine::Impl::Step() {
     ++stats_.steps_total;
   }
   if (!forward.ok()) {
+    // Health first: a client that sees its request fail and then asks the server's health must
+    // already find the fault (and the engine must refuse new work) — not race the report.
+    CheckBackendHealth();
     for (Item& item : items) {
       Finish(*item.seq, FinishReason::kError, OutputChunk(),
              absl::Status(forward.code(), absl::StrCat("forward step: ", forward.message())));
@@ -396,6 +399,18 @@ void Engine::Impl::PublishStats(double step_seconds) {
   stats_.kv_blocks_free = allocator_.num_free_blocks();
   stats_.kv_blocks_cached = allocator_.num_evictable_blocks();
   if (step_seconds >= 0) stats_.last_step_seconds = step_seconds;
+}
+
+void Engine::Impl::CheckBackendHealth() {
+  absl::Status health = model_->backend->health();
+  if (health.ok()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!fault_.ok()) return;
+    fault_ = health;
+    accepting_ = false;
+  }
+  if (options_.on_backend_fault) options_.on_backend_fault(health);
 }
 
 }  // namespace spqr

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -11,6 +12,11 @@
 #include "engine/format/spqr_model.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/status_macros.h"
+
+#ifdef SPQR_WITH_CUDA
+#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/backend/cuda/device_query.h"
+#endif
 
 namespace spqr {
 namespace {
@@ -48,12 +54,30 @@ absl::Status FillQuantizationInfo(const std::string& dir, QuantizationInfo* info
   return absl::OkStatus();
 }
 
+BackendChoice ChooseAutoBackend() {
+#ifdef SPQR_WITH_CUDA
+  absl::StatusOr<std::vector<CudaDeviceInfo>> devices = QueryCudaDevices();
+  if (!devices.ok()) {
+    return {"cpu", absl::StrCat("no usable CUDA device: ", devices.status().message())};
+  }
+  if (devices->empty()) {
+    return {"cpu", "the CUDA driver exposes no device (is CUDA_VISIBLE_DEVICES empty?)"};
+  }
+  const CudaDeviceInfo& device = devices->front();
+  if (!device.can_run_kernels) {
+    return {"cpu", absl::StrCat("cuda:0 ", device.name,
+                                " cannot run this build's kernels: ", device.unsupported_reason)};
+  }
+  return {"cuda", absl::StrCat("CUDA device found: ", DescribeCudaDevices({device}))};
+#else
+  return {"cpu", "this build has no CUDA backend (configured without nvcc)"};
+#endif
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
                                                        std::shared_ptr<const LlamaWeights> weights,
                                                        const ModelLoadOptions& options) {
-  if (name == "cpu" || name == "auto") {
-    // "auto" picks CUDA once the CUDA backend exists and a device is present; until then the
-    // CPU backend is the only one this build can run.
+  if (name == "cpu") {
     CpuBackendOptions cpu_options;
     cpu_options.num_threads = options.num_threads;
     ASSIGN_OR_RETURN(cpu_options.spqr_kernel, ParseSpqrCpuKernel(options.spqr_cpu_kernel));
@@ -62,11 +86,17 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
   }
   if (name == "cuda") {
 #ifdef SPQR_WITH_CUDA
-    return absl::UnimplementedError(
-        "backend \"cuda\": the CUDA backend is compiled in but not wired to the model loader yet");
+    absl::StatusOr<std::unique_ptr<Backend>> backend =
+        CreateCudaBackend(std::move(weights), CudaBackendOptions());
+    if (!backend.ok()) {
+      return absl::Status(backend.status().code(),
+                          absl::StrCat("backend \"cuda\": ", backend.status().message()));
+    }
+    return backend;
 #else
     return absl::FailedPreconditionError(
-        "backend \"cuda\": this build has no CUDA backend (configure with -DSPQR_CUDA=ON)");
+        "backend \"cuda\": this build has no CUDA backend (configure with -DSPQR_CUDA=ON on a "
+        "machine with the CUDA toolkit)");
 #endif
   }
   return absl::InvalidArgumentError(
@@ -74,6 +104,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& name,
 }
 
 }  // namespace
+
+BackendChoice ResolveBackend(const std::string& backend) {
+  if (backend == "auto") return ChooseAutoBackend();
+  return {backend, ""};
+}
 
 absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
                                                        const ModelLoadOptions& options) {
@@ -99,7 +134,14 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& dir,
   model->quantization.method = "none";
   model->quantization.weight_dtype = DenseWeightDtype(*model->weights);
   RETURN_IF_ERROR(FillQuantizationInfo(dir, &model->quantization));
-  ASSIGN_OR_RETURN(model->backend, CreateBackend(options.backend, model->weights, options));
+  std::string backend_name = options.backend;
+  if (backend_name == "auto") {
+    const BackendChoice choice = ChooseAutoBackend();
+    backend_name = choice.name;
+    model->backend_note =
+        absl::StrCat("backend auto: chose ", choice.name, " (", choice.reason, ")");
+  }
+  ASSIGN_OR_RETURN(model->backend, CreateBackend(backend_name, model->weights, options));
   // Keep one copy of the weights: the backend's, where it repacked layers into its own layout.
   if (auto resident = model->backend->resident_weights()) model->weights = std::move(resident);
   return model;

@@ -14,8 +14,10 @@
 namespace spqr {
 
 struct ModelLoadOptions {
-  std::string backend = "auto";  // "cpu", "cuda" or "auto" (cuda when built in and a device exists)
-  int num_threads = 0;           // CPU backend threads; 0 = all cores
+  // "cpu", "cuda" or "auto": cuda when this build has the CUDA backend and device 0 can run its
+  // kernels, else cpu (LoadedModel::backend_note says which and why).
+  std::string backend = "auto";
+  int num_threads = 0;                    // CPU backend threads; 0 = all cores
   std::string spqr_cpu_kernel = "auto";   // "auto", "exact" or "int8" (cpu_backend.h)
   std::string dense_cpu_kernel = "auto";  // "auto", "exact" or "bf16" (cpu_backend.h)
 };
@@ -50,10 +52,22 @@ struct LoadedModel {
   std::string tokenizer_note;
   std::shared_ptr<const LlamaWeights> weights;
   std::unique_ptr<Backend> backend;
+  // With backend "auto": which backend was chosen and why, for the start-up log.
+  std::string backend_note;
   QuantizationInfo quantization;
   // The chat template and its end-of-turn tokens (model_chat.h); no template is not an error.
   ModelChat chat;
 };
+
+// Which backend a ModelLoadOptions::backend value means here: "auto" resolved against this build
+// and the devices present (the same rule LoadModel applies), other values returned as they are;
+// `reason` says why for "auto" (empty otherwise). Never fails (an unknown name is LoadModel's
+// error); with CUDA built in it queries the devices (QueryCudaDevices).
+struct BackendChoice {
+  std::string name;
+  std::string reason;
+};
+BackendChoice ResolveBackend(const std::string& backend);
 
 // Loads `dir` (config.json, generation_config.json, safetensors, tokenizer.json or tokenizer.model:
 // see OpenModelTokenizer, the chat template: see LoadModelChat) and creates the backend. Errors

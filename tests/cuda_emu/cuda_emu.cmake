@@ -1,12 +1,13 @@
 # Tests on the CPU harness for the CUDA code (label cuda_emu; docs/cuda-harness.md): the harness's
 # own behaviour, and the CUDA kernels against the CPU backend's ops, run without a GPU. The same
-# two test files are also built with AddressSanitizer (harness, kernels and tests instrumented)
+# test files are also built with AddressSanitizer (harness, kernels and tests instrumented)
 # and registered as one ctest, cuda_emu_asan.
 if(NOT SPQR_WITH_CUDA_EMU)
   return()
 endif()
 
-set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc)
+set(cuda_emu_tests ${CMAKE_CURRENT_LIST_DIR}/harness_test.cc ${CMAKE_CURRENT_LIST_DIR}/kernels_test.cc
+                   ${CMAKE_CURRENT_LIST_DIR}/forward_kernels_test.cc)
 spqr_add_gtest(cuda_emu_test SOURCES ${cuda_emu_tests}
                LIBS spqr_engine_cuda_emu spqr_engine_cpu LABELS cuda_emu)
 
@@ -52,3 +53,34 @@ add_test(NAME spqr_gpu_bench_table_smoke
 set_tests_properties(spqr_gpu_bench_smoke PROPERTIES FIXTURES_SETUP spqr_gpu_bench_json)
 set_tests_properties(spqr_gpu_bench_table_smoke PROPERTIES LABELS cuda_emu
                                                            FIXTURES_REQUIRED spqr_gpu_bench_json)
+
+# The CUDA backend end to end (--backend cuda/auto through the loader, the real engine) against
+# the CPU backend on the test model and the reference model, dense and SpQR-quantized at test
+# time (tests/cuda_emu/cuda_backend_e2e_test.cc).
+# One ctest for the binary: the SpQR model is quantized once per process (about 5 s), and the
+# CPU backend's OpenMP threads must not spin while the harness runs kernels on the main thread.
+add_executable(cuda_backend_e2e_test ${CMAKE_CURRENT_LIST_DIR}/cuda_backend_e2e_test.cc)
+target_link_libraries(cuda_backend_e2e_test PRIVATE spqr_engine_runtime_emu spqr_quantizer_lib
+                                                    spqr_engine_cuda_emu spqr_engine_cpu
+                                                    GTest::gtest GTest::gmock GTest::gtest_main)
+target_include_directories(cuda_backend_e2e_test PRIVATE ${SPQR_ROOT})
+target_compile_definitions(cuda_backend_e2e_test PRIVATE SPQR_SOURCE_DIR="${SPQR_ROOT}")
+add_test(NAME cuda_backend_e2e COMMAND cuda_backend_e2e_test)
+set_tests_properties(cuda_backend_e2e PROPERTIES LABELS cuda_emu TIMEOUT 600
+                     ENVIRONMENT "OMP_WAIT_POLICY=passive")
+
+# tools/gpu_logits_check.py (the device's end-to-end logits check, run by tools/gpu-check.sh) on
+# the harness: spqr-dump-logits built against the CUDA backend on the CPU harness, its
+# --backend cuda logits against its --backend cpu logits on the test model (prefill in ragged
+# chunks, decode steps, a scrambled paged block table).
+add_executable(spqr-dump-logits-emu ${SPQR_ROOT}/tests/tools/dump_logits.cc)
+target_link_libraries(spqr-dump-logits-emu PRIVATE spqr_engine_cuda_emu spqr_engine_cpu
+                                                   absl::strings)
+target_compile_definitions(spqr-dump-logits-emu PRIVATE SPQR_WITH_CUDA=1)
+target_include_directories(spqr-dump-logits-emu PRIVATE ${SPQR_ROOT})
+add_test(NAME gpu_logits_check_emu
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tools/gpu_logits_check.py
+                 --dump-logits $<TARGET_FILE:spqr-dump-logits-emu>
+                 --out ${CMAKE_BINARY_DIR}/gpu_logits_check_emu.json
+                 --vs-cpu ${SPQR_ROOT}/tests/data/test-model)
+set_tests_properties(gpu_logits_check_emu PROPERTIES LABELS "cuda_emu;python" TIMEOUT 300)

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "engine/backend/cuda/cast_f32.cuh"
+#include "engine/backend/cuda/cublas_api.h"
 #include "engine/backend/cuda/device_buffer.h"
 #include "engine/util/half.h"
 #include "gtest/gtest.h"
@@ -39,6 +40,19 @@ void PrintTo(const GemmCase& c, std::ostream* os) {
 }
 
 class DenseGemmParityTest : public ::testing::TestWithParam<GemmCase> {};
+
+// Needs no device: cuBLAS is dlopened (cublas_api.h), so this checks that the toolkit's library
+// is found the way the server finds it and has every entry point the backend calls.
+TEST(CublasApiTest, LoadsEveryEntryPoint) {
+  const absl::StatusOr<const CublasApi*> api = LoadCublasApi();
+  ASSERT_TRUE(api.ok()) << api.status();
+  EXPECT_NE((*api)->create, nullptr);
+  EXPECT_NE((*api)->destroy, nullptr);
+  EXPECT_NE((*api)->set_stream, nullptr);
+  EXPECT_NE((*api)->gemm_ex, nullptr);
+  // The same table every time (loaded once per process).
+  EXPECT_EQ(*LoadCublasApi(), *api);
+}
 
 TEST_P(DenseGemmParityTest, MatchesReference) {
   SPQR_SKIP_WITHOUT_CUDA_DEVICE();

@@ -1,4 +1,5 @@
-// Runs the engine's CPU backend on a checkpoint directory and writes the logits of every token of
+// Runs the engine's CPU backend (or, with --backend cuda in a CUDA build, the CUDA backend) on a
+// checkpoint directory and writes the logits of every token of
 // a sequence as a float32 .npy file [tokens, vocab], for comparison with
 // tools/reference_forward.py.
 //
@@ -7,7 +8,7 @@
 // small block size and a scrambled block table so paging is exercised.
 //
 //   spqr-dump-logits --model DIR --tokens 1,2,3,4 --prompt 3 --chunk 2 --out logits.npy
-//                    [--spqr-kernel auto|exact|int8]
+//                    [--spqr-kernel auto|exact|int8] [--backend cpu|cuda]
 //
 // --text STRING replaces --tokens: the model directory's tokenizer (OpenModelTokenizer) encodes it
 // with the special tokens its post-processor adds (transformers' `tokenizer(text)`), and
@@ -36,6 +37,10 @@
 #include "engine/model/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
 
+#if defined(SPQR_WITH_CUDA)
+#include "engine/backend/cuda/cuda_backend.h"
+#endif
+
 namespace spqr {
 namespace {
 
@@ -47,6 +52,7 @@ struct Args {
   int block_size = 4;
   int threads = 0;
   std::string spqr_kernel = "auto";
+  std::string backend = "cpu";
   std::string out;
   std::string text;
   std::string ids_out;
@@ -87,6 +93,9 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       if (!absl::SimpleAtoi(value, &args->generate) || args->generate < 0) return false;
     } else if (flag == "--spqr-kernel") {
       args->spqr_kernel = value;
+    } else if (flag == "--backend") {
+      if (value != "cpu" && value != "cuda") return false;
+      args->backend = value;
     } else if (flag == "--threads") {
       if (!absl::SimpleAtoi(value, &args->threads)) return false;
     } else {
@@ -170,9 +179,18 @@ int Run(Args args) {
     std::cerr << kernel.status() << "\n";
     return 1;
   }
-  CpuBackendOptions options{args.threads};
-  options.spqr_kernel = *kernel;
-  auto backend = CreateCpuBackend(*weights, options);
+  absl::StatusOr<std::unique_ptr<Backend>> backend;
+  if (args.backend == "cuda") {
+#if defined(SPQR_WITH_CUDA)
+    backend = CreateCudaBackend(*weights, CudaBackendOptions{});
+#else
+    backend = absl::FailedPreconditionError("--backend cuda: this build has no CUDA backend");
+#endif
+  } else {
+    CpuBackendOptions options{args.threads};
+    options.spqr_kernel = *kernel;
+    backend = CreateCpuBackend(*weights, options);
+  }
   if (!backend.ok()) {
     std::cerr << backend.status() << "\n";
     return 1;
@@ -242,7 +260,7 @@ int main(int argc, char** argv) {
     std::cerr << "usage: spqr-dump-logits --model DIR (--tokens ID,ID,... | --text STRING | "
                  "--text-file FILE) --out FILE.npy [--ids-out FILE.json] [--generate N] [--prompt "
                  "N] [--chunk N] "
-                 "[--block-size N] [--threads N]\n";
+                 "[--block-size N] [--threads N] [--backend cpu|cuda]\n";
     return 2;
   }
   return spqr::Run(args);

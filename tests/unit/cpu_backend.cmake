@@ -14,6 +14,11 @@ spqr_add_gtest(cpu_backend_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_te
 # Writes the CPU backend's logits for a token sequence as .npy (prefill chunks + decode steps).
 add_executable(spqr-dump-logits ${SPQR_ROOT}/tests/tools/dump_logits.cc)
 target_link_libraries(spqr-dump-logits PRIVATE spqr_engine_cpu absl::strings)
+if(SPQR_WITH_CUDA)
+  # --backend cuda (tools/gpu-check.sh compares it with transformers on the device).
+  target_link_libraries(spqr-dump-logits PRIVATE spqr_engine_cuda)
+  target_compile_definitions(spqr-dump-logits PRIVATE SPQR_WITH_CUDA=1)
+endif()
 
 add_test(NAME cpu_reference_forward_test
          COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/tests/tools/reference_forward_test.py

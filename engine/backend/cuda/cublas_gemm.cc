@@ -4,14 +4,22 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/cublas_api.h"
 #include "engine/backend/cuda/cuda_status.h"
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
 
+namespace {
+
+// The loaded table; only called once a handle exists, i.e. after LoadCublasApi succeeded.
+const CublasApi& Api() { return **LoadCublasApi(); }
+
+}  // namespace
+
 CublasHandle::~CublasHandle() {
-  if (handle_ != nullptr) (void)cublasDestroy(handle_);
+  if (handle_ != nullptr) (void)Api().destroy(handle_);
 }
 
 CublasHandle::CublasHandle(CublasHandle&& other) noexcept
@@ -19,16 +27,17 @@ CublasHandle::CublasHandle(CublasHandle&& other) noexcept
 
 CublasHandle& CublasHandle::operator=(CublasHandle&& other) noexcept {
   if (this != &other) {
-    if (handle_ != nullptr) (void)cublasDestroy(handle_);
+    if (handle_ != nullptr) (void)Api().destroy(handle_);
     handle_ = std::exchange(other.handle_, nullptr);
   }
   return *this;
 }
 
 absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
+  ASSIGN_OR_RETURN(const CublasApi* api, LoadCublasApi());
   CublasHandle handle;
-  CUBLAS_RETURN_IF_ERROR(cublasCreate(&handle.handle_));
-  CUBLAS_RETURN_IF_ERROR(cublasSetStream(handle.handle_, stream));
+  CUBLAS_RETURN_IF_ERROR(api->create(&handle.handle_));
+  CUBLAS_RETURN_IF_ERROR(api->set_stream(handle.handle_, stream));
   return handle;
 }
 
@@ -62,9 +71,9 @@ absl::Status DenseGemm(const CublasHandle& handle, const DenseGemmParams& p) {
   const int m = static_cast<int>(p.m);
   const int n = static_cast<int>(p.n);
   const int k = static_cast<int>(p.k);
-  CUBLAS_RETURN_IF_ERROR(cublasGemmEx(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, p.w,
-                                      type, k, p.x, type, k, &beta, p.y, CUDA_R_32F, n,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  CUBLAS_RETURN_IF_ERROR(Api().gemm_ex(handle.get(), CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, p.w,
+                                       type, k, p.x, type, k, &beta, p.y, CUDA_R_32F, n,
+                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return absl::OkStatus();
 }
 

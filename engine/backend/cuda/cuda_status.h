@@ -33,6 +33,11 @@ absl::Status CublasStatusToStatus(cublasStatus_t status, const char* expr, const
 // failure of a device that works).
 bool IsCudaNoDeviceError(cudaError_t error);
 
+// True for the errors that corrupt the CUDA context for good ("sticky" errors: an illegal address,
+// a kernel exception or trap, an ECC error, a launch timeout): every later call of the process
+// returns them, so a backend that sees one must stop serving rather than retry.
+bool IsCudaStickyError(cudaError_t error);
+
 }  // namespace spqr
 
 // Evaluates a CUDA runtime call; on error returns its Status from the enclosing function.

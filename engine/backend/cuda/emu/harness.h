@@ -65,6 +65,12 @@ class ScopedSchedule {
   Schedule previous_;
 };
 
+// Makes the emulated device behave as after a sticky error (cudaErrorIllegalAddress and the like,
+// which a real context never recovers from): until it is set back to cudaSuccess (which a real
+// device cannot do; tests only), every stream/event/device synchronization, every copy and
+// cudaGetLastError/cudaPeekAtLastError return `error`, so a kernel launch reports it too.
+void SetStickyError(cudaError_t error);
+
 // Counters since process start (tests check that kernels actually ran under the harness).
 struct Stats {
   uint64_t launches = 0;

@@ -11,6 +11,7 @@
 // about a GPU. One emulated device: "CUDA CPU harness (emulated)", compute capability 9.0.
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -58,6 +59,13 @@ bool IsDeviceRange(const void* p, size_t bytes) {
 }
 
 thread_local cudaError_t t_last_error = cudaSuccess;
+std::atomic<cudaError_t> g_sticky_error{cudaSuccess};
+
+// The sticky error if one is set, else `otherwise`.
+cudaError_t Sticky(cudaError_t otherwise = cudaSuccess) {
+  const cudaError_t e = g_sticky_error.load();
+  return e != cudaSuccess ? e : otherwise;
+}
 
 cudaError_t Record(cudaError_t error) {
   if (error != cudaSuccess) t_last_error = error;
@@ -96,6 +104,7 @@ cudaError_t CheckCopy(void* dst, const void* src, size_t count, cudaMemcpyKind k
 }  // namespace
 
 void SetLastLaunchError(cudaError_t error) { Record(error); }
+void SetStickyError(cudaError_t error) { g_sticky_error.store(error); }
 
 }  // namespace spqr::emu
 
@@ -104,12 +113,13 @@ using spqr::emu::Record;
 // ---- Errors ----
 
 cudaError_t cudaGetLastError() {
+  if (spqr::emu::Sticky() != cudaSuccess) return spqr::emu::Sticky();
   const cudaError_t e = spqr::emu::t_last_error;
   spqr::emu::t_last_error = cudaSuccess;
   return e;
 }
 
-cudaError_t cudaPeekAtLastError() { return spqr::emu::t_last_error; }
+cudaError_t cudaPeekAtLastError() { return spqr::emu::Sticky(spqr::emu::t_last_error); }
 
 #define SPQR_EMU_ERRORS(X)                                                                       \
   X(cudaSuccess, "no error")                                                                     \
@@ -202,6 +212,7 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (spqr::emu::Sticky() != cudaSuccess) return Record(spqr::emu::Sticky());
   const cudaError_t e = spqr::emu::CheckCopy(dst, src, count, kind);
   if (e != cudaSuccess) return Record(e);
   if (count > 0) std::memmove(dst, src, count);
@@ -249,7 +260,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return spqr::emu::Sticky(); }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 
@@ -276,7 +287,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return spqr::emu::Sticky(); }
 cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
@@ -288,7 +299,7 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return spqr::emu::Sticky(); }
 
 // ---- Devices ----
 

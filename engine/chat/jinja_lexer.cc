@@ -5,6 +5,7 @@
 
 #include "engine/chat/jinja_text.h"
 #include "engine/chat/jinja_value.h"
+#include "engine/tokenizer/utf8.h"
 
 namespace spqr::jinja {
 namespace {
@@ -281,15 +282,15 @@ class Lexer {
           value.push_back('\v');
           break;
         case 'x':
-          AppendUtf8(hex(2), &value);
+          utf8::Append(hex(2), &value);
           break;
         case 'u':
-          AppendUtf8(hex(4), &value);
+          utf8::Append(hex(4), &value);
           break;
         case 'U': {
           const uint32_t cp = hex(8);
           if (cp > 0x10FFFF) Fail("\\U escape out of range in string literal", pos);
-          AppendUtf8(cp, &value);
+          utf8::Append(cp, &value);
           break;
         }
         case 'N':
@@ -300,7 +301,7 @@ class Lexer {
             for (int k = 0; k < 2 && p < src_.size() && src_[p] >= '0' && src_[p] <= '7'; ++k) {
               v = v * 8 + static_cast<uint32_t>(src_[p++] - '0');
             }
-            AppendUtf8(v, &value);
+            utf8::Append(v, &value);
           } else {
             value.push_back('\\');  // unknown escapes stay as written
             value.push_back(e);

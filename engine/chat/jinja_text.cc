@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "engine/chat/jinja_value.h"
+#include "engine/tokenizer/utf8.h"
 
 namespace spqr::jinja {
 namespace {
@@ -66,7 +67,7 @@ void AppendCp(uint32_t cp, std::string* out) {
   if (cp >= 0xDC80 && cp <= 0xDCFF) {
     out->push_back(static_cast<char>(cp - 0xDC00));
   } else {
-    AppendUtf8(cp, out);
+    utf8::Append(cp, out);
   }
 }
 
@@ -100,24 +101,6 @@ uint32_t DecodeCodePoint(std::string_view cp) {
   uint32_t v = b & (0x7F >> cp.size());
   for (size_t k = 1; k < cp.size(); ++k) v = (v << 6) | (static_cast<unsigned char>(cp[k]) & 0x3F);
   return v;
-}
-
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
 }
 
 int64_t CodePointCount(std::string_view s) {

@@ -17,7 +17,6 @@ std::vector<std::string_view> SplitCodePoints(std::string_view s);
 // The code point of one element of SplitCodePoints (an invalid byte gives 0xDC80 + byte, Python's
 // surrogateescape value).
 uint32_t DecodeCodePoint(std::string_view cp);
-void AppendUtf8(uint32_t cp, std::string* out);
 int64_t CodePointCount(std::string_view s);
 
 // Python's str.isspace() for one code point.

@@ -36,10 +36,9 @@ SPQR_GPU_EXTRA_TARGETS="spqr-dump-logits spqr-quantize" bash "$ROOT/tools/gpu-bu
 quantize=$(find "$BUILD" -type f -name spqr-quantize -perm -u+x | head -1)
 rm -f "$BUNDLE/bin/spqr-quantize"
 
+# The dense models travel with the working tree (models/reference, tests/data/test-model); only
+# the SpQR model made here is bundled (the run tool carries 64 MiB in all, tree included).
 mkdir -p "$BUNDLE/models"
-cp -r "$ROOT/models/reference" "$BUNDLE/models/reference"
-rm -f "$BUNDLE/models/reference/training_log.jsonl" "$BUNDLE/models/reference/calibration.txt"
-cp -r "$ROOT/tests/data/test-model" "$BUNDLE/models/test-model"
 echo "gpu-check: quantizing models/reference with SpQR (w3 16x16, 3-bit statistics, tau 0.2)"
 "$quantize" --model "$ROOT/models/reference" --out "$BUNDLE/models/reference-spqr" --force \
   --calibration "$ROOT/models/reference/calibration.txt" --method spqr --wbits 3 --beta1 16 \
@@ -50,7 +49,8 @@ cp "$ROOT/tools/gpu_logits_check.py" "$BUNDLE/gpu_logits_check.py"
 
 cat >"$BUNDLE/check.sh" <<'CHECK'
 #!/usr/bin/env bash
-# Runs on the device (see tools/gpu-check.sh): tests + benchmarks, then the logits check.
+# Runs on the device, from the repository root (see tools/gpu-check.sh): tests + benchmarks, then
+# the logits check.
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -68,8 +68,8 @@ if ldd "$HERE/bin/spqr-dump-logits" 2>&1 | grep -Eq "(GLIBCXX|CXXABI|GCC)_[0-9.]
 fi
 timeout 120 python3 "$HERE/gpu_logits_check.py" --dump-logits "$HERE/bin/spqr-dump-logits" \
   --out "$OUT/logits_check.json" \
-  --vs-transformers "$HERE/models/reference" "$HERE/models/test-model" \
-  --vs-cpu "$HERE/models/reference-spqr" "$HERE/models/reference" 2>&1 |
+  --vs-transformers models/reference tests/data/test-model \
+  --vs-cpu "$HERE/models/reference-spqr" models/reference 2>&1 |
   tee "$OUT/logits_check.log" || status=1
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 echo "check.sh: exit $status (results in $OUT)"
@@ -78,5 +78,9 @@ CHECK
 chmod +x "$BUNDLE/check.sh"
 
 size=$(du -sm "$BUNDLE" | cut -f1)
-echo "gpu-check: bundle ready in .gpu-bundle/ (${size} MiB)"
+tree=$(git -C "$ROOT" ls-files -z | (cd "$ROOT" && xargs -0 du -cm 2>/dev/null) | tail -1 | cut -f1)
+echo "gpu-check: bundle ready in .gpu-bundle/ (${size} MiB; the tracked tree ${tree} MiB; the run tool carries 64 MiB in all)"
+if ((size + tree > 60)); then
+  echo "gpu-check: WARNING: bundle + tree exceed 60 MiB; the run may refuse to carry them" >&2
+fi
 echo "  run(command=\"bash .gpu-bundle/check.sh\", carry=[\".gpu-bundle\"], timeout_s=540)"

@@ -50,8 +50,8 @@ absl::Status Bind(void* library, const char* name, Fn& fn) {
   void* symbol = dlsym(library, name);
   if (symbol == nullptr) {
     const char* error = dlerror();
-    return absl::FailedPreconditionError(absl::StrCat(kLibrary, " has no ", name, ": ",
-                                                      error != nullptr ? error : "null symbol"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(kLibrary, " has no ", name, ": ", error != nullptr ? error : "null symbol"));
   }
   fn = reinterpret_cast<Fn>(symbol);
   return absl::OkStatus();
@@ -69,9 +69,9 @@ absl::StatusOr<CublasApi> Resolve() {
     }
   }
   if (library == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot load cuBLAS (the CUDA backend's dense GEMMs need it): ", errors,
-                     ". Install the CUDA toolkit's cuBLAS or add its directory to LD_LIBRARY_PATH"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot load cuBLAS (the CUDA backend's dense GEMMs need it): ", errors,
+        ". Install the CUDA toolkit's cuBLAS or add its directory to LD_LIBRARY_PATH"));
   }
   // Never dlclose: the handles and the library's TLS live as long as the process.
   CublasApi api;

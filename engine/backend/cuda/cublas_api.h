@@ -6,7 +6,8 @@
 // small fixed stack, and with that much static TLS they fail to start ("null context when
 // constructing CivetServer"). Loaded with dlopen, cuBLAS's TLS is dynamic: allocated only in the
 // threads that touch it (the engine loop). It also means a binary with the CUDA backend compiled in
-// starts on a machine without cuBLAS installed; only `--backend cuda` then fails, naming the library.
+// starts on a machine without cuBLAS installed; only `--backend cuda` then fails, naming the
+// library.
 //
 // Under the CPU harness (SPQR_CUDA_EMU) the table points at the harness's own cuBLAS functions.
 // Only code inside engine/backend/cuda may include this header.
@@ -20,9 +21,9 @@ namespace spqr {
 
 // cublasGemmEx with cublasComputeType_t (the C entry point; C++ also sees an inline overload taking
 // cudaDataType, so decltype(&cublasGemmEx) would be ambiguous).
-using CublasGemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
-                                          int, int, int, const void*, const void*, cudaDataType,
-                                          int, const void*, cudaDataType, int, const void*, void*,
+using CublasGemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
+                                          int, int, const void*, const void*, cudaDataType, int,
+                                          const void*, cudaDataType, int, const void*, void*,
                                           cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 
 struct CublasApi {

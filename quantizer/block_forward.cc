@@ -162,7 +162,10 @@ class BlockOps final : public ForwardOps {
                      : first == &layer_.gate_proj ? 2
                      : first == &layer_.down_proj ? 3
                                                   : -1;
-    if (hessians_ != nullptr && hook >= 0 && hessians_->inputs[hook] != nullptr) {
+    if (hessians_ != nullptr && hook >= 0 && hessians_->captures[hook] != nullptr) {
+      const float* x = buf(in);
+      hessians_->captures[hook]->assign(x, x + tokens_ * first->in_features);
+    } else if (hessians_ != nullptr && hook >= 0 && hessians_->inputs[hook] != nullptr) {
       hessians_->inputs[hook]->AddBatch(buf(in), tokens_);
     }
     for (const Projection& p : projections) {

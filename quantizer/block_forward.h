@@ -41,6 +41,10 @@ DenseBlock LoadDenseBlock(const DecoderLayerWeights& layer);
 // input, [3] down_proj input (null entries are skipped).
 struct BlockHessians {
   HessianAccumulator* inputs[4] = {nullptr, nullptr, nullptr, nullptr};
+  // Where non-null, the same input is copied here instead ([tokens][in_features] row-major,
+  // resized), for a caller that runs windows in parallel and accumulates them afterwards in
+  // window order (QuantizeModel).
+  std::vector<float>* captures[4] = {nullptr, nullptr, nullptr, nullptr};
 };
 
 // Reusable working memory of BlockForward (grown on demand, contents are scratch). Passing the

@@ -1,5 +1,7 @@
 #include "quantizer/hessian.h"
 
+#include <omp.h>
+
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
@@ -23,6 +25,31 @@ void HessianAccumulator::AddBatch(const float* x, int64_t rows) {
   samples_ = total;
   const float scale = static_cast<float>(2.0 / static_cast<double>(samples_));
   h.noalias() += scale * (xs.transpose() * xs);
+}
+
+void HessianAccumulator::AddBatches(std::span<const float* const> xs, int64_t rows, int threads) {
+  if (rows <= 0 || xs.empty()) return;
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  // Panels of 64 rows: enough of them to balance a few threads on the smallest layers, wide
+  // enough for Eigen's GEMM kernel to run at full speed.
+  constexpr int64_t kPanelRows = 64;
+  const int64_t panels = (n_ + kPanelRows - 1) / kPanelRows;
+  const int64_t before = samples_;
+#pragma omp parallel for num_threads(std::max(threads, 1)) schedule(dynamic, 1)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t r0 = p * kPanelRows, width = std::min(kPanelRows, n_ - r0);
+    auto h = Eigen::Map<RowMat>(h_.data(), n_, n_).middleRows(r0, width);
+    int64_t samples = before;
+    for (const float* x : xs) {
+      Eigen::Map<const RowMat> xm(x, rows, n_);
+      const int64_t total = samples + rows;
+      h *= static_cast<float>(static_cast<double>(samples) / static_cast<double>(total));
+      samples = total;
+      const float scale = static_cast<float>(2.0 / static_cast<double>(samples));
+      h.noalias() += scale * (xm.middleCols(r0, width).transpose() * xm);
+    }
+  }
+  samples_ = before + rows * static_cast<int64_t>(xs.size());
 }
 
 absl::StatusOr<PreparedHessian> PrepareHessian(const float* h_in, int64_t n, double lambda,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -16,6 +17,13 @@ class HessianAccumulator {
   explicit HessianAccumulator(int64_t in_features);
   // x: [rows][in_features] row-major.
   void AddBatch(const float* x, int64_t rows);
+  // AddBatch(xs[0], rows), AddBatch(xs[1], rows), ... in that order, with the update of H split
+  // into fixed panels of rows spread over `threads` OpenMP threads. Each element of H gets the
+  // same arithmetic as in AddBatch with serial Eigen products (a row panel of the row-major product
+  // is a column panel of Eigen's column-major one, which Eigen computes element by element the
+  // same way; tested bit for bit), so the result does not depend on `threads`. Eigen's own
+  // threading must be off (Eigen::setNbThreads(1)) when threads <= 1, as in QuantizeModel.
+  void AddBatches(std::span<const float* const> xs, int64_t rows, int threads);
   int64_t in_features() const { return n_; }
   int64_t num_samples() const { return samples_; }
   // Row-major [n][n].

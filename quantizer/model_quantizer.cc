@@ -1,5 +1,9 @@
 #include "quantizer/model_quantizer.h"
 
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -197,36 +201,76 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
   double formula_weighted = 0.0;
   std::vector<float> y_fp(x.size()), y_q(x.size());
 
+  // Parallel over windows, panels of H and layers, with every Eigen product serial (Eigen's own
+  // threading syncs twice per GEMM, which on a busy machine costs more than it gains, and its
+  // results depend on the thread count): the output is the same for every --threads, equal to a
+  // run with one thread.
+  const int workers = threads > 0 ? threads : omp_get_max_threads();
+  // Restored at the end; 0 (follow OpenMP, Eigen's default) when it matched OpenMP's count.
+  const int saved_eigen_threads =
+      Eigen::nbThreads() == omp_get_max_threads() ? 0 : Eigen::nbThreads();
+  Eigen::setNbThreads(1);
+  struct RestoreEigenThreads {
+    int n;
+    ~RestoreEigenThreads() { Eigen::setNbThreads(n); }
+  } restore_eigen_threads{saved_eigen_threads};
+  std::vector<BlockForwardScratch> scratch(static_cast<size_t>(workers));
+  // One window's inputs of the four Hessian groups per worker (QuantizeModel's window chunk).
+  std::vector<std::array<std::vector<float>, 4>> captured(static_cast<size_t>(workers));
+
   for (int64_t bi = 0; bi < blocks; ++bi) {
     const auto block_start = std::chrono::steady_clock::now();
     const DecoderLayerWeights& lw = weights->layers[bi];
     DenseBlock block = LoadDenseBlock(lw);
     const int64_t attn_width = config.num_attention_heads * config.head_dim;
     HessianAccumulator h0(hidden), h1(attn_width), h2(hidden), h3(config.intermediate_size);
-    BlockHessians hooks;
-    hooks.inputs[0] = &h0;
-    hooks.inputs[1] = &h1;
-    hooks.inputs[2] = &h2;
-    hooks.inputs[3] = &h3;
     HessianAccumulator* hs[4] = {&h0, &h1, &h2, &h3};
-    for (int s = 0; s < job.nsamples; ++s) {
+    // Calibration forward in chunks of `workers` windows, one per thread, then their inputs are
+    // added to H in window order (AddBatches: bitwise the serial AddBatch sequence).
+    for (int s0 = 0; s0 < job.nsamples; s0 += workers) {
       if (stopped()) return interrupted();
-      const int64_t off = static_cast<int64_t>(s) * job.seqlen * hidden;
-      BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_fp.data() + off,
-                   &hooks, threads);
+      const int chunk = std::min(workers, job.nsamples - s0);
+#pragma omp parallel for num_threads(chunk) schedule(static, 1)
+      for (int i = 0; i < chunk; ++i) {
+        BlockHessians hooks;
+        for (int a = 0; a < 4; ++a) hooks.captures[a] = &captured[i][a];
+        const int64_t off = static_cast<int64_t>(s0 + i) * job.seqlen * hidden;
+        BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_fp.data() + off,
+                     &hooks, /*threads=*/1, &scratch[i]);
+      }
+      for (int a = 0; a < 4; ++a) {
+        std::vector<const float*> inputs;
+        for (int i = 0; i < chunk; ++i) inputs.push_back(captured[i][a].data());
+        hs[a]->AddBatches(inputs, job.seqlen, workers);
+      }
     }
+    const double forward_seconds = Seconds(block_start);
+    const auto layers_start = std::chrono::steady_clock::now();
+    // The seven layers are independent given their Hessians: one per thread, serial inside,
+    // largest first (down_proj, gate, up, then the attention projections) to balance the threads.
+    if (stopped()) return interrupted();
+    constexpr int kLayerOrder[7] = {6, 4, 5, 0, 3, 1, 2};
+    std::vector<absl::StatusOr<LayerQuantizationResult>> results(7);
+    double layer_seconds[7] = {};
+    SpqrLayerConfig layer_config = job.layer;
+    layer_config.stop = job.stop;
+#pragma omp parallel for num_threads(std::min(workers, 7)) schedule(dynamic, 1)
+    for (int k = 0; k < 7; ++k) {
+      const int li = kLayerOrder[k];
+      const auto layer_start = std::chrono::steady_clock::now();
+      const DenseLinear& dl = block.linears[li];
+      results[li] = QuantizeLayer(dl.weight.data(), dl.out_features, dl.in_features,
+                                  hs[kHessianOf[li]]->matrix().data(), layer_config,
+                                  /*threads=*/1);
+      layer_seconds[li] = Seconds(layer_start);
+    }
+    if (stopped()) return interrupted();
     std::vector<OwnedTensor> owned;
     for (int li = 0; li < 7; ++li) {
-      if (stopped()) return interrupted();
-      const auto layer_start = std::chrono::steady_clock::now();
       DenseLinear& dl = block.linears[li];
       const std::string prefix = absl::StrCat("model.layers.", bi, ".", kBlockLinearNames[li]);
-      SpqrLayerConfig layer_config = job.layer;
-      layer_config.stop = job.stop;
-      auto res = QuantizeLayer(dl.weight.data(), dl.out_features, dl.in_features,
-                               hs[kHessianOf[li]]->matrix().data(), layer_config, threads);
+      absl::StatusOr<LayerQuantizationResult>& res = results[li];
       if (!res.ok()) {
-        if (stopped()) return interrupted();
         return absl::Status(res.status().code(),
                             absl::StrCat(prefix, ": ", res.status().message()));
       }
@@ -241,7 +285,7 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
       lr.formula_bits = res->formula_bits;
       lr.real_bits = res->real_bits;
       lr.relative_hessian_error = res->relative_hessian_error;
-      lr.seconds = Seconds(layer_start);
+      lr.seconds = layer_seconds[li];
       const int64_t params = dl.out_features * dl.in_features;
       report.quantized_parameters += params;
       report.outliers += lr.outliers;
@@ -262,18 +306,26 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
                      .dump());
       }
     }
-    // Next block's inputs come from this block with quantized weights.
+    const double layers_seconds = Seconds(layers_start);
+    const auto next_start = std::chrono::steady_clock::now();
+    // Next block's inputs come from this block with quantized weights (windows in parallel).
+    if (stopped()) return interrupted();
+#pragma omp parallel for num_threads(workers) schedule(dynamic, 1)
     for (int s = 0; s < job.nsamples; ++s) {
-      if (stopped()) return interrupted();
+      if (stopped()) continue;  // a signal skips the remaining windows
       const int64_t off = static_cast<int64_t>(s) * job.seqlen * hidden;
       BlockForward(block, config, inv_freq.data(), x.data() + off, job.seqlen, y_q.data() + off,
-                   nullptr, threads);
+                   nullptr, /*threads=*/1, &scratch[omp_get_thread_num()]);
     }
+    if (stopped()) return interrupted();
     BlockReport br;
     br.index = static_cast<int>(bi);
     const double ref = Norm2(y_fp, nullptr);
     br.relative_output_error = ref > 0 ? std::sqrt(Norm2(y_q, &y_fp) / ref) : 0.0;
     br.seconds = Seconds(block_start);
+    br.forward_seconds = forward_seconds;
+    br.layers_seconds = layers_seconds;
+    br.next_inputs_seconds = Seconds(next_start);
     report.blocks.push_back(br);
     std::swap(x, y_q);
     // Shard bi + 1: this block's norms, biases and SpQR layers.
@@ -307,6 +359,9 @@ absl::StatusOr<ModelQuantizeReport> QuantizeModel(const ModelQuantizeJob& job,
                                {"blocks", blocks},
                                {"relative_output_error", br.relative_output_error},
                                {"block_s", br.seconds},
+                               {"forward_s", br.forward_seconds},
+                               {"layers_s", br.layers_seconds},
+                               {"next_inputs_s", br.next_inputs_seconds},
                                {"elapsed_s", elapsed},
                                {"eta_s", elapsed / done * (1.0 - done)}})
                    .dump());
@@ -417,7 +472,10 @@ std::string ModelQuantizeReport::ToJson() const {
   for (const BlockReport& b : blocks) {
     j["blocks"].push_back({{"index", b.index},
                            {"relative_output_error", b.relative_output_error},
-                           {"seconds", b.seconds}});
+                           {"seconds", b.seconds},
+                           {"forward_seconds", b.forward_seconds},
+                           {"layers_seconds", b.layers_seconds},
+                           {"next_inputs_seconds", b.next_inputs_seconds}});
   }
   return j.dump(2);
 }
@@ -431,8 +489,11 @@ std::string ModelQuantizeReport::ToText() const {
                           l.formula_bits, l.real_bits, l.relative_hessian_error);
   }
   for (const BlockReport& b : blocks) {
-    absl::StrAppendFormat(&s, "block %d: relative output error %.4f (%.1f s)\n", b.index,
-                          b.relative_output_error, b.seconds);
+    absl::StrAppendFormat(&s,
+                          "block %d: relative output error %.4f (%.1f s: calibration forward and "
+                          "Hessians %.1f, layers %.1f, next inputs %.1f)\n",
+                          b.index, b.relative_output_error, b.seconds, b.forward_seconds,
+                          b.layers_seconds, b.next_inputs_seconds);
   }
   absl::StrAppendFormat(
       &s,

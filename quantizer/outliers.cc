@@ -33,7 +33,14 @@ void LeaveOneOutErrorReduction(const float* v, const float* d, int count, int wb
                                double* reduction) {
   const int maxq = (1 << wbits) - 1;
   const ScaleZero all = FitMinMax(v, count, 1, maxq, FirstLevelStyle::kSpqr);
-  const double base = GroupError(v, d, count, -1, all, maxq);
+  // Each value's weighted error under the all-values fit, computed once: leaving out a value that
+  // holds neither extreme keeps that fit, so E_without_k is these errors summed over i != k (in
+  // the same order and arithmetic as GroupError, so bit for bit its result, without re-quantizing
+  // the group count times).
+  std::vector<float> e(static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) e[i] = (DequantWeightForFit(v[i], all, maxq) - v[i]) / d[i];
+  double base = 0.0;
+  for (int i = 0; i < count; ++i) base += static_cast<double>(e[i]) * e[i];
   if (count == 1) {  // leaving the only value out leaves nothing to quantize
     reduction[0] = base;
     return;
@@ -51,8 +58,16 @@ void LeaveOneOutErrorReduction(const float* v, const float* d, int count, int wb
     if (i != imin) second_min = std::min(second_min, v[i]);
     if (i != imax) second_max = std::max(second_max, v[i]);
   }
-  std::vector<float> others(static_cast<size_t>(count - 1));
   for (int k = 0; k < count; ++k) {
+    if (k != imin && k != imax) {
+      // The others' extremes are v[imin] and v[imax]: FitMinMax on them gives `all` exactly.
+      double without = 0.0;
+      for (int i = 0; i < count; ++i) {
+        if (i != k) without += static_cast<double>(e[i]) * e[i];
+      }
+      reduction[k] = base - without;
+      continue;
+    }
     // Fit on the other values exactly as FitMinMax would (same arithmetic) by passing the two
     // extremes of the remaining values.
     const float lo = (k == imin) ? second_min : v[imin];

@@ -135,7 +135,9 @@ absl::StatusOr<LayerQuantizationResult> QuantizeLayer(const float* w, int64_t m,
     }
   }
   if (threads <= 0) threads = omp_get_max_threads();
-  Eigen::setNbThreads(threads);
+  // Eigen's thread count is process-wide: a caller that quantizes layers in parallel
+  // (QuantizeModel) has set it already, and setting it from several threads at once would race.
+  if (!omp_in_parallel()) Eigen::setNbThreads(threads);
   const int beta1 = config.beta1 == 0 ? static_cast<int>(n) : config.beta1;
 
   PreparedHessian prep;

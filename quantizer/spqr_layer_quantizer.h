@@ -68,7 +68,10 @@ struct LayerQuantizationResult {
 };
 
 // w: [m][n] row-major; h: [n][n] row-major (may be null only for kRtn). threads: OpenMP threads
-// (<= 0: all). Deterministic for given inputs, config and thread count.
+// (<= 0: all); outside a parallel region this also sets Eigen's (process-wide) thread count.
+// Deterministic for given inputs, config and thread count. May be called from inside a parallel
+// region with threads == 1 (QuantizeModel runs a block's seven layers that way): everything is
+// serial then, and the result equals a call with threads == 1 from outside.
 absl::StatusOr<LayerQuantizationResult> QuantizeLayer(const float* w, int64_t m, int64_t n,
                                                       const float* h, const SpqrLayerConfig& config,
                                                       int threads = 0);

@@ -16,6 +16,7 @@ PACKAGES=(
   libboost-context-dev  # fibers of the CPU harness for the CUDA code (docs/cuda-harness.md)
   python3 python3-numpy python3-grpcio python3-protobuf python3-sentencepiece python3-yaml
   python3-jinja2  # the reference renderer of the chat-template tests (docs/chat-templates.md)
+  python3-venv  # a pip for tools/fetch_smollm2.py (quickstart) when python3 has none
   prometheus
 )
 for arg in "$@"; do

@@ -30,6 +30,35 @@ TEST(HessianTest, AccumulatorIsTwoOverNSumOfOuterProducts) {
   }
 }
 
+// AddBatches (panels of H over threads, used by QuantizeModel) is bit for bit the serial AddBatch
+// sequence, for widths that are and are not multiples of its 64-row panels, and any thread count.
+TEST(HessianTest, AddBatchesEqualsAddBatchSequenceBitForBit) {
+  Eigen::setNbThreads(1);  // serial products, as QuantizeModel runs them
+  for (const int64_t n : {int64_t{100}, int64_t{192}}) {
+    const int64_t rows = 37, batches = 5;
+    const auto x = testing::CorrelatedInputs(rows * batches, n, 11);
+    HessianAccumulator serial(n);
+    for (int64_t b = 0; b < batches; ++b) serial.AddBatch(x.data() + b * rows * n, rows);
+    for (const int threads : {1, 2, 3}) {
+      HessianAccumulator panels(n);
+      // Two calls (3 then 2 batches), as chunks of windows arrive.
+      std::vector<const float*> first, second;
+      for (int64_t b = 0; b < batches; ++b) {
+        (b < 3 ? first : second).push_back(x.data() + b * rows * n);
+      }
+      panels.AddBatches(first, rows, threads);
+      panels.AddBatches(second, rows, threads);
+      EXPECT_EQ(panels.num_samples(), serial.num_samples());
+      ASSERT_EQ(panels.matrix().size(), serial.matrix().size());
+      EXPECT_EQ(std::memcmp(panels.matrix().data(), serial.matrix().data(),
+                            serial.matrix().size() * sizeof(float)),
+                0)
+          << "n=" << n << " threads=" << threads;
+    }
+  }
+  Eigen::setNbThreads(0);
+}
+
 TEST(HessianTest, PreparedFactorIsUpperCholeskyOfDampedInverse) {
   const int64_t n = 24;
   const auto h = testing::CorrelatedHessian(n, 9);

@@ -127,6 +127,35 @@ TEST_F(ModelQuantizerTest, DeterministicForSeedAndThreads) {
   }
 }
 
+// Windows, Hessian panels and layers run in parallel with serial products inside, so the
+// written model is the same bytes for every thread count.
+TEST_F(ModelQuantizerTest, OutputDoesNotDependOnTheThreadCount) {
+  auto one = QuantizeModel(job_, nullptr);
+  ASSERT_TRUE(one.ok()) << one.status();
+  for (const int threads : {2, 3}) {
+    ModelQuantizeJob other = job_;
+    other.threads = threads;
+    other.output_dir = (root_ / ("threads" + std::to_string(threads))).string();
+    auto report = QuantizeModel(other, nullptr);
+    ASSERT_TRUE(report.ok()) << report.status();
+    for (const char* f : {"config.json", "model-00001-of-00003.safetensors",
+                          "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"}) {
+      EXPECT_EQ(Slurp(job_.output_dir + "/" + f), Slurp(other.output_dir + "/" + f))
+          << f << " with " << threads << " threads";
+    }
+    ASSERT_EQ(report->blocks.size(), one->blocks.size());
+    for (size_t b = 0; b < report->blocks.size(); ++b) {
+      EXPECT_EQ(report->blocks[b].relative_output_error, one->blocks[b].relative_output_error);
+      // The three timed phases are parts of the block's time.
+      const BlockReport& r = report->blocks[b];
+      EXPECT_GE(r.forward_seconds, 0.0);
+      EXPECT_GE(r.layers_seconds, 0.0);
+      EXPECT_GE(r.next_inputs_seconds, 0.0);
+      EXPECT_LE(r.forward_seconds + r.layers_seconds + r.next_inputs_seconds, r.seconds + 1e-6);
+    }
+  }
+}
+
 TEST_F(ModelQuantizerTest, RefusesToOverwriteAnEarlierOutputWithoutForce) {
   ASSERT_TRUE(QuantizeModel(job_, nullptr).ok());
   auto report = QuantizeModel(job_, nullptr);

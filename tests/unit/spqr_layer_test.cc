@@ -76,6 +76,54 @@ TEST(SpqrLayerTest, OutliersReduceHessianError) {
   EXPECT_LT(some->hessian_error, none->hessian_error);
 }
 
+// The definition, computed the slow way: re-fit min-max on the other values for every k and sum
+// the weighted errors in index order. The fast path must give the same doubles bit for bit
+// (groups with repeated extremes, a constant group, widths 1 to 40, 2 to 8 bits).
+TEST(LeaveOneOutTest, EqualsRefittingWithoutEachValueBitForBit) {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::uniform_real_distribution<float> diag(0.5f, 2.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int count = 1 + trial % 40, wbits = 2 + trial % 7, maxq = (1 << wbits) - 1;
+    std::vector<float> v(count), d(count);
+    for (int i = 0; i < count; ++i) {
+      v[i] = trial % 17 == 0 ? 0.25f : normal(rng);
+      d[i] = diag(rng);
+    }
+    if (count > 3 && trial % 3 == 0) {  // repeated extremes
+      v[count - 1] = *std::max_element(v.begin(), v.end() - 1);
+      v[count - 2] = *std::min_element(v.begin(), v.end() - 2);
+    }
+    auto error = [&](const ScaleZero& sz, int skip) {
+      double err = 0.0;
+      for (int i = 0; i < count; ++i) {
+        if (i == skip) continue;
+        const float q =
+            sz.scale *
+            (static_cast<float>(QuantizeToCode(v[i], sz.scale, sz.zero, maxq)) - sz.zero);
+        const float e = (q - v[i]) / d[i];
+        err += static_cast<double>(e) * e;
+      }
+      return err;
+    };
+    const double base = error(FitMinMax(v.data(), count, 1, maxq, FirstLevelStyle::kSpqr), -1);
+    std::vector<double> reduction(count);
+    LeaveOneOutErrorReduction(v.data(), d.data(), count, wbits, reduction.data());
+    for (int k = 0; k < count; ++k) {
+      double expected = base;
+      if (count > 1) {
+        std::vector<float> others;
+        for (int i = 0; i < count; ++i) {
+          if (i != k) others.push_back(v[i]);
+        }
+        expected =
+            base - error(FitMinMax(others.data(), count - 1, 1, maxq, FirstLevelStyle::kSpqr), k);
+      }
+      EXPECT_EQ(reduction[k], expected) << "trial " << trial << " k " << k;
+    }
+  }
+}
+
 TEST(LeaveOneOutTest, PlantedOutlierIsTheOnlyCandidateAndLeavesTheFit) {
   std::mt19937 rng(8);
   std::normal_distribution<float> normal(0.0f, 0.01f);

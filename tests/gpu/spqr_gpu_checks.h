@@ -77,7 +77,7 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
 
   const SpqrGpuPath chosen = ChooseSpqrGpuPath(device.view(), batch);
   const bool kernels_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0;
-  EXPECT_EQ(chosen, !kernels_ok                        ? SpqrGpuPath::kDequantGemm
+  EXPECT_EQ(chosen, !kernels_ok                       ? SpqrGpuPath::kDequantGemm
                     : batch <= kSpqrGpuDecodeMaxBatch ? SpqrGpuPath::kDecode
                     : batch <= kSpqrGpuMmaMaxBatch    ? SpqrGpuPath::kMma
                                                       : SpqrGpuPath::kDequantGemm);

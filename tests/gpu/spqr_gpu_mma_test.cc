@@ -7,7 +7,8 @@
 // 128-column chunk; the format itself requires n % beta1 == 0). Every configuration the kernel
 // serves is covered (wbits 2/3/4 x beta1 8/16/32/64 x 3-bit/16-bit statistics, 4-bit statistics,
 // beta1 = n), batch 1..33 across them, K split in 1 and several parts, one batch of 200 tokens
-// (four 64-token blocks, the last partial), n = 11008 and 32-bit outlier columns.
+// (four 64-token blocks, the last partial), n = 11008 (a last split of one chunk) and 32-bit
+// outlier columns.
 //
 // Planted-bug check (done by hand, docs/gpu-performance.md): swapping the A fragment registers
 // a[1] and a[2] in SpqrGpuMmaKernel, or loading B from column 8 t + s + 1, makes every case here
@@ -87,11 +88,12 @@ TEST(SpqrGpuMmaShapesTest, LargeBatchWideLayersAndSplits) {
     CheckLinear(layer, *device, *cublas, 200, rng, SpqrGpuPath::kMma, 1);
     CheckLinear(layer, *device, *cublas, 200, rng, SpqrGpuPath::kMma, 3);
   }
-  {  // LLaMA-7B down_proj width: 86 chunks, the rule's split (43 parts of 2 chunks)
+  {  // LLaMA-7B down_proj width: 86 chunks; the rule allows n / (32 x 16) = 21 splits, i.e. 18
+     // parts of 5 chunks (the last one 1)
     const PackedSpqrLayer layer = testing::RandomSpqrLayer({5, 11008, 3, 16, 16, 3, 0.005}, rng);
     absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
     ASSERT_TRUE(device.ok()) << device.status();
-    EXPECT_EQ(SpqrGpuMmaSplits(device->view(), 16), 43);
+    EXPECT_EQ(SpqrGpuMmaSplits(device->view(), 16), 18);
     CheckLinear(layer, *device, *cublas, 16, rng, SpqrGpuPath::kMma);
     CheckLinear(layer, *device, *cublas, 3, rng, SpqrGpuPath::kMma, 5);
   }

@@ -100,8 +100,12 @@ MmaGrid MmaGridFor(const SpqrGpuLayerView& l, int64_t batch, int forced_splits) 
   grid.token_blocks = (batch + 8 * MmaTokenTiles(batch) - 1) / (8 * MmaTokenTiles(batch));
   const int64_t tiles = grid.row_blocks * grid.token_blocks;
   int64_t splits = forced_splits;
-  if (splits <= 0) {  // the rule: enough blocks for every SM, each split >= 2 chunks
-    splits = std::min((kSpqrGpuMmaTargetBlocks + tiles - 1) / tiles, l.lane_chunks / 2);
+  if (splits <= 0) {
+    // The rule: enough blocks for every SM, each split >= 2 chunks, and the partial sums (written
+    // and read back: 8 S batch m bytes) at most about a quarter of the codes' bytes (n m W / 8):
+    // S <= n / (32 batch) at W = 2..4 (spqr_gpu_linear.cuh).
+    splits = std::min({(kSpqrGpuMmaTargetBlocks + tiles - 1) / tiles, l.lane_chunks / 2,
+                       l.in_features / (32 * batch)});
   }
   splits = std::clamp<int64_t>(splits, 1, std::min<int64_t>(l.lane_chunks, 65535));
   grid.chunks_per_split = (l.lane_chunks + splits - 1) / splits;
@@ -213,7 +217,8 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   if (path == SpqrGpuPath::kMma) {
     if (!SpqrGpuDecodeSupports(l)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(kOp, ": the tensor-core path needs wbits in 2..4 and beta1 % 8 == 0; got "
+          absl::StrCat(kOp,
+                       ": the tensor-core path needs wbits in 2..4 and beta1 % 8 == 0; got "
                        "wbits ",
                        l.wbits, ", beta1 ", l.beta1));
     }
@@ -223,9 +228,10 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
     }
     const MmaGrid grid = MmaGridFor(l, p.batch, p.mma_splits);
     auto* xh = static_cast<__half*>(p.workspace);
-    float* out = grid.splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
-                                                            AlignUp(p.batch * n * 2))
-                                 : p.y;
+    float* out =
+        grid.splits > 1
+            ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) + AlignUp(p.batch * n * 2))
+            : p.y;
     SPQR_LAUNCH(kernels::SpqrGpuGatherF16Kernel, GridFor(p.batch * n, kSpqrGpuGatherThreads),
                 kSpqrGpuGatherThreads, 0, stream, l.perm, p.x, xh, n, p.batch * n);
     CUDA_RETURN_IF_ERROR(cudaGetLastError());

@@ -39,7 +39,7 @@
 
 namespace spqr::kernels {
 
-inline constexpr int kSpqrGpuMmaWarps = 8;                     // one m16 tile each
+inline constexpr int kSpqrGpuMmaWarps = 8;                        // one m16 tile each
 inline constexpr int kSpqrGpuMmaThreads = 32 * kSpqrGpuMmaWarps;  // 256
 inline constexpr int kSpqrGpuMmaRowsPerBlock = 16 * kSpqrGpuMmaWarps;
 inline constexpr int kSpqrGpuMmaMaxTokenTiles = 8;  // NT <= 8: at most 64 tokens per block
@@ -56,8 +56,8 @@ __device__ __forceinline__ uint32_t SpqrGpuPackHalf2(float lo, float hi) {
 
 // Stream words t W .. t W + W - 1 of chunk c of row r (lane group t's 32 codes).
 template <int W>
-__device__ __forceinline__ void SpqrGpuMmaLoadCodes(const SpqrGpuLayerView& l, int64_t r,
-                                                    int64_t c, int t, uint32_t (&cw)[W]) {
+__device__ __forceinline__ void SpqrGpuMmaLoadCodes(const SpqrGpuLayerView& l, int64_t r, int64_t c,
+                                                    int t, uint32_t (&cw)[W]) {
   const int64_t chunks = l.lane_chunks;
   const int64_t tile = c >> 5;
   const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
@@ -76,8 +76,8 @@ __device__ __forceinline__ void SpqrGpuMmaLoadCodes(const SpqrGpuLayerView& l, i
 #pragma unroll
     for (int i = 0; i < W; ++i) {
       const int w32 = t * W + i;
-      cw[i] = __ldg(reinterpret_cast<const uint32_t*>(codes + base + (w32 >> 2) * active) +
-                    (w32 & 3));
+      cw[i] =
+          __ldg(reinterpret_cast<const uint32_t*>(codes + base + (w32 >> 2) * active) + (w32 & 3));
     }
   }
 }

@@ -57,9 +57,27 @@ MMA_TARGET_BLOCKS = 264
 # reported at about 60-65 % of it. An assumption, not a measurement: the device run settles it.
 MMA_SYNC_SHARE = 0.6
 SMEM_PER_SM = 228 * 1024
+# Counted from the kernel's SASS (sm_90, this commit's build) by bench/gpu/sass_loop_count.py:
+# one chunk-loop iteration of a lane (2 rows x 32 columns), branches as a mid-layer chunk takes
+# them. Regenerate after changing spqr_gpu_mma_kernel.cuh (the script's docstring says how).
+MMA_SASS = {  # (W, NT): chunk-loop instructions per lane and chunk (64 weights) for beta1 >= 32, 16, 8 (bilevel), 16 (fp16 statistics)
+    (2, 1): (478, 578, 778, 442),
+    (2, 2): (530, 630, 830, 494),
+    (2, 4): (590, 690, 890, 554),
+    (2, 8): (675, 772, 966, 642),
+    (3, 1): (517, 617, 817, 481),
+    (3, 2): (544, 644, 844, 508),
+    (3, 4): (607, 707, 907, 571),
+    (3, 8): (696, 793, 987, 663),
+    (4, 1): (475, 575, 775, 439),
+    (4, 2): (523, 623, 823, 487),
+    (4, 4): (587, 687, 887, 551),
+    (4, 8): (677, 774, 968, 644),
+}
+
 # The rule in spqr_gpu_linear.cuh (kSpqrGpuDecodeMaxBatch, kSpqrGpuMmaMaxBatch); render() checks
 # it against the model's own per-shape choice and prints where they differ.
-RULE_DECODE_MAX, RULE_MMA_MAX = 2, 128
+RULE_DECODE_MAX, RULE_MMA_MAX = 4, 128
 # Launch cost per kernel for the rule check only (the tables leave it out): ~2 us (the doc's range).
 LAUNCH_S = 2e-6
 
@@ -127,9 +145,11 @@ def mma_grid(m, n, batch):
     return rb, tb, (chunks + cps - 1) // cps, cps
 
 
-def mma_ops(w, b1, batch):
-    """Thread instructions per weight of SpqrGpuMmaKernel for one token block, by pipe (read off
-    its code; a lane decodes 2 rows x 32 columns = 64 weights of each 128-column chunk)."""
+def mma_ops(w, b1, sb, batch):
+    """Thread instructions per weight of SpqrGpuMmaKernel for one token block: `total` from the
+    SASS count (MMA_SASS), the pipe shares estimated from the code (a lane decodes 2 rows x 32
+    columns = 64 weights of each 128-column chunk), `other` = the rest (statistics, ~50 per row
+    and group; addressing, staging, barriers, loop)."""
     nt = mma_token_tiles(batch)
     straddle = 2.0 * 2 / 32 if w == 3 else 0.0  # w3: 2 of a lane's 32 codes straddle two words
     code_loads = {2: 1, 3: 3, 4: 1}[w]  # per row and chunk: 8-, 3 x 4-, 16-byte loads
@@ -141,11 +161,12 @@ def mma_ops(w, b1, batch):
         # cp.async of the staged inputs (nt 8-byte units per thread and chunk); code loads
         "lsu": nt / 8.0 + nt / 64.0 + 2.0 * code_loads / 64,
         "mma": nt / 8.0,  # one warp mma per k step and n8 tile, per 32 x 8 weights
-        # statistics per (row, group): ~17 (loads, unpack, 2 dequant, fa/fc); group bookkeeping
-        # ~30 per chunk; addresses and loop ~30 + 6 nt per chunk (64 weights)
-        "other": 17.0 / min(b1, 32) + (60.0 + 6.0 * nt) / 64,
     }
-    ops["total"] = sum(ops.values())
+    counts = MMA_SASS[(w, nt)]
+    per_chunk = counts[3] if sb == 16 else counts[0] if b1 >= 32 else counts[1] if b1 == 16 \
+        else counts[2]
+    ops["total"] = per_chunk / 64.0
+    ops["other"] = ops["total"] - sum(v for k, v in ops.items() if k != "total")
     return ops
 
 
@@ -205,7 +226,7 @@ def predict_mma(m, n, cfg, batch, regs):
     dram = lay + batch * n * 4 + 2 * batch * n * 2 + 2 * partial + batch * m * 4
     # L2: the layout per token block, every block's staged inputs (all its tokens x its columns).
     l2 = dram + (tb - 1) * lay + rb * tb * t * n * 2
-    ops = mma_ops(w, b1, batch)
+    ops = mma_ops(w, b1, sb, batch)
     weights = m * n * tb  # weights decoded (once per token block)
     clk = SMS * CLOCK
     tm = {
@@ -373,16 +394,19 @@ def render():
     out.append("")
     out.append("`SpqrGpuMmaKernel<W, NT>`, 256 threads, per weight decoded and thread, for one "
                "token block of 8 NT tokens (a batch of B tokens decodes each weight ceil(B / 8 NT) "
-               "times): `int` shift + lop3, `fp` the weight's FMA, `cvt` fp32 -> fp16x2, `lsu` "
-               "B-fragment shared loads + cp.async staging + code loads, `mma` warp MMAs (per 32 "
-               "weights), `other` statistics (~17 per row and group) and chunk bookkeeping.")
+               "times). `total` is counted from the SASS (`bench/gpu/sass_loop_count.py`: one "
+               "chunk-loop iteration, 64 weights per lane); the shares are read off the code: "
+               "`int` shift + lop3, `fp` the weight's FMA, `cvt` fp32 -> fp16x2, `lsu` B-fragment "
+               "shared loads + cp.async staging + code loads, `mma` warp MMAs (per 32 weights), "
+               "`other` the rest: statistics (~50 instructions per row and group: ~25 to load, "
+               "~25 to decode), addressing, staging, barriers and the loop.")
     out.append("")
     out.append("| wbits | beta1 | batch (NT) | int | fp | cvt | lsu | mma | other | total | "
                "registers | spills | smem KiB | occupancy |")
     out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w, b1 in [(3, 16), (3, 8), (4, 16)]:
         for b in [8, 16, 32, 64]:
-            ops = mma_ops(w, b1, b)
+            ops = mma_ops(w, b1, 3, b)
             nt = mma_token_tiles(b)
             reg, spill = regs.get(("mma", w, nt), (None, None))
             occ = f"{occupancy(reg, 32 * MMA_WARPS, mma_smem(b)) * 100:.0f} %" if reg else "?"

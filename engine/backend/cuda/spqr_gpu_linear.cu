@@ -222,6 +222,10 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
                        "wbits ",
                        l.wbits, ", beta1 ", l.beta1));
     }
+    if (n >= (int64_t{1} << 27)) {  // 32-bit group bit offsets in the kernel
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": in_features ", n, " is too large for the tensor-core path"));
+    }
     if (p.batch > 65535LL * 8 * kernels::kSpqrGpuMmaMaxTokenTiles) {
       return absl::InvalidArgumentError(
           absl::StrCat(kOp, ": batch ", p.batch, " is too large for the tensor-core path"));

@@ -54,32 +54,65 @@ __device__ __forceinline__ uint32_t SpqrGpuPackHalf2(float lo, float hi) {
          static_cast<uint32_t>(__half_as_ushort(__high2half(h))) << 16;
 }
 
-// Stream words t W .. t W + W - 1 of chunk c of row r (lane group t's 32 codes).
+// Stream words t W .. t W + W - 1 of chunk c (lane group t's 32 codes); `row` = the row's first
+// 16-byte word (row r * lane_chunks * W).
 template <int W>
-__device__ __forceinline__ void SpqrGpuMmaLoadCodes(const SpqrGpuLayerView& l, int64_t r, int64_t c,
-                                                    int t, uint32_t (&cw)[W]) {
-  const int64_t chunks = l.lane_chunks;
-  const int64_t tile = c >> 5;
-  const int64_t active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
-  // 16-byte word q of chunk c is at uint4 index base + q * active.
-  const int64_t base = (r * chunks + tile * 32) * W + (c & 31);
-  const uint4* codes = reinterpret_cast<const uint4*>(l.codes);
+__device__ __forceinline__ void SpqrGpuMmaLoadCodes(const uint4* row, int chunks, int c, int t,
+                                                    uint32_t (&cw)[W]) {
+  const int tile = c >> 5;
+  const int active = chunks - tile * 32 < 32 ? chunks - tile * 32 : 32;
+  // 16-byte word q of chunk c is at base + q * active; 32-bit offsets from one 64-bit base.
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(row + tile * 32 * W + (c & 31));
   if constexpr (W == 4) {
-    const uint4 v = __ldg(codes + base + t * active);
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(base + 4 * t * active));
     cw[0] = v.x, cw[1] = v.y, cw[2] = v.z, cw[3] = v.w;
   } else if constexpr (W == 2) {
     const uint2 v =
-        __ldg(reinterpret_cast<const uint2*>(codes + base + (t >> 1) * active) + (t & 1));
+        __ldg(reinterpret_cast<const uint2*>(base + 4 * (t >> 1) * active + 2 * (t & 1)));
 #pragma unroll
     for (int i = 0; i < 2; ++i) cw[i] = i == 0 ? v.x : v.y;
   } else {
 #pragma unroll
     for (int i = 0; i < W; ++i) {
       const int w32 = t * W + i;
-      cw[i] =
-          __ldg(reinterpret_cast<const uint32_t*>(codes + base + (w32 >> 2) * active) + (w32 & 3));
+      cw[i] = __ldg(base + 4 * (w32 >> 2) * active + (w32 & 3));
     }
   }
+}
+
+// One row's statistics, addressed once per thread: SpqrGpuLoadStats / SpqrGpuStatsFromRaw with
+// the row and row-block offsets hoisted and 32-bit group indices (the launch checks n < 2^27, so
+// a group's bit offset g * 2 * stats_bits stays below 2^31).
+struct SpqrGpuMmaStatsRow {
+  const uint32_t* stats;  // the row's statistics words
+  const uint2* second;    // the row block's second-level records (bilevel statistics only)
+};
+
+__device__ __forceinline__ SpqrGpuRawStats SpqrGpuMmaLoadStats(const SpqrGpuMmaStatsRow& row,
+                                                               int sb, int g) {
+  SpqrGpuRawStats raw{};
+  if (sb == 16) {
+    raw.lo = __ldg(row.stats + g);
+    return raw;
+  }
+  const int bit = g * 2 * sb;
+  raw.lo = __ldg(row.stats + (bit >> 5));
+  if ((bit & 31) + 2 * sb > 32) raw.hi = __ldg(row.stats + (bit >> 5) + 1);
+  raw.second = __ldg(row.second + g);
+  return raw;
+}
+
+__device__ __forceinline__ SpqrGpuStats SpqrGpuMmaStatsFromRaw(const SpqrGpuRawStats& raw, int sb,
+                                                               int g) {
+  if (sb == 16) return {SpqrGpuHalfBits(raw.lo), SpqrGpuHalfBits(raw.lo >> 16)};
+  const int shift = (g * 2 * sb) & 31;
+  uint32_t pair = raw.lo >> shift;
+  if (shift + 2 * sb > 32) pair |= raw.hi << (32 - shift);
+  const uint32_t mask = (1u << sb) - 1u;
+  return {SpqrGpuDequant(SpqrGpuCodeToFloat(pair, mask), SpqrGpuHalfBits(raw.second.x),
+                         SpqrGpuHalfBits(raw.second.x >> 16)),
+          SpqrGpuDequant(SpqrGpuCodeToFloat(pair >> sb, mask), SpqrGpuHalfBits(raw.second.y),
+                         SpqrGpuHalfBits(raw.second.y >> 16))};
 }
 
 // fp32 value 1 + q 2^-W of code k (0..31) of the lane's stream words (compile-time offsets).
@@ -104,7 +137,7 @@ __device__ __forceinline__ float SpqrGpuMmaCodeF(const uint32_t (&cw)[W], int k)
 // (NT in 1, 2, 4, 8). xh: [batch][n] fp16 inputs in PERMUTED column order (row stride n); x: the
 // original fp32 inputs [batch][n] (outliers multiply these, through perm). See the file comment.
 template <int W, int NT>
-__global__ void __launch_bounds__(kSpqrGpuMmaThreads)
+__global__ void __launch_bounds__(kSpqrGpuMmaThreads, 1)
     SpqrGpuMmaKernel(SpqrGpuLayerView l, const __half* __restrict__ xh, const float* __restrict__ x,
                      float* __restrict__ out, int64_t batch, int64_t chunks_per_split) {
   constexpr int T = 8 * NT;  // tokens per block
@@ -114,38 +147,49 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int64_t m = l.out_features, n = l.in_features;
-  const int beta1 = l.beta1;
-  const int64_t last_group = l.num_groups - 1;
+  const int chunks = static_cast<int>(l.lane_chunks);
+  const int beta1 = l.beta1, sb = l.stats_bits;
+  const int last_group = static_cast<int>(l.num_groups) - 1;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kSpqrGpuMmaWarps + warp) * 16;
   const int64_t tok0 = static_cast<int64_t>(blockIdx.y) * T;
-  const int64_t c_begin = static_cast<int64_t>(blockIdx.z) * chunks_per_split;
-  const int64_t c_end =
-      c_begin + chunks_per_split < l.lane_chunks ? c_begin + chunks_per_split : l.lane_chunks;
+  const int c_begin = static_cast<int>(blockIdx.z * chunks_per_split);
+  const int c_end =
+      c_begin + chunks_per_split < chunks ? c_begin + static_cast<int>(chunks_per_split) : chunks;
 
   // This lane's two rows (g, g + 8 of the warp's tile); rows past m are computed, not stored.
-  int64_t rows[2], blocks[2];
+  int64_t rows[2];
+  const uint4* code_rows[2];
+  SpqrGpuMmaStatsRow stat_rows[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int64_t r = row0 + g + 8 * h;
     rows[h] = r < m ? r : m - 1;
-    blocks[h] = rows[h] / l.beta2;
+    code_rows[h] = reinterpret_cast<const uint4*>(l.codes) + rows[h] * chunks * W;
+    stat_rows[h].stats = l.stats + rows[h] * l.stat_row_words;
+    stat_rows[h].second = sb == 16 ? nullptr
+                                   : reinterpret_cast<const uint2*>(l.second_level) +
+                                         rows[h] / l.beta2 * l.num_groups;
   }
 
-  // Stages chunk c's inputs of the block's T tokens into buffer `buf`: 8-byte units, tokens past
-  // the batch repeat the last token (their sums are not stored), columns past n are zero.
-  auto stage_chunk = [&](int64_t c, int buf) {
-    static_assert(T * 32 % kSpqrGpuMmaThreads == 0, "whole rounds of 8-byte units");
+  // This thread's share of staging a chunk's inputs: 8-byte units i * 256 + threadIdx.x of the
+  // T x 32 (token, 4-column) units, i.e. tokens 8 i + threadIdx.x / 32 at columns
+  // 4 (threadIdx.x % 32) + {0..3}. Tokens past the batch and columns past n are zero.
+  static_assert(T * 32 % kSpqrGpuMmaThreads == 0, "whole rounds of 8-byte units");
+  constexpr int kUnits = T * 32 / kSpqrGpuMmaThreads;  // = NT
+  const int unit_col = 4 * (threadIdx.x & 31);
+  const int64_t unit_tok = tok0 + (threadIdx.x >> 5);
+  const __half* src = xh + (unit_tok < batch ? unit_tok : 0) * n + unit_col;
+  const int dst = static_cast<int>(threadIdx.x >> 5) * kSpqrGpuMmaStageUnits + (threadIdx.x & 31);
+  auto stage_chunk = [&](int c, int buf) {
+    const int64_t col0 = static_cast<int64_t>(c) * kSpqrGpuChunkCols;
+    const bool in_cols = col0 + unit_col < n;
 #pragma unroll
-    for (int i = 0; i < T * 32 / kSpqrGpuMmaThreads; ++i) {
-      const int unit = i * kSpqrGpuMmaThreads + static_cast<int>(threadIdx.x);
-      const int token = unit >> 5, u = unit & 31;
-      const int64_t tk = tok0 + token < batch ? tok0 + token : batch - 1;
-      const int64_t col = c * kSpqrGpuChunkCols + 4 * u;
-      uint2* dst = &stage[(buf * T + token) * kSpqrGpuMmaStageUnits + u];
-      if (col < n) {
-        CpAsync<8>(dst, xh + tk * n + col);
+    for (int i = 0; i < kUnits; ++i) {
+      uint2* to = &stage[(buf * T + 8 * i) * kSpqrGpuMmaStageUnits + dst];
+      if (in_cols && unit_tok + 8 * i < batch) {
+        CpAsync<8>(to, src + 8 * i * n + col0);
       } else {
-        *dst = make_uint2(0u, 0u);
+        *to = make_uint2(0u, 0u);
       }
     }
   };
@@ -157,31 +201,43 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
     for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
   }
 
-  // The lane's column offset inside its group at the chunk's start, advanced per chunk.
+  // The lane's group and column offset inside it at the chunk's start, advanced per chunk.
   const int q128 = kSpqrGpuChunkCols / beta1, r128 = kSpqrGpuChunkCols % beta1;
-  int64_t grp = (c_begin * kSpqrGpuChunkCols + 32 * t) / beta1;
-  int off = static_cast<int>(c_begin * kSpqrGpuChunkCols + 32 * t - grp * beta1);
+  int grp = static_cast<int>((static_cast<int64_t>(c_begin) * kSpqrGpuChunkCols + 32 * t) / beta1);
+  int off = static_cast<int>(static_cast<int64_t>(c_begin) * kSpqrGpuChunkCols + 32 * t -
+                             static_cast<int64_t>(grp) * beta1);
+
+  int ku[4];
+  auto unit_groups = [&](int offset) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int d = offset + 8 * u;
+      ku[u] = (d >= beta1 ? 1 : 0) + (d >= 2 * beta1 ? 1 : 0) + (d >= 3 * beta1 ? 1 : 0);
+    }
+  };
+
+  unit_groups(off);
 
   if (c_begin < c_end) stage_chunk(c_begin, 0);
   CpAsyncCommit();
-  for (int64_t c = c_begin; c < c_end; ++c) {
-    const int buf = static_cast<int>((c - c_begin) & 1);
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
     if (c + 1 < c_end) stage_chunk(c + 1, buf ^ 1);
     CpAsyncCommit();
 
     // Codes and the raw statistics of this chunk's groups, loaded before the wait.
     uint32_t cw[2][W];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) SpqrGpuMmaLoadCodes<W>(l, rows[h], c, t, cw[h]);
+    for (int h = 0; h < 2; ++h) SpqrGpuMmaLoadCodes<W>(code_rows[h], chunks, c, t, cw[h]);
     // Unit u (8 columns) lies in group grp + k_u (k_u <= 3 since off < beta1 and beta1 >= 8);
-    // columns past n use the last group (their inputs are zero).
-    int64_t ug[4];
+    // columns past n use the last group (their inputs are zero). When beta1 divides 128 (8, 16,
+    // 32, 64) `off` and so k_u are the same for every chunk: computed once.
+    if (r128 != 0) unit_groups(off);
+    int ug[4];
     bool fresh[4];
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const int d = off + 8 * u;
-      const int k = (d >= beta1 ? 1 : 0) + (d >= 2 * beta1 ? 1 : 0) + (d >= 3 * beta1 ? 1 : 0);
-      ug[u] = grp + k < last_group ? grp + k : last_group;
+      ug[u] = grp + ku[u] < last_group ? grp + ku[u] : last_group;
       fresh[u] = u == 0 || ug[u] != ug[u - 1];
     }
     SpqrGpuRawStats raw[2][4] = {};
@@ -189,7 +245,7 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        if (fresh[u]) raw[h][u] = SpqrGpuLoadStats(l, rows[h], blocks[h], ug[u]);
+        if (fresh[u]) raw[h][u] = SpqrGpuMmaLoadStats(stat_rows[h], sb, ug[u]);
       }
     }
     grp += q128;
@@ -209,7 +265,7 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
       if (fresh[u]) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const SpqrGpuStats st = SpqrGpuStatsFromRaw(l, raw[h][u], ug[u]);
+          const SpqrGpuStats st = SpqrGpuMmaStatsFromRaw(raw[h][u], sb, ug[u]);
           fa[h] = __fmul_rn(st.scale, kScale);
           fc[h] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
         }
@@ -242,7 +298,8 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
 
   // Outliers of this split's columns: lane (g, t) adds them to its sums of rows g, g + 8 and
   // tokens 8 nt + 2 t + {0, 1}; the four lanes of a row read the same records.
-  const int64_t k0 = c_begin * kSpqrGpuChunkCols, k1 = c_end * kSpqrGpuChunkCols;
+  const int64_t k0 = static_cast<int64_t>(c_begin) * kSpqrGpuChunkCols;
+  const int64_t k1 = static_cast<int64_t>(c_end) * kSpqrGpuChunkCols;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (row0 + g + 8 * h >= m) continue;
@@ -281,14 +338,14 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads)
     }
   }
 
-  float* dst = out + static_cast<int64_t>(blockIdx.z) * batch * m;
+  float* result = out + static_cast<int64_t>(blockIdx.z) * batch * m;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t r = row0 + g + 8 * (i >> 1);
       const int64_t tk = tok0 + 8 * nt + 2 * t + (i & 1);
-      if (r < m && tk < batch) dst[tk * m + r] = acc[nt][i];
+      if (r < m && tk < batch) result[tk * m + r] = acc[nt][i];
     }
   }
 }

@@ -61,18 +61,18 @@ SMEM_PER_SM = 228 * 1024
 # one chunk-loop iteration of a lane (2 rows x 32 columns), branches as a mid-layer chunk takes
 # them. Regenerate after changing spqr_gpu_mma_kernel.cuh (the script's docstring says how).
 MMA_SASS = {  # (W, NT): chunk-loop instructions per lane and chunk (64 weights) for beta1 >= 32, 16, 8 (bilevel), 16 (fp16 statistics)
-    (2, 1): (478, 578, 778, 442),
-    (2, 2): (530, 630, 830, 494),
-    (2, 4): (590, 690, 890, 554),
-    (2, 8): (675, 772, 966, 642),
-    (3, 1): (517, 617, 817, 481),
-    (3, 2): (544, 644, 844, 508),
-    (3, 4): (607, 707, 907, 571),
-    (3, 8): (696, 793, 987, 663),
-    (4, 1): (475, 575, 775, 439),
-    (4, 2): (523, 623, 823, 487),
-    (4, 4): (587, 687, 887, 551),
-    (4, 8): (677, 774, 968, 644),
+    (2, 1): (499, 548, 646, 482),
+    (2, 2): (528, 577, 675, 506),
+    (2, 4): (590, 639, 737, 567),
+    (2, 8): (684, 730, 822, 666),
+    (3, 1): (516, 565, 663, 498),
+    (3, 2): (543, 592, 690, 523),
+    (3, 4): (605, 654, 752, 582),
+    (3, 8): (708, 757, 855, 687),
+    (4, 1): (498, 547, 645, 480),
+    (4, 2): (526, 575, 673, 504),
+    (4, 4): (587, 636, 734, 564),
+    (4, 8): (686, 732, 824, 664),
 }
 
 # The rule in spqr_gpu_linear.cuh (kSpqrGpuDecodeMaxBatch, kSpqrGpuMmaMaxBatch); render() checks
@@ -148,8 +148,8 @@ def mma_grid(m, n, batch):
 def mma_ops(w, b1, sb, batch):
     """Thread instructions per weight of SpqrGpuMmaKernel for one token block: `total` from the
     SASS count (MMA_SASS), the pipe shares estimated from the code (a lane decodes 2 rows x 32
-    columns = 64 weights of each 128-column chunk), `other` = the rest (statistics, ~50 per row
-    and group; addressing, staging, barriers, loop)."""
+    columns = 64 weights of each 128-column chunk), `other` = the rest (statistics, ~25 per row
+    and group to decode plus their loads per chunk; addressing, staging, barriers, loop)."""
     nt = mma_token_tiles(batch)
     straddle = 2.0 * 2 / 32 if w == 3 else 0.0  # w3: 2 of a lane's 32 codes straddle two words
     code_loads = {2: 1, 3: 3, 4: 1}[w]  # per row and chunk: 8-, 3 x 4-, 16-byte loads
@@ -398,8 +398,8 @@ def render():
                "chunk-loop iteration, 64 weights per lane); the shares are read off the code: "
                "`int` shift + lop3, `fp` the weight's FMA, `cvt` fp32 -> fp16x2, `lsu` B-fragment "
                "shared loads + cp.async staging + code loads, `mma` warp MMAs (per 32 weights), "
-               "`other` the rest: statistics (~50 instructions per row and group: ~25 to load, "
-               "~25 to decode), addressing, staging, barriers and the loop.")
+               "`other` the rest: statistics (~25 instructions per row and group to decode, their "
+               "loads once per chunk and row), addressing, staging, barriers and the loop.")
     out.append("")
     out.append("| wbits | beta1 | batch (NT) | int | fp | cvt | lsu | mma | other | total | "
                "registers | spills | smem KiB | occupancy |")

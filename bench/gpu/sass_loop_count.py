@@ -10,9 +10,11 @@ the PyPI wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm provide them:
 It finds the chunk loop (the backward branch after the last HMMA) and walks one iteration,
 deciding its branches as a chunk in the middle of a layer takes them: the next chunk is staged,
 its columns lie inside n, beta1 divides 128 (the group offsets are not recomputed). The statistics
-branches come as pairs (a "fresh group" gate followed at once by the statistics-kind branch):
-9 gates in code order (loads of units 1..3 for row g, for row g + 8, decodes of units 1..3); a
-lone statistics-kind branch is unit 0's. Each scenario prints instructions per chunk and lane
+branches come as pairs (a "fresh group" gate followed at once by the statistics-kind branch),
+in code order: the decodes of units 1..3 (and, when the compiler branches around the statistics
+loads instead of predicating them, first the loads of units 1..3 for row g and for row g + 8);
+the other predicated branches after the group bookkeeping choose the statistics kind. A
+predicated-off instruction still issues, so it counts. Each scenario prints instructions per chunk and lane
 (64 weights) and per weight.
 """
 import re
@@ -45,12 +47,14 @@ def count(body):
     depbar = next(k for k in range(head, back) if ins[k][1].startswith("LDGDEPBAR"))
     first_after = min(k for k in pbra if k > depbar)  # `if (r128 != 0)`: skipped
     lone_kinds = [k for k in pbra if k > first_after and k not in gates and k not in kinds]
-    assert len(gates) == 9, f"expected 9 fresh-group gates, found {len(gates)}"
+    # 9 gates when the statistics loads branch per group, 3 when they are predicated (decodes of
+    # units 1..3 only).
+    assert len(gates) in (3, 9), f"expected 3 or 9 fresh-group gates, found {len(gates)}"
     out = {}
     for name, fresh, bilevel in SCENARIOS:
         def taken(k):
             if k in gates:
-                return gates.index(k) % 3 + 1 not in fresh
+                return gates.index(k) % 3 + 1 not in fresh  # units 1..3 of each triple
             if k in kinds or k in lone_kinds:
                 return not bilevel
             return k == first_after

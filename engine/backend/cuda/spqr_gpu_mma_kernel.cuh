@@ -80,39 +80,22 @@ __device__ __forceinline__ void SpqrGpuMmaLoadCodes(const uint4* row, int chunks
   }
 }
 
-// One row's statistics, addressed once per thread: SpqrGpuLoadStats / SpqrGpuStatsFromRaw with
-// the row and row-block offsets hoisted and 32-bit group indices (the launch checks n < 2^27, so
-// a group's bit offset g * 2 * stats_bits stays below 2^31).
+// One row's statistics, addressed once per thread (the launch checks n < 2^27, so a group's bit
+// offset g * 2 * stats_bits fits 32 bits).
 struct SpqrGpuMmaStatsRow {
   const uint32_t* stats;  // the row's statistics words
   const uint2* second;    // the row block's second-level records (bilevel statistics only)
 };
 
-__device__ __forceinline__ SpqrGpuRawStats SpqrGpuMmaLoadStats(const SpqrGpuMmaStatsRow& row,
-                                                               int sb, int g) {
-  SpqrGpuRawStats raw{};
-  if (sb == 16) {
-    raw.lo = __ldg(row.stats + g);
-    return raw;
-  }
-  const int bit = g * 2 * sb;
-  raw.lo = __ldg(row.stats + (bit >> 5));
-  if ((bit & 31) + 2 * sb > 32) raw.hi = __ldg(row.stats + (bit >> 5) + 1);
-  raw.second = __ldg(row.second + g);
-  return raw;
-}
-
-__device__ __forceinline__ SpqrGpuStats SpqrGpuMmaStatsFromRaw(const SpqrGpuRawStats& raw, int sb,
-                                                               int g) {
-  if (sb == 16) return {SpqrGpuHalfBits(raw.lo), SpqrGpuHalfBits(raw.lo >> 16)};
-  const int shift = (g * 2 * sb) & 31;
-  uint32_t pair = raw.lo >> shift;
-  if (shift + 2 * sb > 32) pair |= raw.hi << (32 - shift);
+// Scale and zero from a bilevel pair (scale code | zero code << sb, higher bits ignored) and its
+// second-level record: SpqrGpuStatsFromRaw's values.
+__device__ __forceinline__ SpqrGpuStats SpqrGpuMmaStatsFromPair(uint32_t pair, uint2 second,
+                                                                int sb) {
   const uint32_t mask = (1u << sb) - 1u;
-  return {SpqrGpuDequant(SpqrGpuCodeToFloat(pair, mask), SpqrGpuHalfBits(raw.second.x),
-                         SpqrGpuHalfBits(raw.second.x >> 16)),
-          SpqrGpuDequant(SpqrGpuCodeToFloat(pair >> sb, mask), SpqrGpuHalfBits(raw.second.y),
-                         SpqrGpuHalfBits(raw.second.y >> 16))};
+  return {SpqrGpuDequant(SpqrGpuCodeToFloat(pair, mask), SpqrGpuHalfBits(second.x),
+                         SpqrGpuHalfBits(second.x >> 16)),
+          SpqrGpuDequant(SpqrGpuCodeToFloat(pair >> sb, mask), SpqrGpuHalfBits(second.y),
+                         SpqrGpuHalfBits(second.y >> 16))};
 }
 
 // fp32 value 1 + q 2^-W of code k (0..31) of the lane's stream words (compile-time offsets).
@@ -150,6 +133,7 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads, 1)
   const int chunks = static_cast<int>(l.lane_chunks);
   const int beta1 = l.beta1, sb = l.stats_bits;
   const int last_group = static_cast<int>(l.num_groups) - 1;
+  const int stat_words = static_cast<int>(l.stat_row_words);
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kSpqrGpuMmaWarps + warp) * 16;
   const int64_t tok0 = static_cast<int64_t>(blockIdx.y) * T;
   const int c_begin = static_cast<int>(blockIdx.z * chunks_per_split);
@@ -240,12 +224,30 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads, 1)
       ug[u] = grp + ku[u] < last_group ? grp + ku[u] : last_group;
       fresh[u] = u == 0 || ug[u] != ug[u - 1];
     }
-    SpqrGpuRawStats raw[2][4] = {};
+    // Bilevel statistics: the pairs of the lane's (at most 4, consecutive) groups lie in one
+    // window of 3 words from the first group's word (clamped to the row: the words past its
+    // pairs are never used); one 8-byte second-level load per group. fp16: one word per group.
+    uint32_t win[2][3] = {};
+    uint32_t first[2][4] = {};
+    uint2 second[2][4] = {};
+    const int bit0 = ug[0] * 2 * sb;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      if (sb == 16) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (fresh[u]) raw[h][u] = SpqrGpuMmaLoadStats(stat_rows[h], sb, ug[u]);
+        for (int u = 0; u < 4; ++u) {
+          if (fresh[u]) first[h][u] = __ldg(stat_rows[h].stats + ug[u]);
+        }
+      } else {
+        const int w0 = bit0 >> 5;
+#pragma unroll
+        for (int i = 0; i < 3; ++i) {
+          win[h][i] = __ldg(stat_rows[h].stats + (w0 + i < stat_words ? w0 + i : stat_words - 1));
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          if (fresh[u]) second[h][u] = __ldg(stat_rows[h].second + ug[u]);
+        }
       }
     }
     grp += q128;
@@ -265,7 +267,18 @@ __global__ void __launch_bounds__(kSpqrGpuMmaThreads, 1)
       if (fresh[u]) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const SpqrGpuStats st = SpqrGpuMmaStatsFromRaw(raw[h][u], sb, ug[u]);
+          SpqrGpuStats st;
+          if (sb == 16) {
+            st = {SpqrGpuHalfBits(first[h][u]), SpqrGpuHalfBits(first[h][u] >> 16)};
+          } else {
+            // Pair of group ug[u]: window bits [shift, shift + 2 sb), shift < 31 + 3 * 16.
+            const int shift = (bit0 & 31) + (ug[u] - ug[0]) * 2 * sb;
+            const uint64_t lo = win[h][0] | static_cast<uint64_t>(win[h][1]) << 32;
+            const uint64_t hi = win[h][1] | static_cast<uint64_t>(win[h][2]) << 32;
+            const uint32_t pair =
+                static_cast<uint32_t>(shift < 32 ? lo >> shift : hi >> (shift - 32));
+            st = SpqrGpuMmaStatsFromPair(pair, second[h][u], sb);
+          }
           fa[h] = __fmul_rn(st.scale, kScale);
           fc[h] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
         }

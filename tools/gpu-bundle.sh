@@ -21,7 +21,7 @@ BUNDLE=$ROOT/.gpu-bundle
 MAX_BUNDLE_MIB=48  # leaves room for the working tree within the run tool's 64 MiB
 # Default targets: GPU tests always; benchmarks and the server when the tree defines them.
 DEFAULT_TARGETS=(cuda_status_test cuda_ops_test cublas_gemm_test spqr_kernels_test ptx_wrappers_test
-                 paged_attention_test spqr_gpu_linear_test)
+                 paged_attention_test spqr_gpu_linear_test spqr_gpu_mma_test)
 # Optional: whichever GPU benchmark targets the tree defines (spqr-bench-gpu* / spqr-bench-cuda*
 # or *_bench; run.sh runs them with Google Benchmark's --benchmark_out flags). The server only
 # with --with-server (it adds gRPC and protobuf libraries and build time).

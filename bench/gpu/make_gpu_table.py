@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table from a spqr-bench-gpu JSON file (bench/gpu/spqr_gpu_bench.cc): per shape, SpQR
-configuration and batch, the SpQR layer time, fp16 cuBLAS time, speed-up, and GB/s on the bytes
+configuration, batch and path (every path the benchmark timed; * = the one ChooseSpqrGpuPath
+picks), the SpQR layer time, fp16 cuBLAS time, speed-up, and GB/s on the bytes
 each must read as a share of the copy bandwidth measured in the same run.
 
   bench/gpu/make_gpu_table.py bench/results/gpu/<run>.json > table.md
@@ -28,7 +29,7 @@ def main():
             continue
         base = fp16.get((r["m"], r["n"], r["batch"]))
         base_us = base["ms"] * 1e3 if base else float("nan")
-        print(f"| {r['m']} x {r['n']} | {r['config']} | {r['batch']} | {r['path']} | "
+        print(f"| {r['m']} x {r['n']} | {r['config']} | {r['batch']} | {r['path']}{'*' if r.get('chosen') else ''} | "
               f"{r['ms'] * 1e3:.1f} | {base_us:.1f} | {base_us / (r['ms'] * 1e3):.2f}x | "
               f"{r['gbps']:.0f} | {100.0 * r['gbps'] / copy:.0f} % |")
 

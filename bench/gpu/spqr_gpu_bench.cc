@@ -1,8 +1,10 @@
 // GPU benchmark of one SpQR linear layer against fp16 cuBLAS (docs/gpu-performance.md, section 5):
-// for each shape, SpQR configuration and batch, the median time of LaunchSpqrGpuLinear (whatever
-// path its rule picks) and of DenseGemm on random fp16 weights of the same shape, the GB/s each
-// achieves on the bytes it must read, and the device-to-device copy bandwidth measured in the same
-// run (the ceiling). Writes raw JSON (device, driver, commit, date, every measurement); no table.
+// for each shape, SpQR configuration and batch, the median time of LaunchSpqrGpuLinear on every
+// path that takes the batch (decode up to 16, the fused tensor-core kernel, dequantize + cuBLAS;
+// "chosen" marks the one its rule picks) and of DenseGemm on random fp16 weights of the same shape,
+// the GB/s each achieves on the bytes it must read, and the device-to-device copy bandwidth
+// measured in the same run (the ceiling). Writes raw JSON (device, driver, commit, date, every
+// measurement); no table.
 //
 //   spqr-bench-gpu --out bench/results/gpu/<date>.json [--commit SHA] [--iters 20] [--smoke]
 //   (also accepts --benchmark_out=FILE and ignores other --benchmark_* flags, as passed by the
@@ -90,6 +92,17 @@ absl::StatusOr<nlohmann::json> CopyBandwidth(cudaStream_t stream, size_t bytes, 
       {"bytes", bytes}, {"ms", ms}, {"read_plus_write_gbps", 2.0 * bytes / ms / 1e6}};
 }
 
+const char* PathName(SpqrGpuPath path) {
+  switch (path) {
+    case SpqrGpuPath::kDecode:
+      return "decode";
+    case SpqrGpuPath::kMma:
+      return "mma";
+    default:
+      return "dequant_gemm";
+  }
+}
+
 std::vector<uint16_t> RandomF16(size_t count, float scale, std::mt19937& rng) {
   std::normal_distribution<float> d(0.0f, scale);
   std::vector<uint16_t> v(count);
@@ -112,9 +125,9 @@ absl::Status Run(const Options& opt) {
   const std::vector<Config> configs = {{"w3 16/16", 3, 16, 16, 3, 0.005},
                                        {"w3 8/64", 3, 8, 64, 3, 0.01},
                                        {"w4 16/16", 4, 16, 16, 3, 0.003}};
-  const std::vector<int64_t> batches = opt.smoke
-                                           ? std::vector<int64_t>{1, 16, 17}
-                                           : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 128, 1024};
+  const std::vector<int64_t> batches =
+      opt.smoke ? std::vector<int64_t>{1, 16, 17, 70}
+                : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 128, 256, 1024};
   const int iters = opt.smoke ? 2 : opt.iters;
 
   nlohmann::json out;
@@ -171,32 +184,42 @@ absl::Status Run(const Options& opt) {
       const PackedSpqrLayer layer = testing::RandomSpqrLayer(spec, rng);
       ASSIGN_OR_RETURN(SpqrGpuDeviceLayer device, SpqrGpuDeviceLayer::FromPacked(layer, c.name));
       for (int64_t batch : batches) {
-        const int64_t ws_bytes = SpqrGpuLinearWorkspaceBytes(device.view(), batch);
-        ASSIGN_OR_RETURN(DeviceBuffer ws, DeviceBuffer::Allocate(ws_bytes));
-        SpqrGpuLinearParams p;
-        p.layer = device.view();
-        p.x = x.as<float>();
-        p.y = y.as<float>();
-        p.batch = batch;
-        p.workspace = ws.data();
-        p.workspace_bytes = ws_bytes;
-        p.cublas = &cublas;
-        ASSIGN_OR_RETURN(double ms,
-                         TimeMs(stream, iters, [&] { return LaunchSpqrGpuLinear(p, stream); }));
-        const double bytes =
-            static_cast<double>(SpqrLayerPayloadBytes(layer)) + 4.0 * batch * n + 4.0 * batch * m;
-        const SpqrGpuPath path = ChooseSpqrGpuPath(device.view(), batch);
-        results.push_back({{"kernel", "spqr"},
-                           {"config", c.name},
-                           {"path", path == SpqrGpuPath::kDecode ? "decode" : "dequant_gemm"},
-                           {"m", m},
-                           {"n", n},
-                           {"batch", batch},
-                           {"outliers", layer.num_outliers()},
-                           {"ms", ms},
-                           {"must_read_bytes", bytes},
-                           {"device_bytes", device.device_bytes()},
-                           {"gbps", bytes / ms / 1e6}});
+        // Every path that takes this batch, so the run can check the rule (ChooseSpqrGpuPath).
+        const SpqrGpuPath chosen = ChooseSpqrGpuPath(device.view(), batch);
+        for (SpqrGpuPath path :
+             {SpqrGpuPath::kDecode, SpqrGpuPath::kMma, SpqrGpuPath::kDequantGemm}) {
+          if (path == SpqrGpuPath::kDecode && batch > kSpqrGpuDecodeKernelMaxBatch) continue;
+          const int64_t ws_bytes = SpqrGpuLinearWorkspaceBytes(device.view(), batch, path);
+          ASSIGN_OR_RETURN(DeviceBuffer ws, DeviceBuffer::Allocate(ws_bytes));
+          SpqrGpuLinearParams p;
+          p.layer = device.view();
+          p.x = x.as<float>();
+          p.y = y.as<float>();
+          p.batch = batch;
+          p.workspace = ws.data();
+          p.workspace_bytes = ws_bytes;
+          p.cublas = &cublas;
+          p.path = path;
+          ASSIGN_OR_RETURN(double ms,
+                           TimeMs(stream, iters, [&] { return LaunchSpqrGpuLinear(p, stream); }));
+          const double bytes =
+              static_cast<double>(SpqrLayerPayloadBytes(layer)) + 4.0 * batch * n + 4.0 * batch * m;
+          results.push_back(
+              {{"kernel", "spqr"},
+               {"config", c.name},
+               {"path", PathName(path)},
+               {"chosen", path == chosen},
+               {"mma_splits",
+                path == SpqrGpuPath::kMma ? SpqrGpuMmaSplits(device.view(), batch) : 0},
+               {"m", m},
+               {"n", n},
+               {"batch", batch},
+               {"outliers", layer.num_outliers()},
+               {"ms", ms},
+               {"must_read_bytes", bytes},
+               {"device_bytes", device.device_bytes()},
+               {"gbps", bytes / ms / 1e6}});
+        }
       }
       std::fprintf(stderr, "%lldx%lld %s done\n", static_cast<long long>(m),
                    static_cast<long long>(n), c.name);

@@ -31,3 +31,5 @@ target_link_libraries(paged_attention_test PRIVATE spqr_engine_cpu)
 spqr_add_gpu_gtest(spqr_gpu_linear_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_gpu_linear_test.cc)
 spqr_add_gpu_gtest(ptx_wrappers_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/ptx_wrappers_test.cc
                                              ${CMAKE_CURRENT_LIST_DIR}/ptx_probe.cu)
+# The fused tensor-core SpQR kernel (LaunchSpqrGpuLinear's kMma path) against SpqrMatmul.
+spqr_add_gpu_gtest(spqr_gpu_mma_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_gpu_mma_test.cc)

@@ -60,10 +60,13 @@ inline std::vector<float> PermutedReference(const PackedSpqrLayer& layer) {
   return out;
 }
 
-// Runs LaunchSpqrGpuLinear and checks it against SpqrMatmul with the documented bound.
+// Runs LaunchSpqrGpuLinear (the path its rule picks, or `forced`; the tensor-core path with
+// `mma_splits` K splits, 0 = its rule) and checks it against SpqrMatmul with the documented bound.
 inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& device,
-                        const CublasHandle& cublas, int64_t batch, std::mt19937& rng) {
-  SCOPED_TRACE(::testing::Message() << "batch " << batch);
+                        const CublasHandle& cublas, int64_t batch, std::mt19937& rng,
+                        SpqrGpuPath forced = SpqrGpuPath::kAuto, int mma_splits = 0) {
+  SCOPED_TRACE(::testing::Message() << "batch " << batch << " path " << static_cast<int>(forced)
+                                    << " splits " << mma_splits);
   const int64_t m = layer.out_features, n = layer.in_features;
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(batch * n));
@@ -72,12 +75,16 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
   ASSERT_TRUE(SpqrMatmul(layer, x.data(), batch, want.data()).ok());
   const std::vector<float> w = PermutedReference(layer);
 
-  const SpqrGpuPath path = ChooseSpqrGpuPath(device.view(), batch);
-  const bool decode_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0;
-  EXPECT_EQ(path, batch <= 16 && decode_ok ? SpqrGpuPath::kDecode : SpqrGpuPath::kDequantGemm);
+  const SpqrGpuPath chosen = ChooseSpqrGpuPath(device.view(), batch);
+  const bool kernels_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0;
+  EXPECT_EQ(chosen, !kernels_ok                       ? SpqrGpuPath::kDequantGemm
+                    : batch <= kSpqrGpuDecodeMaxBatch ? SpqrGpuPath::kDecode
+                    : batch <= kSpqrGpuMmaMaxBatch    ? SpqrGpuPath::kMma
+                                                      : SpqrGpuPath::kDequantGemm);
+  const SpqrGpuPath path = forced == SpqrGpuPath::kAuto ? chosen : forced;
   DeviceBuffer d_x = Upload(x);
   DeviceBuffer d_y = Poisoned(batch * m * sizeof(float));
-  const int64_t ws_bytes = SpqrGpuLinearWorkspaceBytes(device.view(), batch);
+  const int64_t ws_bytes = SpqrGpuLinearWorkspaceBytes(device.view(), batch, path, mma_splits);
   DeviceBuffer ws = Poisoned(static_cast<size_t>(ws_bytes));
   SpqrGpuLinearParams p;
   p.layer = device.view();
@@ -87,6 +94,8 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
   p.workspace = ws.data();
   p.workspace_bytes = ws_bytes;
   p.cublas = &cublas;
+  p.path = path;
+  p.mma_splits = mma_splits;
   const absl::Status status = LaunchSpqrGpuLinear(p, nullptr);
   ASSERT_TRUE(status.ok()) << status;
   const std::vector<float> y = Download<float>(d_y);
@@ -103,16 +112,21 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
       }
       // Both products' rounding (the CPU product's bound is the same shape, spqr_matmul.h).
       double tol = 2.0 * 2.0 * (n + 64) * u24 * (abs_sum + 2.0 * abs_parts);
-      if (path == SpqrGpuPath::kDecode) {  // the one-FMA weight: e_j per weight
-        for (int64_t j = 0; j < n; ++j) {
+      const double f16 = std::ldexp(1.0, -10) + std::ldexp(1.0, -22);  // fp16 w times fp16 x
+      if (path == SpqrGpuPath::kDecode || path == SpqrGpuPath::kMma) {
+        double e_sum = 0.0;
+        for (int64_t j = 0; j < n; ++j) {  // the one-FMA weight: e_j per weight
           const GroupStats s = DecodeGroupStats(layer, r, j / layer.beta1);
           const double e = 3.0 * u24 * std::abs(s.scale) * ((1 << layer.wbits) + std::abs(s.zero));
-          tol += e * std::abs(xp[j]);
+          e_sum += e * std::abs(xp[j]);
         }
-      } else {
+        // kMma rounds w' = w_dense + O(e_j) to fp16, and |w_dense| <= |w| + |residual|.
+        tol += path == SpqrGpuPath::kMma ? (1.0 + f16) * e_sum + f16 * abs_parts : e_sum;
+      }
+      if (path != SpqrGpuPath::kDecode) {  // fp16 weights and inputs (kMma: of the one-FMA w)
         double abs_wx = 0.0;
         for (int64_t j = 0; j < n; ++j) abs_wx += std::abs(double{w[r * n + j]}) + std::abs(xp[j]);
-        tol += (std::ldexp(1.0, -10) + std::ldexp(1.0, -22)) * abs_sum + u24 * abs_wx;
+        tol += f16 * abs_sum + u24 * abs_wx;
       }
       ASSERT_NEAR(y[b * m + r], want[b * m + r], tol + 1e-30) << "b " << b << " r " << r;
     }

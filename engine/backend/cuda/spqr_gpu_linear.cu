@@ -6,6 +6,7 @@
 #include "engine/backend/cuda/kernel_launch_checks.h"
 #include "engine/backend/cuda/spqr_gpu_linear.cuh"
 #include "engine/backend/cuda/spqr_gpu_linear_kernel.cuh"
+#include "engine/backend/cuda/spqr_gpu_mma_kernel.cuh"
 #include "engine/util/status_macros.h"
 
 namespace spqr {
@@ -14,6 +15,8 @@ namespace {
 using kernels::kSpqrGpuDecodeWarps;
 using kernels::kSpqrGpuDequantizeThreads;
 using kernels::kSpqrGpuGatherThreads;
+using kernels::kSpqrGpuMmaRowsPerBlock;
+using kernels::kSpqrGpuMmaThreads;
 
 constexpr int64_t kAlign = 256;  // workspace sub-buffers start on 256-byte boundaries
 
@@ -82,6 +85,59 @@ void LaunchDequantizeTiles(const SpqrGpuLayerView& l, OutT* out, cudaStream_t st
               kSpqrGpuDequantizeThreads, 0, stream, l, out);
 }
 
+// n8 token tiles per block of the tensor-core kernel: the fewest that hold the batch, at most 8.
+int MmaTokenTiles(int64_t batch) {
+  return batch <= 8 ? 1 : batch <= 16 ? 2 : batch <= 32 ? 4 : kernels::kSpqrGpuMmaMaxTokenTiles;
+}
+
+struct MmaGrid {
+  int64_t row_blocks, token_blocks, splits, chunks_per_split;
+};
+
+MmaGrid MmaGridFor(const SpqrGpuLayerView& l, int64_t batch, int forced_splits) {
+  MmaGrid grid;
+  grid.row_blocks = (l.out_features + kSpqrGpuMmaRowsPerBlock - 1) / kSpqrGpuMmaRowsPerBlock;
+  grid.token_blocks = (batch + 8 * MmaTokenTiles(batch) - 1) / (8 * MmaTokenTiles(batch));
+  const int64_t tiles = grid.row_blocks * grid.token_blocks;
+  int64_t splits = forced_splits;
+  if (splits <= 0) {
+    // The rule: enough blocks for every SM, each split >= 2 chunks, and the partial sums (written
+    // and read back: 8 S batch m bytes) at most about a quarter of the codes' bytes (n m W / 8):
+    // S <= n / (32 batch) at W = 2..4 (spqr_gpu_linear.cuh).
+    splits = std::min({(kSpqrGpuMmaTargetBlocks + tiles - 1) / tiles, l.lane_chunks / 2,
+                       l.in_features / (32 * batch)});
+  }
+  splits = std::clamp<int64_t>(splits, 1, std::min<int64_t>(l.lane_chunks, 65535));
+  grid.chunks_per_split = (l.lane_chunks + splits - 1) / splits;
+  grid.splits = (l.lane_chunks + grid.chunks_per_split - 1) / grid.chunks_per_split;  // none empty
+  return grid;
+}
+
+template <int W, int NT>
+void LaunchMma(const SpqrGpuLayerView& l, const __half* xh, const float* x, float* out,
+               int64_t batch, const MmaGrid& grid, cudaStream_t stream) {
+  auto* kernel = &kernels::SpqrGpuMmaKernel<W, NT>;
+  const dim3 blocks(static_cast<unsigned>(grid.row_blocks),
+                    static_cast<unsigned>(grid.token_blocks), static_cast<unsigned>(grid.splits));
+  SPQR_LAUNCH(kernel, blocks, kSpqrGpuMmaThreads, 0, stream, l, xh, x, out, batch,
+              grid.chunks_per_split);
+}
+
+template <int W>
+void LaunchMmaForBatch(const SpqrGpuLayerView& l, const __half* xh, const float* x, float* out,
+                       int64_t batch, const MmaGrid& grid, cudaStream_t stream) {
+  switch (MmaTokenTiles(batch)) {
+    case 1:
+      return LaunchMma<W, 1>(l, xh, x, out, batch, grid, stream);
+    case 2:
+      return LaunchMma<W, 2>(l, xh, x, out, batch, grid, stream);
+    case 4:
+      return LaunchMma<W, 4>(l, xh, x, out, batch, grid, stream);
+    default:
+      return LaunchMma<W, 8>(l, xh, x, out, batch, grid, stream);
+  }
+}
+
 }  // namespace
 
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
@@ -89,14 +145,25 @@ bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
 }
 
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& l, int64_t batch) {
-  return batch <= kSpqrGpuDecodeMaxBatch && SpqrGpuDecodeSupports(l) ? SpqrGpuPath::kDecode
-                                                                     : SpqrGpuPath::kDequantGemm;
+  if (!SpqrGpuDecodeSupports(l)) return SpqrGpuPath::kDequantGemm;
+  if (batch <= kSpqrGpuDecodeMaxBatch) return SpqrGpuPath::kDecode;
+  if (batch <= kSpqrGpuMmaMaxBatch) return SpqrGpuPath::kMma;
+  return SpqrGpuPath::kDequantGemm;
 }
 
-int64_t SpqrGpuLinearWorkspaceBytes(const SpqrGpuLayerView& l, int64_t batch, SpqrGpuPath path) {
+int64_t SpqrGpuMmaSplits(const SpqrGpuLayerView& l, int64_t batch, int forced_splits) {
+  return MmaGridFor(l, batch, forced_splits).splits;
+}
+
+int64_t SpqrGpuLinearWorkspaceBytes(const SpqrGpuLayerView& l, int64_t batch, SpqrGpuPath path,
+                                    int mma_splits) {
   if (path == SpqrGpuPath::kAuto) path = ChooseSpqrGpuPath(l, batch);
   const int64_t m = l.out_features, n = l.in_features;
   if (path == SpqrGpuPath::kDecode) return AlignUp(n * PaddedBatch(batch) * 4);
+  if (path == SpqrGpuPath::kMma) {
+    const int64_t splits = MmaGridFor(l, batch, mma_splits).splits;
+    return AlignUp(batch * n * 2) + (splits > 1 ? AlignUp(splits * batch * m * 4) : 0);
+  }
   return AlignUp(m * n * 2) + AlignUp(batch * n * 2);
 }
 
@@ -110,7 +177,7 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   RETURN_IF_ERROR(CheckNotNull(p.workspace, kOp, "workspace"));
   const SpqrGpuLayerView& l = p.layer;
   const SpqrGpuPath path = p.path == SpqrGpuPath::kAuto ? ChooseSpqrGpuPath(l, p.batch) : p.path;
-  const int64_t need = SpqrGpuLinearWorkspaceBytes(l, p.batch, path);
+  const int64_t need = SpqrGpuLinearWorkspaceBytes(l, p.batch, path, p.mma_splits);
   if (p.workspace_bytes < need) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": workspace_bytes = ", p.workspace_bytes,
                                                    " is less than the ", need, " bytes needed"));
@@ -121,9 +188,9 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   const int64_t m = l.out_features, n = l.in_features;
 
   if (path == SpqrGpuPath::kDecode) {
-    if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeMaxBatch) {
+    if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeKernelMaxBatch) {
       return absl::InvalidArgumentError(
-          absl::StrCat(kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeMaxBatch,
+          absl::StrCat(kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeKernelMaxBatch,
                        ", wbits in 2..4 and beta1 % 8 == 0; got batch ", p.batch, ", wbits ",
                        l.wbits, ", beta1 ", l.beta1));
     }
@@ -144,6 +211,52 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
         break;
     }
     CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return absl::OkStatus();
+  }
+
+  if (path == SpqrGpuPath::kMma) {
+    if (!SpqrGpuDecodeSupports(l)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp,
+                       ": the tensor-core path needs wbits in 2..4 and beta1 % 8 == 0; got "
+                       "wbits ",
+                       l.wbits, ", beta1 ", l.beta1));
+    }
+    if (n >= (int64_t{1} << 27)) {  // 32-bit group bit offsets in the kernel
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": in_features ", n, " is too large for the tensor-core path"));
+    }
+    if (p.batch > 65535LL * 8 * kernels::kSpqrGpuMmaMaxTokenTiles) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": batch ", p.batch, " is too large for the tensor-core path"));
+    }
+    const MmaGrid grid = MmaGridFor(l, p.batch, p.mma_splits);
+    auto* xh = static_cast<__half*>(p.workspace);
+    float* out =
+        grid.splits > 1
+            ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) + AlignUp(p.batch * n * 2))
+            : p.y;
+    SPQR_LAUNCH(kernels::SpqrGpuGatherF16Kernel, GridFor(p.batch * n, kSpqrGpuGatherThreads),
+                kSpqrGpuGatherThreads, 0, stream, l.perm, p.x, xh, n, p.batch * n);
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    switch (l.wbits) {
+      case 2:
+        LaunchMmaForBatch<2>(l, xh, p.x, out, p.batch, grid, stream);
+        break;
+      case 3:
+        LaunchMmaForBatch<3>(l, xh, p.x, out, p.batch, grid, stream);
+        break;
+      default:
+        LaunchMmaForBatch<4>(l, xh, p.x, out, p.batch, grid, stream);
+        break;
+    }
+    CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (grid.splits > 1) {
+      SPQR_LAUNCH(kernels::SpqrGpuSplitReduceKernel, GridFor(p.batch * m, kSpqrGpuGatherThreads),
+                  kSpqrGpuGatherThreads, 0, stream, out, p.y, p.batch * m,
+                  static_cast<int>(grid.splits));
+      CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
     return absl::OkStatus();
   }
 

@@ -4,8 +4,9 @@
 The text between `<!-- zeroshot-table:begin -->` and `<!-- zeroshot-table:end -->` of --md is
 replaced by (1) one row per run: accuracy (acc, acc_norm, acc_mi) with its 95 % Wilson interval,
 and (2) one row per comparison and metric: the accuracy difference with its paired-bootstrap 95 %
-interval, the discordant items and the exact McNemar p-value, and how often the two configurations
-pick the same choice. --check compares instead of writing (exit 1 when the page is stale), which is
+interval, the discordant items and the exact McNemar p-value, how often the two configurations
+pick the same choice, and the mean absolute change of a choice's log-probability (computed here from
+the per-item scores). --check compares instead of writing (exit 1 when the page is stale), which is
 what the ctest zeroshot_table_matches_results does.
 
 Usage: /usr/bin/python3 bench/zeroshot/make_zeroshot_table.py RESULT.json [...] --md docs/zeroshot.md
@@ -45,6 +46,13 @@ def cell(run, metric):
     return f"{100 * run[metric]:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def mean_abs_change(base, other):
+    """Mean over items and choices of |sum_logprob(other) - sum_logprob(baseline)| (nats)."""
+    diffs = [abs(x - y) for a, b in zip(base["items"], other["items"])
+             for x, y in zip(a["sum_logprob"], b["sum_logprob"])]
+    return sum(diffs) / len(diffs)
+
+
 def model_name(result):
     return os.path.basename(os.path.normpath(result["runs"][0]["model"] or "server"))
 
@@ -60,12 +68,14 @@ def tables(results, paths):
                          f"{100 * run['gold_is_greedy']:.1f} % | {run['prompt_tokens']:,} | "
                          f"{run['wall_s']:.0f} s |")
     lines += ["", "| model | configuration vs baseline | metric | difference [95 % paired bootstrap] "
-              "| only baseline right / only other right | McNemar exact p | same choice |",
-              "|---|---|---|---:|---:|---:|---:|"]
+              "| only baseline right / only other right | McNemar exact p | same choice "
+              "| mean abs. change of log P(choice) |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
     for result in results:
         by_label = {run["label"]: run for run in result["runs"]}
         for comp in result["comparisons"]:
             other, base = by_label[comp["other"]], by_label[comp["baseline"]]
+            drift = mean_abs_change(base, other)
             for metric in METRICS:
                 if metric not in comp:
                     continue
@@ -75,7 +85,8 @@ def tables(results, paths):
                     f"| `{model_name(result)}` | {describe(other)} vs {describe(base)} | {metric} | "
                     f"{100 * c['difference']:+.1f} pt [{100 * low:+.1f}, {100 * high:+.1f}] | "
                     f"{c['only_baseline_correct']} / {c['only_other_correct']} | "
-                    f"{c['mcnemar_exact_p']:.3g} | {100 * c['same_prediction']:.1f} % |")
+                    f"{c['mcnemar_exact_p']:.3g} | {100 * c['same_prediction']:.1f} % | "
+                    f"{drift:.3f} nats |")
     lines.append("")
     sets = sorted({(r["set"]["path"], r["set"]["sha256"], r["set"]["items"]) for r in results})
     for path, digest, n in sets:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -120,21 +121,26 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.stderr = []
+        lines = queue.Queue()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
+        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)],
+                         daemon=True).start()
         self.address = None
         deadline = time.monotonic() + START_TIMEOUT_S
-        for line in self.proc.stdout:
+        while self.address is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line is None:
+                break  # the server exited
             match = re.match(r"^listening on (127\.0\.0\.1:\d+)$", line.strip())
             if match:
                 self.address = match.group(1)
-                break
-            if time.monotonic() > deadline:
-                break
         if self.address is None:
             self.stop()
-            sys.exit(f"error: spqr-server did not start ({' '.join(cmd)}); stderr:\n" +
-                     "".join(self.stderr[-30:]))
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+            sys.exit(f"error: spqr-server did not start within {START_TIMEOUT_S} s or exited "
+                     f"({' '.join(cmd)}); stderr:\n" + "".join(self.stderr[-30:]))
 
     def _drain_stderr(self):
         for line in self.proc.stderr:
@@ -216,11 +222,27 @@ def score_item(client, item, timeout, prefix_id):
     return result
 
 
-def score_all(address, stubs, items, concurrency, timeout, unconditional):
+def wait_serving(client, server):
+    """Waits for SERVING; stops early with the server's stderr when the child server exits."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server is not None and server.proc.poll() is not None:
+            sys.exit(f"error: spqr-server exited with status {server.proc.returncode} "
+                     f"({' '.join(server.cmd)}); stderr:\n" + "".join(server.stderr[-30:]))
+        try:
+            client.wait_until_serving(timeout=1.0)
+            return
+        except TimeoutError:
+            pass
+    sys.exit(f"error: the server is not SERVING after "
+             f"{START_TIMEOUT_S} s")
+
+
+def score_all(address, stubs, items, concurrency, timeout, unconditional, server=None):
     from spqr_client import Client
     from google.protobuf import json_format
     with Client(address, stubs_dir=stubs) as client:
-        client.wait_until_serving(timeout=START_TIMEOUT_S)
+        wait_serving(client, server)
         info = client.info(timeout=30)
         prefix_id = None
         if unconditional:
@@ -337,7 +359,7 @@ def main():
         print(f"[{label}] scoring {len(items)} items on {address} ...", flush=True)
         try:
             results, wall, info = score_all(address, args.stubs, items, args.concurrency,
-                                            args.timeout, not args.no_unconditional)
+                                            args.timeout, not args.no_unconditional, server)
         except ContractError as error:
             sys.exit(f"error: [{label}] the Score answer breaks the contract: {error}")
         finally:

@@ -59,13 +59,13 @@ def model_name(result):
 
 def tables(results, paths):
     lines = ["| model | configuration | bits/param (formula) | acc [95 % CI] | acc_norm [95 % CI] "
-             "| acc_mi [95 % CI] | gold choice greedy | scored tokens | wall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| acc_mi [95 % CI] | scored tokens | wall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         for run in result["runs"]:
             lines.append(f"| `{model_name(result)}` | {describe(run)} | {bits(run)} | "
                          f"{cell(run, 'acc')} | {cell(run, 'acc_norm')} | {cell(run, 'acc_mi')} | "
-                         f"{100 * run['gold_is_greedy']:.1f} % | {run['prompt_tokens']:,} | "
+                         f"{run['prompt_tokens']:,} | "
                          f"{run['wall_s']:.0f} s |")
     lines += ["", "| model | configuration vs baseline | metric | difference [95 % paired bootstrap] "
               "| only baseline right / only other right | McNemar exact p | same choice "

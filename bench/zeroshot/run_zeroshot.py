@@ -70,9 +70,13 @@ def sha256_file(path):
 
 
 def git_commit():
+    """HEAD, with "+uncommitted bench/zeroshot" when this tool's folder differs from it."""
     try:
-        return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", HERE],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" +uncommitted bench/zeroshot" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -9,3 +9,11 @@ if(TARGET spqr-server AND TARGET spqr-client)
                    --model ${SPQR_ROOT}/tests/data/test-model --stubs ${SPQR_PYTHON_STUBS_DIR})
   set_tests_properties(zeroshot_tool PROPERTIES LABELS integration TIMEOUT 120)
 endif()
+
+# docs/zeroshot.md's tables are generated from the committed raw results; fail when they drift.
+add_test(NAME zeroshot_table_matches_results
+         COMMAND ${SPQR_PYTHON} ${SPQR_ROOT}/bench/zeroshot/make_zeroshot_table.py
+                 ${SPQR_ROOT}/bench/results/zeroshot/reference_2026-12-04.json
+                 ${SPQR_ROOT}/bench/results/zeroshot/smollm2-135m-instruct_2026-12-04.json
+                 --md ${SPQR_ROOT}/docs/zeroshot.md --check)
+set_tests_properties(zeroshot_table_matches_results PROPERTIES LABELS quality TIMEOUT 60)

@@ -200,14 +200,15 @@ def main():
                    for it in items).encode("utf-8")
     digest = sha256_bytes(data)
     labels = [it["label"] for it in items]
-    print(f"{len(items)} items from {stats['documents']} documents ({stats['candidates']} candidate "
-          f"targets, {stats['pool']} pool sentences); labels "
+    print(f"{len(items)} items from {stats['documents']} documents "
+          f"({stats['candidates']} candidate targets, {stats['pool']} pool sentences); labels "
           f"{[labels.count(k) for k in range(args.choices)]}; {len(data):,} bytes, sha256 {digest}")
     if args.check:
         with open(args.out, "rb") as f:
             committed = f.read()
         if committed != data:
-            sys.exit(f"error: {args.out} (sha256 {sha256_bytes(committed)}) differs from the rebuild")
+            sys.exit(f"error: {args.out} (sha256 {sha256_bytes(committed)}) differs from the "
+                     f"rebuild")
         print(f"{args.out}: identical")
         return
     with open(args.out, "wb") as f:

@@ -9,7 +9,8 @@ pick the same choice, and the mean absolute change of a choice's log-probability
 the per-item scores). --check compares instead of writing (exit 1 when the page is stale), which is
 what the ctest zeroshot_table_matches_results does.
 
-Usage: /usr/bin/python3 bench/zeroshot/make_zeroshot_table.py RESULT.json [...] --md docs/zeroshot.md
+Usage:
+  /usr/bin/python3 bench/zeroshot/make_zeroshot_table.py RESULT.json [...] --md docs/zeroshot.md
 """
 
 import argparse
@@ -67,7 +68,8 @@ def tables(results, paths):
                          f"{cell(run, 'acc')} | {cell(run, 'acc_norm')} | {cell(run, 'acc_mi')} | "
                          f"{run['prompt_tokens']:,} | "
                          f"{run['wall_s']:.0f} s |")
-    lines += ["", "| model | configuration vs baseline | metric | difference [95 % paired bootstrap] "
+    lines += ["", "| model | configuration vs baseline | metric "
+              "| difference [95 % paired bootstrap] "
               "| only baseline right / only other right | McNemar exact p | same choice "
               "| mean abs. change of log P(choice) |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -82,7 +84,8 @@ def tables(results, paths):
                 c = comp[metric]
                 low, high = c["difference_ci95_bootstrap"]
                 lines.append(
-                    f"| `{model_name(result)}` | {describe(other)} vs {describe(base)} | {metric} | "
+                    f"| `{model_name(result)}` | {describe(other)} vs {describe(base)} "
+                    f"| {metric} | "
                     f"{100 * c['difference']:+.1f} pt [{100 * low:+.1f}, {100 * high:+.1f}] | "
                     f"{c['only_baseline_correct']} / {c['only_other_correct']} | "
                     f"{c['mcnemar_exact_p']:.3g} | {100 * c['same_prediction']:.1f} % | "

@@ -5,8 +5,12 @@ For every item of a multiple-choice set (JSON lines: "context", "choices", "labe
 make_nextsentence_set.py) it sends one Score call with one (context, choice) pair per choice (the
 lm-evaluation-harness loglikelihood contract, docs/api.md) and takes
 
-  acc       argmax over choices of log P(choice | context) (PairScore.sum_logprob), as lm-eval's acc;
-  acc_norm  argmax of sum_logprob / len(choice in characters), as lm-eval's acc_norm.
+  acc       argmax over choices of log P(choice | context) (PairScore.sum_logprob): lm-eval's acc;
+  acc_norm  argmax of sum_logprob / len(choice in characters): lm-eval's acc_norm;
+  acc_mi    argmax of sum_logprob - log P(choice | one prefix token): lm-eval's acc_mutual_info.
+            The prefix is the model's bos (GetModelInfo bos_token_id), else its first eos id; the
+            context-free score is a token_ids Score of the prefix plus exactly the continuation
+            token ids the pair scored. --no-unconditional skips it.
 
 Ties go to the lowest index. Each accuracy comes with a 95 % Wilson score interval. Configurations
 are compared with the first (or --baseline) on the same items: exact McNemar test on the items only
@@ -127,8 +131,7 @@ class Server:
         self.stderr = []
         lines = queue.Queue()
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)],
-                         daemon=True).start()
+        threading.Thread(target=self._pump_stdout, args=(lines,), daemon=True).start()
         self.address = None
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.address is None and time.monotonic() < deadline:
@@ -145,6 +148,11 @@ class Server:
             self.stop()
             sys.exit(f"error: spqr-server did not start within {START_TIMEOUT_S} s or exited "
                      f"({' '.join(cmd)}); stderr:\n" + "".join(self.stderr[-30:]))
+
+    def _pump_stdout(self, lines):
+        for line in self.proc.stdout:
+            lines.put(line)
+        lines.put(None)
 
     def _drain_stderr(self):
         for line in self.proc.stderr:
@@ -398,9 +406,9 @@ def main():
         report["comparisons"].append(entry)
         c = entry["acc"]
         print(f"[{run['label']} vs {baseline}] acc difference {c['difference']:+.4f} "
-              f"[{c['difference_ci95_bootstrap'][0]:+.4f}, {c['difference_ci95_bootstrap'][1]:+.4f}]"
-              f", McNemar p {c['mcnemar_exact_p']:.3f}, same choice {c['same_prediction']:.3f}",
-              flush=True)
+              f"[{c['difference_ci95_bootstrap'][0]:+.4f}, "
+              f"{c['difference_ci95_bootstrap'][1]:+.4f}], McNemar p {c['mcnemar_exact_p']:.3f}, "
+              f"same choice {c['same_prediction']:.3f}", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

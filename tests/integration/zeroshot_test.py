@@ -5,13 +5,15 @@ A tiny set: the first items of the committed next-sentence set plus a PLANTED it
 obvious to this model whatever its (random) weights: of 40 equally long candidate continuations,
 scored by the test through the text-mode Score (a different route than the tool's pairs), the gold
 is the most likely and the distractors the three least likely. The planted item is also added a
-second time with the label on a distractor, which the tool must then count as wrong. Checks the tool's JSON: accuracies in [0, 1] inside Wilson intervals that the
-test recomputes with its own formula, finite per-choice log-probabilities <= 0, the decisions are
-the argmax of the reported scores, the planted item right (acc, acc_norm), its mislabeled twin
-wrong; the pair scores equal the text-mode Score of context + continuation summed
-over the continuation tokens (an independent route through the RPC); a second configuration on the
-same model (started by the tool with --run) gives bit-identical scores, a zero difference and
-McNemar p = 1; and malformed sets are refused with an error naming the problem.
+second time with the label on a distractor, which the tool must then count as wrong.
+
+Checks the tool's JSON: accuracies in [0, 1] inside Wilson intervals that the test recomputes with
+its own formula, finite per-choice log-probabilities <= 0, the decisions are the argmax of the
+reported scores, the planted item right (acc, acc_norm), its mislabeled twin wrong; the pair scores
+equal the text-mode Score of context + continuation summed over the continuation tokens (an
+independent route through the RPC); a second configuration on the same model (started by the tool
+with --run) gives bit-identical scores, a zero difference and McNemar p = 1; and malformed sets
+are refused with an error naming the problem.
 """
 import json
 import math
@@ -49,7 +51,7 @@ def wilson(k, n, z=1.959963984540054):
 def run_tool(args):
     cmd = [sys.executable, TOOL, "--server", ARGS.server, "--stubs", ARGS.stubs,
            "--threads", "1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
 
 
 def text_mode_tail(server, context, continuation):

@@ -246,8 +246,7 @@ def wait_serving(client, server):
             return
         except TimeoutError:
             pass
-    sys.exit(f"error: the server is not SERVING after "
-             f"{START_TIMEOUT_S} s")
+    sys.exit(f"error: the server is not SERVING after {START_TIMEOUT_S} s")
 
 
 def score_all(address, stubs, items, concurrency, timeout, unconditional, server=None):

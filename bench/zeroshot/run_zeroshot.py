@@ -284,6 +284,22 @@ def summarize(label, results):
     return out
 
 
+def dumps_report(report):
+    """The report as JSON text: indented, except each per-item record on one line (the files stay
+    a fifth of the size and still diff by item)."""
+    placeholder = {}
+    runs = []
+    for n, run in enumerate(report["runs"]):
+        key = f"@@items{n}@@"
+        placeholder[key] = run["items"]
+        runs.append(dict(run, items=key))
+    text = json.dumps(dict(report, runs=runs), indent=1)
+    for key, items in placeholder.items():
+        lines = ",\n".join("   " + json.dumps(item, separators=(",", ":")) for item in items)
+        text = text.replace(json.dumps(key), "[\n" + lines + "\n  ]")
+    return text + "\n"
+
+
 def parse_run(text):
     label, sep, model = text.partition("=")
     if not sep or not label or not model:
@@ -411,8 +427,7 @@ def main():
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
+        f.write(dumps_report(report))
     print(f"wrote {args.out}")
 
 

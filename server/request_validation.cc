@@ -356,10 +356,12 @@ absl::StatusOr<std::vector<ScoreSequence>> MakeScoreSequences(const v1::ScoreReq
         if (context.empty() && !add_bos) context_tokens.clear();
         seq.num_context_tokens = static_cast<int32_t>(context_tokens.size());
         if (seq.num_context_tokens == 0) {
+          // add_bos is true here only for a model whose tokenizer adds no BOS (e.g. SmolLM2).
           return Invalid(absl::StrFormat(
-              "pairs.pairs[%d].context is empty and add_bos is false: the first continuation "
-              "token would have nothing to be scored against",
-              i));
+              "pairs.pairs[%d].context is empty and %s: the first continuation token would have "
+              "nothing to be scored against",
+              i,
+              add_bos ? "this model's tokenizer adds no BOS token" : "add_bos is false"));
         }
         seq.tokens = tokenizer->Encode(context + continuation, add_bos);
         if (static_cast<int32_t>(seq.tokens.size()) <= seq.num_context_tokens) {

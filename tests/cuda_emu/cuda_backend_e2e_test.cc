@@ -12,7 +12,7 @@
 // Tolerance for logits: |cuda - cpu| <= 0.02 * max(1, max |cpu logit|) per row. Why that much:
 // the CUDA backend rounds the fp32 activations of every dense projection to the weights' 16-bit
 // type for cuBLAS (bf16 here: a relative error up to 2^-9 per element) where the CPU multiplies
-// fp32 activations, and an SpQR layer at batch > 16 multiplies fp16-rounded weights and inputs
+// fp32 activations, and an SpQR layer at batch > 4 multiplies fp16-rounded weights and inputs
 // (spqr_gpu_linear.cuh); over 6 layers these give logit differences of the order of 1e-3 to 1e-2
 // relative to the largest logit. A wrong kernel (a missed row, a wrong position, a stale KV slot)
 // is off by O(1). The measured maxima are printed.

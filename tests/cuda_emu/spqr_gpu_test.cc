@@ -7,7 +7,8 @@
 //     beta1 not a multiple of 8);
 //   - the layout's bytes stay within 3 % of the format's own payload;
 //   - LaunchSpqrGpuLinear matches the format's CPU product (SpqrMatmul) within the bounds stated in
-//     spqr_gpu_linear.cuh, for batch 1..33 (decode path up to 16, dequantize + cuBLAS above).
+//     spqr_gpu_linear.cuh, for batch 1..33 (the rule: decode kernel up to 4, tensor cores 5..128,
+//     dequantize + cuBLAS above; ChooseSpqrGpuPath).
 #include <cuda_runtime.h>
 
 #include <cmath>

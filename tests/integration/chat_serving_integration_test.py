@@ -162,6 +162,14 @@ class ChatTest(unittest.TestCase):
                                      timeout=60)
         self.assertGreater(response.num_scored_tokens, 1)
         self.assertLess(response.sum_logprob, 0)
+        # A pair with an empty context: this tokenizer adds no BOS (byte-level BPE, SmolLM2
+        # style), so add_bos=true cannot help, and the error must say that, not "add_bos is false".
+        pairs = pb.ContinuationPairs(pairs=[pb.ContinuationPair(continuation="GNU")])
+        with self.assertRaises(grpc.RpcError) as caught:
+            SERVER.stub.Score(pb.ScoreRequest(pairs=pairs, add_bos=True), timeout=30)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("pairs.pairs[0].context is empty and this model's tokenizer adds no BOS",
+                      caught.exception.details())
 
     def assert_refused(self, call, request, code, fragment):
         with self.assertRaises(grpc.RpcError) as caught:

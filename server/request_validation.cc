@@ -360,8 +360,7 @@ absl::StatusOr<std::vector<ScoreSequence>> MakeScoreSequences(const v1::ScoreReq
           return Invalid(absl::StrFormat(
               "pairs.pairs[%d].context is empty and %s: the first continuation token would have "
               "nothing to be scored against",
-              i,
-              add_bos ? "this model's tokenizer adds no BOS token" : "add_bos is false"));
+              i, add_bos ? "this model's tokenizer adds no BOS token" : "add_bos is false"));
         }
         seq.tokens = tokenizer->Encode(context + continuation, add_bos);
         if (static_cast<int32_t>(seq.tokens.size()) <= seq.num_context_tokens) {

@@ -40,6 +40,8 @@ CONFIGS = [
      "--method gptq --wbits 4 --beta1 0 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("gptq-w4-g128", "GPTQ", "GPTQ 4-bit g128 (act-order)",
      "--method gptq --wbits 4 --beta1 128 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    ("gptq-w3-row", "GPTQ", "GPTQ 3-bit per-row (act-order)",
+     "--method gptq --wbits 3 --beta1 0 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("gptq-w3-g128", "GPTQ", "GPTQ 3-bit g128 (act-order)",
      "--method gptq --wbits 3 --beta1 128 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("spqr-w3-16x16-noout", "SpQR", "SpQR w3 16/16, 3-bit stats, no outliers",
@@ -54,6 +56,17 @@ CONFIGS = [
     ("spqr-w2-16x16-under3", "SpQR", "SpQR w2 16/16, tau for < 3.0 bits",
      "--method spqr --wbits 2 --beta1 16 --beta2 16 --stats_bits 3 --tau {tau}", 3.0,
      [0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0]),
+    # Diagnostics for a model whose weights are already on a 4-bit grid (SmolLM2's GGUF is Q4_1:
+    # w = d*q + m per block of 32 consecutive inputs, min and max at levels 0 and 15; docs/models.md).
+    # SpQR's min-max fit (fractional zero) with groups of 32 and fp16 statistics can land on that
+    # grid only when its groups are the Q4_1 blocks: act_order=false keeps the input order, so group
+    # g covers inputs 32g..32g+31 = one block. The act-order twin has the same bits but permuted
+    # (misaligned) groups. Not part of the paper's protocol; family "diag" in the table.
+    ("diag-w4-g32-fp16-aligned", "diag", "diag: w4 g32, fp16 stats, no outliers, Q4_1-aligned",
+     "--method spqr --wbits 4 --beta1 32 --beta2 16 --stats_bits 16 --act_order=false --tau inf"),
+    ("diag-w4-g32-fp16-actorder", "diag",
+     "diag: w4 g32, fp16 stats, no outliers, act-order (misaligned)",
+     "--method spqr --wbits 4 --beta1 32 --beta2 16 --stats_bits 16 --act_order=true --tau inf"),
 ]
 # A "{tau}" row tries its thresholds from the most outliers (smallest tau) up and keeps the first
 # whose average bits (paper formula) stay under the row's max bits; every try is recorded. Fewer

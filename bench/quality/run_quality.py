@@ -105,7 +105,8 @@ def evaluate(args, model_dir):
 def quantize(args, flags, out_dir, log_path):
     """Runs spqr-quantize; returns its report without the per-layer and per-block rows."""
     cmd = [os.path.join(args.build, "quantizer", "spqr-quantize"), "--model", args.model, "--out",
-           out_dir, "--force", "--calibration", args.calibration, "--nsamples", str(args.nsamples),
+           out_dir, "--force", "--calibration", args.calibration, "--nsamples",
+           str(args.rtn_nsamples if args.rtn_nsamples and "--method rtn" in flags else args.nsamples),
            "--seqlen", str(args.seqlen), "--seed", str(args.seed), "--threads",
            str(args.threads)] + flags.split()
     with open(log_path, "w") as log:
@@ -128,6 +129,10 @@ def main():
     p.add_argument("--out", required=True, help="results JSON lines (appended, resumable)")
     p.add_argument("--only", default="", help="comma-separated config names (default: all)")
     p.add_argument("--nsamples", type=int, default=128)
+    # RTN's weights do not depend on the calibration data (spqr-quantize still runs it through the
+    # model, only for the per-layer error report), so fewer windows give the same model, faster.
+    p.add_argument("--rtn-nsamples", type=int, default=0, help="calibration windows for RTN rows "
+                   "(0 = --nsamples; recorded as rtn_nsamples)")
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=0, help="0 = the whole text")
@@ -153,7 +158,7 @@ def main():
     common = {"model": args.model, "model_sha256": sha256_file(
         os.path.join(args.model, "model.safetensors")), "calibration": args.calibration,
         "calibration_sha256": sha256_file(args.calibration), "nsamples": args.nsamples,
-        "calib_seqlen": args.seqlen, "seed": args.seed, "commit": git_commit(),
+        "calib_seqlen": args.seqlen, "rtn_nsamples": args.rtn_nsamples or args.nsamples, "seed": args.seed, "commit": git_commit(),
         "date": datetime.date.today().isoformat()}
 
     def emit(rec):

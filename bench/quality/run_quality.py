@@ -44,6 +44,14 @@ CONFIGS = [
      "--method gptq --wbits 3 --beta1 0 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("gptq-w3-g128", "GPTQ", "GPTQ 3-bit g128 (act-order)",
      "--method gptq --wbits 3 --beta1 128 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    # SmolLM2's layers are 576 and 1536 wide: 128 divides neither 576, so its grouped baselines use
+    # groups of 64 (the nearest power of two that divides both; 0.5 bits of fp16 statistics).
+    ("rtn-w3-g64", "RTN", "RTN 3-bit g64",
+     "--method rtn --wbits 3 --beta1 64 --stats_bits 16 --act_order=false --tau inf"),
+    ("gptq-w4-g64", "GPTQ", "GPTQ 4-bit g64 (act-order)",
+     "--method gptq --wbits 4 --beta1 64 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    ("gptq-w3-g64", "GPTQ", "GPTQ 3-bit g64 (act-order)",
+     "--method gptq --wbits 3 --beta1 64 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("spqr-w3-16x16-noout", "SpQR", "SpQR w3 16/16, 3-bit stats, no outliers",
      "--method spqr --wbits 3 --beta1 16 --beta2 16 --stats_bits 3 --tau inf"),
     ("spqr-w3-8x64-under4", "SpQR", "SpQR w3 8/64, tau for < 4.0 bits",

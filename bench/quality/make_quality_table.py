@@ -92,7 +92,13 @@ def plot(fp, rows, png):
                    label=family, zorder=3)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    ax.axhline(0.0, color="gray", linestyle="--", label=f"bf16 (ppl {ppl0:.2f})")
+    incs = [100.0 * (r["eval"]["ppl"] / ppl0 - 1) for r in rows]
+    if incs and min(incs) > 0 and max(incs) > 100 * min(incs):
+        # Increases spanning orders of magnitude (SmolLM2: 0.02 % to 250 %): a linear axis would
+        # squash every near-lossless row onto the baseline.
+        ax.set_yscale("log")
+    else:
+        ax.axhline(0.0, color="gray", linestyle="--", label=f"bf16 (ppl {ppl0:.2f})")
     ax.set_xlabel("average bits per parameter (paper formula)")
     ax.set_ylabel("held-out perplexity increase over bf16 (%)")
     ax.set_title(f"{os.path.basename(fp['model'].rstrip('/'))}: perplexity vs. size")

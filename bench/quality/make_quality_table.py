@@ -4,22 +4,28 @@ bench/quality/run_quality.py.
 
 The table replaces what lies between the markers
     <!-- quality-table:begin -->  and  <!-- quality-table:end -->
-in the Markdown file; the text around them is hand-written and kept. The plot (perplexity increase
+in the Markdown file (with --section NAME: <!-- quality-table:NAME:begin --> and
+<!-- quality-table:NAME:end -->, so one page can hold a table per model); the text around them is hand-written and kept. The plot (perplexity increase
 over fp16 against average bits per parameter, one series per method family) needs python3-matplotlib
 and is skipped with --no-plot. --check exits 1 when the Markdown file's table is not the one the
 JSON gives (a ctest runs that, so the committed page cannot drift from the committed numbers).
 
 Usage:
   /usr/bin/python3 bench/quality/make_quality_table.py RESULTS.jsonl --md docs/quality.md \\
-      [--png docs/quality.png] [--no-plot] [--check]
+      [--section NAME] [--png docs/quality.png] [--no-plot] [--check]
 """
 
 import argparse
 import json
+import os
 import sys
 
-BEGIN = "<!-- quality-table:begin -->"
-END = "<!-- quality-table:end -->"
+
+
+def markers(section):
+    """The begin and end markers of the table named section (None: the page's first table)."""
+    tag = f"quality-table:{section}:" if section else "quality-table:"
+    return f"<!-- {tag}begin -->", f"<!-- {tag}end -->"
 
 
 def load(path):
@@ -28,7 +34,14 @@ def load(path):
     fp = [r for r in rows if r["config"] == "fp16"]
     if len(fp) != 1:
         sys.exit(f"error: {path} needs exactly one fp16 row, has {len(fp)}")
-    return fp[0], [r for r in rows if r["config"] != "fp16"]
+    # Rows in run_quality.py's CONFIGS order (baselines, then SpQR, then diagnostics), whatever
+    # order the runs were made in; unknown names last, in file order.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run_quality import CONFIGS
+
+    order = {c[0]: i for i, c in enumerate(CONFIGS)}
+    rest = [r for r in rows if r["config"] != "fp16"]
+    return fp[0], sorted(rest, key=lambda r: order.get(r["config"], len(order)))
 
 
 def table(results_path, fp, rows):
@@ -68,7 +81,8 @@ def plot(fp, rows, png):
 
     ppl0 = fp["eval"]["ppl"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    styles = {"RTN": ("tab:red", "s"), "GPTQ": ("tab:blue", "^"), "SpQR": ("tab:green", "o")}
+    styles = {"RTN": ("tab:red", "s"), "GPTQ": ("tab:blue", "^"), "SpQR": ("tab:green", "o"),
+              "diag": ("tab:gray", "x")}
     for family, (color, marker) in styles.items():
         pts = sorted((r["quantization"]["avg_bits_formula"], 100.0 * (r["eval"]["ppl"] / ppl0 - 1),
                       r["config"]) for r in rows if r["family"] == family)
@@ -78,10 +92,16 @@ def plot(fp, rows, png):
                    label=family, zorder=3)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    ax.axhline(0.0, color="gray", linestyle="--", label=f"bf16 (ppl {ppl0:.2f})")
+    incs = [100.0 * (r["eval"]["ppl"] / ppl0 - 1) for r in rows]
+    if incs and min(incs) > 0 and max(incs) > 100 * min(incs):
+        # Increases spanning orders of magnitude (SmolLM2: 0.02 % to 250 %): a linear axis would
+        # squash every near-lossless row onto the baseline.
+        ax.set_yscale("log")
+    else:
+        ax.axhline(0.0, color="gray", linestyle="--", label=f"bf16 (ppl {ppl0:.2f})")
     ax.set_xlabel("average bits per parameter (paper formula)")
     ax.set_ylabel("held-out perplexity increase over bf16 (%)")
-    ax.set_title(f"{fp['model']}: perplexity vs. size")
+    ax.set_title(f"{os.path.basename(fp['model'].rstrip('/'))}: perplexity vs. size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -92,11 +112,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results")
     p.add_argument("--md", required=True)
+    p.add_argument("--section", default=None, help="name of the table's markers (default: none)")
     p.add_argument("--png", default=None)
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     fp, rows = load(args.results)
+    BEGIN, END = markers(args.section)
     block = table(args.results, fp, rows)
     with open(args.md) as f:
         text = f.read()

@@ -40,8 +40,18 @@ CONFIGS = [
      "--method gptq --wbits 4 --beta1 0 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("gptq-w4-g128", "GPTQ", "GPTQ 4-bit g128 (act-order)",
      "--method gptq --wbits 4 --beta1 128 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    ("gptq-w3-row", "GPTQ", "GPTQ 3-bit per-row (act-order)",
+     "--method gptq --wbits 3 --beta1 0 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("gptq-w3-g128", "GPTQ", "GPTQ 3-bit g128 (act-order)",
      "--method gptq --wbits 3 --beta1 128 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    # SmolLM2's layers are 576 and 1536 wide: 128 divides neither 576, so its grouped baselines use
+    # groups of 64 (the nearest power of two that divides both; 0.5 bits of fp16 statistics).
+    ("rtn-w3-g64", "RTN", "RTN 3-bit g64",
+     "--method rtn --wbits 3 --beta1 64 --stats_bits 16 --act_order=false --tau inf"),
+    ("gptq-w4-g64", "GPTQ", "GPTQ 4-bit g64 (act-order)",
+     "--method gptq --wbits 4 --beta1 64 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
+    ("gptq-w3-g64", "GPTQ", "GPTQ 3-bit g64 (act-order)",
+     "--method gptq --wbits 3 --beta1 64 --stats_bits 16 --lambda 0.01 --act_order=true --tau inf"),
     ("spqr-w3-16x16-noout", "SpQR", "SpQR w3 16/16, 3-bit stats, no outliers",
      "--method spqr --wbits 3 --beta1 16 --beta2 16 --stats_bits 3 --tau inf"),
     ("spqr-w3-8x64-under4", "SpQR", "SpQR w3 8/64, tau for < 4.0 bits",
@@ -54,9 +64,21 @@ CONFIGS = [
     ("spqr-w2-16x16-under3", "SpQR", "SpQR w2 16/16, tau for < 3.0 bits",
      "--method spqr --wbits 2 --beta1 16 --beta2 16 --stats_bits 3 --tau {tau}", 3.0,
      [0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0]),
+    # Diagnostics for a model whose weights are already on a 4-bit grid (SmolLM2's GGUF is Q4_1:
+    # w = d*q + m per block of 32 consecutive inputs, min and max at levels 0 and 15; docs/models.md).
+    # SpQR's min-max fit (fractional zero) with groups of 32 and fp16 statistics can land on that
+    # grid only when its groups are the Q4_1 blocks: act_order=false keeps the input order, so group
+    # g covers inputs 32g..32g+31 = one block. The act-order twin has the same bits but permuted
+    # (misaligned) groups. Not part of the paper's protocol; family "diag" in the table.
+    ("diag-w4-g32-fp16-aligned", "diag", "diag: w4 g32, fp16 stats, no outliers, Q4_1-aligned",
+     "--method spqr --wbits 4 --beta1 32 --beta2 16 --stats_bits 16 --act_order=false --tau inf"),
+    ("diag-w4-g32-fp16-actorder", "diag",
+     "diag: w4 g32, fp16 stats, no outliers, act-order (misaligned)",
+     "--method spqr --wbits 4 --beta1 32 --beta2 16 --stats_bits 16 --act_order=true --tau inf"),
 ]
-# A "{tau}" row tries its thresholds from the most outliers (smallest tau) up and keeps the first
-# whose average bits (paper formula) stay under the row's max bits; every try is recorded. Fewer
+# A "{tau}" row keeps the smallest of its thresholds (the most outliers) whose average bits (paper
+# formula) stay under the row's max bits, found by bisection (since 2026-12-04; before, by trying
+# them in increasing order); every try is recorded. Fewer
 # outliers as tau grows, so the first fit is the one with the most outliers. (At 2 bits tau 0.2
 # flags ~11 % of the weights, 6 bits/param in all; the w2 row starts at 0.6, measured 3.26 bits on a
 # step-277 export, to save quantizer runs.)
@@ -92,7 +114,8 @@ def evaluate(args, model_dir):
 def quantize(args, flags, out_dir, log_path):
     """Runs spqr-quantize; returns its report without the per-layer and per-block rows."""
     cmd = [os.path.join(args.build, "quantizer", "spqr-quantize"), "--model", args.model, "--out",
-           out_dir, "--force", "--calibration", args.calibration, "--nsamples", str(args.nsamples),
+           out_dir, "--force", "--calibration", args.calibration, "--nsamples",
+           str(args.rtn_nsamples if args.rtn_nsamples and "--method rtn" in flags else args.nsamples),
            "--seqlen", str(args.seqlen), "--seed", str(args.seed), "--threads",
            str(args.threads)] + flags.split()
     with open(log_path, "w") as log:
@@ -115,6 +138,10 @@ def main():
     p.add_argument("--out", required=True, help="results JSON lines (appended, resumable)")
     p.add_argument("--only", default="", help="comma-separated config names (default: all)")
     p.add_argument("--nsamples", type=int, default=128)
+    # RTN's weights do not depend on the calibration data (spqr-quantize still runs it through the
+    # model, only for the per-layer error report), so fewer windows give the same model, faster.
+    p.add_argument("--rtn-nsamples", type=int, default=0, help="calibration windows for RTN rows "
+                   "(0 = --nsamples; recorded as rtn_nsamples)")
     p.add_argument("--seqlen", type=int, default=512, help="calibration window length")
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=0, help="0 = the whole text")
@@ -140,7 +167,7 @@ def main():
     common = {"model": args.model, "model_sha256": sha256_file(
         os.path.join(args.model, "model.safetensors")), "calibration": args.calibration,
         "calibration_sha256": sha256_file(args.calibration), "nsamples": args.nsamples,
-        "calib_seqlen": args.seqlen, "seed": args.seed, "commit": git_commit(),
+        "calib_seqlen": args.seqlen, "rtn_nsamples": args.rtn_nsamples or args.nsamples, "seed": args.seed, "commit": git_commit(),
         "date": datetime.date.today().isoformat()}
 
     def emit(rec):
@@ -164,16 +191,27 @@ def main():
             tries = []
             if "{tau}" in flags:
                 max_bits, candidates = search
-                for tau in candidates:
-                    f = flags.format(tau=tau)
-                    report = quantize(args, f, out_dir, os.path.join(logs, f"{name}.log"))
-                    tries.append({"tau": tau, "avg_bits_formula": report["avg_bits_formula"],
-                                  "outlier_share": report["outlier_share"]})
-                    if report["avg_bits_formula"] < max_bits:
-                        flags = f
-                        break
-                else:
+                # Bisection over the increasing candidates for the first that fits (bits fall as
+                # tau grows): the same answer as trying them in order, in about log2(n) runs.
+                lo, hi, best = 0, len(candidates), None
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    f = flags.format(tau=candidates[mid])
+                    try_dir = f"{out_dir}.tau{candidates[mid]}"
+                    r = quantize(args, f, try_dir, os.path.join(logs, f"{name}.log"))
+                    tries.append({"tau": candidates[mid], "avg_bits_formula": r["avg_bits_formula"],
+                                  "outlier_share": r["outlier_share"]})
+                    if r["avg_bits_formula"] < max_bits:
+                        if best is not None:
+                            shutil.rmtree(best[2], ignore_errors=True)
+                        best, hi = (f, r, try_dir), mid
+                    else:
+                        shutil.rmtree(try_dir, ignore_errors=True)
+                        lo = mid + 1
+                if best is None:
                     sys.exit(f"error: no tau in {candidates} keeps {name} under {max_bits} bits")
+                flags, report = best[0], best[1]
+                os.rename(best[2], out_dir)
             else:
                 report = quantize(args, flags, out_dir, os.path.join(logs, f"{name}.log"))
             rec = {"config": name, "family": family, "label": label, "flags": flags,

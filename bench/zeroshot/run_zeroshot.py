@@ -287,14 +287,14 @@ def summarize(label, results):
 def dumps_report(report):
     """The report as JSON text: indented, except each per-item record on one line (the files stay
     a fifth of the size and still diff by item)."""
-    placeholder = {}
+    item_lists = {}
     runs = []
     for n, run in enumerate(report["runs"]):
         key = f"@@items{n}@@"
-        placeholder[key] = run["items"]
+        item_lists[key] = run["items"]
         runs.append(dict(run, items=key))
     text = json.dumps(dict(report, runs=runs), indent=1)
-    for key, items in placeholder.items():
+    for key, items in item_lists.items():
         lines = ",\n".join("   " + json.dumps(item, separators=(",", ":")) for item in items)
         text = text.replace(json.dumps(key), "[\n" + lines + "\n  ]")
     return text + "\n"

@@ -18,30 +18,16 @@
 #include "engine/model/tensor.h"
 #include "engine/util/half.h"
 #include "gtest/gtest.h"
+#include "tests/cuda_emu/emu_test_buffers.h"
 
 namespace spqr {
 namespace {
 
+using emu_test::Poisoned;
+using emu_test::Upload;
+
 std::vector<float> RandomNormal(size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, 3.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& host) {
-  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::FromVector(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer();
-}
-
-DeviceBuffer Poisoned(size_t bytes) {
-  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(bytes);
-  EXPECT_TRUE(b.ok()) << b.status();
-  if (!b.ok()) return DeviceBuffer();
-  EXPECT_TRUE(b->Fill(0xff).ok());  // NaN as fp32
-  return std::move(*b);
+  return emu_test::RandomNormal(n, 3.0f, rng);
 }
 
 std::vector<float> Download(const DeviceBuffer& b) {

@@ -41,35 +41,17 @@
 #include "engine/model/tensor.h"
 #include "engine/util/half.h"
 #include "gtest/gtest.h"
+#include "tests/cuda_emu/emu_test_buffers.h"
 #include "tests/gpu/paged_attention_parity.h"
 #include "tests/gpu/spqr_random_layer.h"
 
 namespace spqr {
 namespace {
 
-constexpr uint8_t kPoison = 0xff;  // NaN as fp32
-
-std::vector<float> RandomNormal(size_t n, float stddev, std::mt19937& rng) {
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& host) {
-  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::FromVector(host);
-  EXPECT_TRUE(b.ok()) << b.status();
-  return b.ok() ? std::move(*b) : DeviceBuffer();
-}
-
-DeviceBuffer Poisoned(size_t bytes) {
-  absl::StatusOr<DeviceBuffer> b = DeviceBuffer::Allocate(bytes);
-  EXPECT_TRUE(b.ok()) << b.status();
-  if (!b.ok()) return DeviceBuffer();
-  EXPECT_TRUE(b->Fill(kPoison).ok());
-  return std::move(*b);
-}
+using emu_test::kPoison;
+using emu_test::Poisoned;
+using emu_test::RandomNormal;
+using emu_test::Upload;
 
 template <typename T>
 std::vector<T> Download(const DeviceBuffer& b) {

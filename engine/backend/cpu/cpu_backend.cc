@@ -14,6 +14,7 @@
 #include "engine/backend/cpu/paged_kv_pool.h"
 #include "engine/backend/cpu/spqr_linear.h"
 #include "engine/backend/cpu/spqr_tile_layout.h"
+#include "engine/backend/cpu/worker_pool.h"
 #include "engine/backend/forward/llama_forward.h"
 #include "engine/backend/forward/weight_checks.h"
 #include "engine/util/status_macros.h"
@@ -201,15 +202,14 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     // Repacking is independent per layer: spread it over the threads.
     std::vector<std::unique_ptr<cpu::SpqrTileLayout>> built(linears.size());
     std::vector<absl::Status> errors(linears.size());
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (size_t i = 0; i < linears.size(); ++i) {
+    cpu::ParallelForDynamic(threads, static_cast<int64_t>(linears.size()), [&](int64_t i, int) {
       auto layout = cpu::BuildSpqrTileLayout(linears[i]->spqr);
       if (layout.ok()) {
         built[i] = std::move(*layout);
       } else {
         errors[i] = layout.status();
       }
-    }
+    });
     for (size_t i = 0; i < linears.size(); ++i) {
       RETURN_IF_ERROR(errors[i]);
       linears[i]->spqr = built[i]->source;

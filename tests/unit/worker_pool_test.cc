@@ -2,6 +2,9 @@
 #include "engine/backend/cpu/worker_pool.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -96,6 +99,33 @@ TEST(WorkerPoolTest, ConcurrentCallersFromTwoThreadsBothComplete) {
   a.join();
   b.join();
   EXPECT_EQ(calls.load(), 2 * 2000 * 2);
+}
+
+TEST(WorkerPoolTest, AForkedChildRunsJobsWithItsOwnWorkers) {
+  std::atomic<int> calls{0};
+  ParallelRun(2, [&](int, int) { calls.fetch_add(1); });  // the parent's pool has a worker now
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The parent's worker does not exist here: this would wait forever on the old pool.
+    std::atomic<int> child_calls{0};
+    ParallelRun(2, [&](int, int) { child_calls.fetch_add(1); });
+    _exit(child_calls.load() == 2 ? 0 : 1);
+  }
+  int status = 0;
+  for (int waited_ms = 0; waited_ms < 10000; waited_ms += 10) {
+    if (waitpid(pid, &status, WNOHANG) == pid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (waited_ms + 10 >= 10000) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      FAIL() << "the forked child hung in ParallelRun";
+    }
+  }
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ParallelRun(2, [&](int, int) { calls.fetch_add(1); });  // the parent's pool still works
+  EXPECT_EQ(calls.load(), 4);
 }
 
 TEST(WorkerPoolTest, DynamicForCoversEveryItemOnce) {

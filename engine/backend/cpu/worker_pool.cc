@@ -1,5 +1,7 @@
 #include "engine/backend/cpu/worker_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -28,8 +30,16 @@ class Pool {
  public:
   static Pool& Get() {
     // Never destroyed: the workers may still be blocked in it when the process exits.
-    static Pool* pool = new Pool;
-    return *pool;
+    static Pool* const first = [] {
+      instance_.store(new Pool, std::memory_order_release);
+      // A forked child has none of the parent's workers (only the forking thread survives):
+      // it starts a pool of its own instead of waiting forever on workers that do not exist.
+      pthread_atfork(nullptr, nullptr,
+                     [] { instance_.store(new Pool, std::memory_order_release); });
+      return instance_.load(std::memory_order_acquire);
+    }();
+    (void)first;
+    return *instance_.load(std::memory_order_acquire);
   }
 
   void Run(int n, absl::FunctionRef<void(int, int)> fn) {
@@ -132,6 +142,7 @@ class Pool {
     }
   }
 
+  static inline std::atomic<Pool*> instance_{nullptr};
   std::mutex run_mu_;  // one job at a time
   std::atomic<uint32_t> state_{0};
   std::atomic<uint32_t> pending_{0};

@@ -16,7 +16,7 @@
 //   row's result from that row's inputs alone, in a fixed order, so which thread ran which t never
 //   changes a result bit (the kernels' thread-count-independence tests cover this).
 // - The pool grows to the largest n asked for (n <= kMaxThreads) and never shrinks; its threads
-//   exit at process exit.
+//   exit at process exit. A forked child starts a pool of its own on its first job.
 #pragma once
 
 #include <algorithm>

@@ -81,7 +81,11 @@ void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t b
       ConvertBlockSecondLevel(layer, cached_block, second.data());
     }
     DecodeRowStats(layer, r, second.data(), scale.data(), zero.data());
-    if (batch == 1 && (layer.beta1 == 8 || layer.beta1 == 16 || layer.beta1 == 32)) {
+    // The fused path is written for the fp32 decode arithmetic; an "fp16 arithmetic" layer rounds
+    // w + residual to fp16 as well, which a separate sparse sum cannot reproduce, so it takes the
+    // decode-then-dot path at every batch size.
+    if (batch == 1 && !layer.fp16_arithmetic() &&
+        (layer.beta1 == 8 || layer.beta1 == 16 || layer.beta1 == 32)) {
       UnpackBitRow(layer.weight_codes.data() + r * BitRowWords(n, layer.wbits), n, layer.wbits,
                    codes.data());
       const float* sc = scale.data();

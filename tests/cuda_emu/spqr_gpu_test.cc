@@ -5,6 +5,9 @@
 //     2/3/4, beta1 8/16/32/64/per-row, beta2 1..64, 3/4-bit and fp16 statistics, with and without
 //     outliers, odd m, n = 11008, 32-bit outlier columns) and for the generic ones (wbits 5..8,
 //     beta1 not a multiple of 8);
+//   - the same for "fp16 arithmetic" layers (the format's variant for spqr-convert's imports),
+//     which take the dequantize + cuBLAS path at every batch and are refused by the decode and
+//     tensor-core kernels;
 //   - the layout's bytes stay within 3 % of the format's own payload;
 //   - LaunchSpqrGpuLinear matches the format's CPU product (SpqrMatmul) within the bounds stated in
 //     spqr_gpu_linear.cuh, for batch 1..33 (the rule: decode kernel up to 4, tensor cores 5..128,
@@ -42,16 +45,18 @@ using testing::RandomLayerSpec;
 // Small shapes (the harness runs every thread as a fiber), one n = 11008 case with few rows, one
 // with 32-bit outlier columns.
 const RandomLayerSpec kLayers[] = {
-    {37, 256, 3, 16, 16, 3, 0.01},    // w3 16/16, m % beta2 != 0, m not a multiple of any tile
-    {19, 384, 2, 8, 7, 3, 0.0},       // w2 8/7, no outliers
-    {33, 512, 4, 32, 64, 3, 0.02},    // w4 32/64
-    {21, 640, 3, 64, 5, 4, 0.01},     // beta1 64, 4-bit statistics
-    {13, 320, 4, 16, 1, 16, 0.05},    // fp16 statistics
-    {9, 96, 3, 96, 3, 16, 0.1},       // per-row group (beta1 = n), n < one chunk
-    {40, 1024, 3, 8, 64, 3, 0.005},   // the ~3.9-bit preset w3 8/64
-    {5, 11008, 3, 16, 16, 3, 0.003},  // LLaMA-7B down_proj width: 2 full tiles + 22 chunks
-    {7, 40, 6, 8, 4, 5, 0.05},        // wbits 6: generic (dequantize + GEMM) path only
-    {5, 60, 3, 12, 2, 3, 0.05},       // beta1 12: generic path only
+    {37, 256, 3, 16, 16, 3, 0.01},        // w3 16/16, m % beta2 != 0, m not a multiple of any tile
+    {19, 384, 2, 8, 7, 3, 0.0},           // w2 8/7, no outliers
+    {33, 512, 4, 32, 64, 3, 0.02},        // w4 32/64
+    {21, 640, 3, 64, 5, 4, 0.01},         // beta1 64, 4-bit statistics
+    {13, 320, 4, 16, 1, 16, 0.05},        // fp16 statistics
+    {9, 96, 3, 96, 3, 16, 0.1},           // per-row group (beta1 = n), n < one chunk
+    {40, 1024, 3, 8, 64, 3, 0.005},       // the ~3.9-bit preset w3 8/64
+    {5, 11008, 3, 16, 16, 3, 0.003},      // LLaMA-7B down_proj width: 2 full tiles + 22 chunks
+    {7, 40, 6, 8, 4, 5, 0.05},            // wbits 6: generic (dequantize + GEMM) path only
+    {5, 60, 3, 12, 2, 3, 0.05},           // beta1 12: generic path only
+    {37, 256, 3, 16, 16, 3, 0.03, true},  // "fp16 arithmetic": dequantize + GEMM at every batch
+    {13, 320, 4, 16, 1, 16, 0.05, true},
 };
 const RandomLayerSpec kWideLayer = {2, 65600, 3, 16, 16, 3, 0.001};  // 32-bit outlier columns
 
@@ -184,6 +189,32 @@ TEST_P(SpqrGpuKernelTest, WideOutlierColumns) {
   absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
   ASSERT_TRUE(device.ok()) << device.status();
   CheckLinear(layer, *device, *cublas, 2, rng);
+}
+
+TEST_P(SpqrGpuKernelTest, Fp16ArithmeticLayersTakeTheDequantizePath) {
+  std::mt19937 rng(28);
+  const PackedSpqrLayer layer = testing::RandomSpqrLayer({16, 128, 3, 16, 16, 3, 0.02, true}, rng);
+  absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ(device->view().fp16_arithmetic, 1);
+  EXPECT_FALSE(SpqrGpuDecodeSupports(device->view()));
+  for (int64_t batch : {1, 8, 300}) {
+    EXPECT_EQ(ChooseSpqrGpuPath(device->view(), batch), SpqrGpuPath::kDequantGemm) << batch;
+  }
+  DeviceBuffer x = Poisoned(128 * 4), y = Poisoned(16 * 4), ws = Poisoned(1 << 16);
+  for (SpqrGpuPath path : {SpqrGpuPath::kDecode, SpqrGpuPath::kMma}) {
+    SpqrGpuLinearParams p;
+    p.layer = device->view();
+    p.x = x.as<float>();
+    p.y = y.as<float>();
+    p.batch = 1;
+    p.workspace = ws.data();
+    p.workspace_bytes = 1 << 16;
+    p.path = path;
+    const absl::Status s = LaunchSpqrGpuLinear(p, nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("fp16 arithmetic"), std::string::npos) << s;
+  }
 }
 
 TEST_P(SpqrGpuKernelTest, LaunchErrorsNameTheOpAndField) {

@@ -76,7 +76,7 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
   const std::vector<float> w = PermutedReference(layer);
 
   const SpqrGpuPath chosen = ChooseSpqrGpuPath(device.view(), batch);
-  const bool kernels_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0;
+  const bool kernels_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0 && !layer.fp16_arithmetic();
   EXPECT_EQ(chosen, !kernels_ok                       ? SpqrGpuPath::kDequantGemm
                     : batch <= kSpqrGpuDecodeMaxBatch ? SpqrGpuPath::kDecode
                     : batch <= kSpqrGpuMmaMaxBatch    ? SpqrGpuPath::kMma

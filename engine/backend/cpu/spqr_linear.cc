@@ -120,6 +120,9 @@ bool ReadsPackedCodes(const PackedSpqrLayer& layer) {
 }
 
 const FusedRowTileFn* FusedTilesFor(const PackedSpqrLayer& layer) {
+  // The tiles implement the fp32 decode arithmetic only; "fp16 arithmetic" layers take the
+  // format's decode-then-dot path (SpqrMatmulRows), which is also their batch-1 product.
+  if (layer.fp16_arithmetic()) return nullptr;
   const bool packed = ReadsPackedCodes(layer);
   switch (layer.beta1) {
     case 8:

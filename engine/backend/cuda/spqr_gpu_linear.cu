@@ -141,7 +141,7 @@ void LaunchMmaForBatch(const SpqrGpuLayerView& l, const __half* xh, const float*
 }  // namespace
 
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
-  return l.wbits >= 2 && l.wbits <= 4 && l.beta1 > 0 && l.beta1 % 8 == 0;
+  return l.wbits >= 2 && l.wbits <= 4 && l.beta1 > 0 && l.beta1 % 8 == 0 && l.fp16_arithmetic == 0;
 }
 
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& l, int64_t batch) {
@@ -189,10 +189,10 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
 
   if (path == SpqrGpuPath::kDecode) {
     if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeKernelMaxBatch) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeKernelMaxBatch,
-                       ", wbits in 2..4 and beta1 % 8 == 0; got batch ", p.batch, ", wbits ",
-                       l.wbits, ", beta1 ", l.beta1));
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeKernelMaxBatch,
+          ", wbits in 2..4, beta1 % 8 == 0 and the fp32 decode arithmetic; got batch ", p.batch,
+          ", wbits ", l.wbits, ", beta1 ", l.beta1, l.fp16_arithmetic ? ", fp16 arithmetic" : ""));
     }
     const int64_t bpad = PaddedBatch(p.batch);
     float* xt = static_cast<float*>(p.workspace);
@@ -218,9 +218,9 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
     if (!SpqrGpuDecodeSupports(l)) {
       return absl::InvalidArgumentError(
           absl::StrCat(kOp,
-                       ": the tensor-core path needs wbits in 2..4 and beta1 % 8 == 0; got "
-                       "wbits ",
-                       l.wbits, ", beta1 ", l.beta1));
+                       ": the tensor-core path needs wbits in 2..4, beta1 % 8 == 0 and the fp32 "
+                       "decode arithmetic; got wbits ",
+                       l.wbits, ", beta1 ", l.beta1, l.fp16_arithmetic ? ", fp16 arithmetic" : ""));
     }
     if (n >= (int64_t{1} << 27)) {  // 32-bit group bit offsets in the kernel
       return absl::InvalidArgumentError(
@@ -303,12 +303,16 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
   }
   const dim3 blocks(GridFor((l.in_features + 7) / 8, kSpqrGpuDequantizeThreads),
                     static_cast<unsigned>(std::min<int64_t>(l.out_features, 65535)));
+  // An "fp16 arithmetic" layer: the variant's instance of the generic kernel.
+  const bool f16 = l.fp16_arithmetic != 0;
   if (dtype == DType::kF32) {
-    auto* kernel = &kernels::SpqrGpuDequantizeKernel<float>;
+    auto* kernel = f16 ? &kernels::SpqrGpuDequantizeKernel<float, true>
+                       : &kernels::SpqrGpuDequantizeKernel<float, false>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<float*>(output));
   } else {
-    auto* kernel = &kernels::SpqrGpuDequantizeKernel<__half>;
+    auto* kernel = f16 ? &kernels::SpqrGpuDequantizeKernel<__half, true>
+                       : &kernels::SpqrGpuDequantizeKernel<__half, false>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<__half*>(output));
   }

@@ -1,9 +1,13 @@
 // y = x · W_hat^T on a SpQR layer in the GPU layout (spqr_gpu_layout.h): the one entry point the
 // CUDA backend calls for an SpQR linear layer, for any batch.
 //
-// Paths, and the rule that picks one (ChooseSpqrGpuPath). The three kernels need wbits in {2, 3, 4}
-// and beta1 % 8 == 0 (every configuration the quantizer's presets write); anything else takes
-// kDequantGemm's generic dequantizer.
+// Paths, and the rule that picks one (ChooseSpqrGpuPath). The three kernels need wbits in 2..4,
+// beta1 % 8 == 0 (every configuration the quantizer's presets write) and the fp32 decode
+// arithmetic; anything else takes kDequantGemm's generic dequantizer. So an "fp16 arithmetic" layer
+// (spqr-convert's imports, spqr_layer.h) takes kDequantGemm at every batch: its weights are fp16
+// values, dequantized exactly, and only the inputs' fp16 rounding and the summation remain; the
+// decode and tensor-core kernels do not implement the variant yet (a decode-time cost: each call
+// re-expands the layer to 2 bytes per weight).
 //   kDecode       (batch <= kSpqrGpuDecodeMaxBatch) A gather kernel writes the permuted inputs once
 //                 (column-major, batch padded to 1/2/4/8/16), then one kernel reads every weight
 //                 once for all sequences, decodes it with bit tricks (shift + lop3 + one FMA),
@@ -69,7 +73,8 @@ inline constexpr int64_t kSpqrGpuMmaTargetBlocks = 264;
 
 enum class SpqrGpuPath { kAuto, kDecode, kMma, kDequantGemm };
 
-// True when the decode kernel handles the layer's configuration (wbits 2..4, beta1 % 8 == 0).
+// True when the decode kernel handles the layer's configuration (wbits 2..4, beta1 % 8 == 0, fp32
+// decode arithmetic).
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& layer);
 // The rule above (never returns kAuto).
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& layer, int64_t batch);

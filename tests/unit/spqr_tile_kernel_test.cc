@@ -258,11 +258,13 @@ TEST(TileLayoutTest, Int8KernelDeviationOnFp16ArithmeticLayers) {
 }
 
 // The exact CPU kernel on "fp16 arithmetic" layers: every token gets the format's batch-1 product
-// (which uses the variant's weights, spqr_fp16_arithmetic_test), whatever the token count, for a
-// fused-path group width and for one without.
+// (which uses the variant's weights, spqr_fp16_arithmetic_test), whatever the token count, for the
+// fused tiles (beta1 8/16/32; codes read packed or as bytes) and for a group width without them.
 TEST(SpqrExactKernelTest, Fp16ArithmeticLayerEqualsTheFormatsBatchOneProduct) {
   for (const Config& c :
        {Config{40, 64, 3, 16, 16, 3, 0.02, true}, Config{24, 96, 4, 32, 8, kFp16Stats, 0.01, true},
+        Config{18, 64, 2, 8, 16, 4, 0.05, true},
+        Config{20, 64, 5, 8, 16, 3, 0.03, true},  // codes unpacked to bytes
         Config{21, 48, 3, 48, 16, 3, 0.02, true}}) {
     SCOPED_TRACE(Name(c));
     LinearTensors lin;

@@ -26,9 +26,9 @@
 // Decoding is exactly the format's (spqr_layer.h): w(r, j) = scale * (float(code) - zero) with the
 // bilevel statistics dequantized as s * (float(code) - z), fp32, one rounding per operation, plus
 // the fp16 residual of an outlier; for an "fp16 arithmetic" layer every step rounded to fp16 (the
-// format's variant; only the dequantize kernels implement it, so such a layer always takes the
-// dequantize + cuBLAS path, spqr_gpu_linear.cuh). DecodeSpqrGpuLayoutRow() is the host decoder of
-// this layout and the tests hold it (and the device dequantize kernels) to DequantizeSpqrLayer()
+// format's variant; the generic dequantize kernel and the decode kernel implement it, the
+// tensor-core kernel does not, spqr_gpu_linear.cuh). DecodeSpqrGpuLayoutRow() is the host decoder
+// of this layout and the tests hold it (and the device dequantize kernels) to DequantizeSpqrLayer()
 // bit for bit; the decode kernel uses a one-FMA form of the weight within a stated bound
 // (spqr_gpu_linear.cuh).
 #pragma once

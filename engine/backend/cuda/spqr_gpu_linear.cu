@@ -42,20 +42,30 @@ constexpr int RowsPerWarp() {
   return B == 16 ? 3 : 4;
 }
 
-template <int W, int B>
+template <int W, int B, bool kF16 = false>
 void LaunchDecode(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
                   cudaStream_t stream) {
   constexpr int R = RowsPerWarp<W, B>();
   const int64_t rows_per_block = int64_t{kSpqrGpuDecodeWarps} * R;
   const unsigned blocks =
       static_cast<unsigned>((l.out_features + rows_per_block - 1) / rows_per_block);
-  auto* kernel = &kernels::SpqrGpuDecodeKernel<W, B, R>;
+  auto* kernel = &kernels::SpqrGpuDecodeKernel<W, B, R, kF16>;
   SPQR_LAUNCH(kernel, blocks, kSpqrGpuDecodeWarps * 32, 0, stream, l, xt, y, batch);
 }
 
 template <int W>
 void LaunchDecodeForBatch(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
                           int64_t bpad, cudaStream_t stream) {
+  if (l.fp16_arithmetic != 0) {  // batch <= kSpqrGpuDecodeF16MaxBatch (checked by the caller)
+    switch (bpad) {
+      case 1:
+        return LaunchDecode<W, 1, true>(l, xt, y, batch, stream);
+      case 2:
+        return LaunchDecode<W, 2, true>(l, xt, y, batch, stream);
+      default:
+        return LaunchDecode<W, 4, true>(l, xt, y, batch, stream);
+    }
+  }
   switch (bpad) {
     case 1:
       return LaunchDecode<W, 1>(l, xt, y, batch, stream);
@@ -141,13 +151,14 @@ void LaunchMmaForBatch(const SpqrGpuLayerView& l, const __half* xh, const float*
 }  // namespace
 
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
-  return l.wbits >= 2 && l.wbits <= 4 && l.beta1 > 0 && l.beta1 % 8 == 0 && l.fp16_arithmetic == 0;
+  return l.wbits >= 2 && l.wbits <= 4 && l.beta1 > 0 && l.beta1 % 8 == 0;
 }
 
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& l, int64_t batch) {
   if (!SpqrGpuDecodeSupports(l)) return SpqrGpuPath::kDequantGemm;
   if (batch <= kSpqrGpuDecodeMaxBatch) return SpqrGpuPath::kDecode;
-  if (batch <= kSpqrGpuMmaMaxBatch) return SpqrGpuPath::kMma;
+  // The tensor-core kernel has no "fp16 arithmetic" instance.
+  if (batch <= kSpqrGpuMmaMaxBatch && l.fp16_arithmetic == 0) return SpqrGpuPath::kMma;
   return SpqrGpuPath::kDequantGemm;
 }
 
@@ -188,11 +199,14 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   const int64_t m = l.out_features, n = l.in_features;
 
   if (path == SpqrGpuPath::kDecode) {
-    if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeKernelMaxBatch) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeKernelMaxBatch,
-          ", wbits in 2..4, beta1 % 8 == 0 and the fp32 decode arithmetic; got batch ", p.batch,
-          ", wbits ", l.wbits, ", beta1 ", l.beta1, l.fp16_arithmetic ? ", fp16 arithmetic" : ""));
+    const int64_t max_batch =
+        l.fp16_arithmetic ? kSpqrGpuDecodeF16MaxBatch : kSpqrGpuDecodeKernelMaxBatch;
+    if (!SpqrGpuDecodeSupports(l) || p.batch > max_batch) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": the decode path needs batch <= ", max_batch,
+                       l.fp16_arithmetic ? " (fp16 arithmetic)" : "",
+                       ", wbits in 2..4 and beta1 % 8 == 0; got batch ", p.batch, ", wbits ",
+                       l.wbits, ", beta1 ", l.beta1));
     }
     const int64_t bpad = PaddedBatch(p.batch);
     float* xt = static_cast<float*>(p.workspace);
@@ -215,7 +229,7 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   }
 
   if (path == SpqrGpuPath::kMma) {
-    if (!SpqrGpuDecodeSupports(l)) {
+    if (!SpqrGpuDecodeSupports(l) || l.fp16_arithmetic) {
       return absl::InvalidArgumentError(
           absl::StrCat(kOp,
                        ": the tensor-core path needs wbits in 2..4, beta1 % 8 == 0 and the fp32 "
@@ -292,7 +306,7 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": dtype must be F32 or F16, not ", std::string(DTypeName(dtype))));
   }
-  if (SpqrGpuDecodeSupports(l)) {
+  if (SpqrGpuDecodeSupports(l) && l.fp16_arithmetic == 0) {  // the tiles kernels are fp32 only
     if (dtype == DType::kF32) {
       LaunchDequantizeTiles(l, static_cast<float*>(output), stream);
     } else {

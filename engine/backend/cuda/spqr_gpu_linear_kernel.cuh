@@ -101,6 +101,7 @@ __device__ __forceinline__ SpqrGpuRawStats SpqrGpuLoadStats(const SpqrGpuLayerVi
   return raw;
 }
 
+template <bool kF16 = false>
 __device__ __forceinline__ SpqrGpuStats SpqrGpuStatsFromRaw(const SpqrGpuLayerView& l,
                                                             const SpqrGpuRawStats& raw, int64_t g) {
   if (l.stats_bits == 16) return {SpqrGpuHalfBits(raw.lo), SpqrGpuHalfBits(raw.lo >> 16)};
@@ -109,10 +110,11 @@ __device__ __forceinline__ SpqrGpuStats SpqrGpuStatsFromRaw(const SpqrGpuLayerVi
   uint32_t pair = raw.lo >> shift;
   if (shift + 2 * sb > 32) pair |= raw.hi << (32 - shift);
   const uint32_t mask = (1u << sb) - 1u;
-  return {SpqrGpuDequant(static_cast<float>(pair & mask), SpqrGpuHalfBits(raw.second.x),
-                         SpqrGpuHalfBits(raw.second.x >> 16)),
-          SpqrGpuDequant(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(raw.second.y),
-                         SpqrGpuHalfBits(raw.second.y >> 16))};
+  return {
+      SpqrGpuDequantAs<kF16>(static_cast<float>(pair & mask), SpqrGpuHalfBits(raw.second.x),
+                             SpqrGpuHalfBits(raw.second.x >> 16)),
+      SpqrGpuDequantAs<kF16>(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(raw.second.y),
+                             SpqrGpuHalfBits(raw.second.y >> 16))};
 }
 
 // Outlier record k: permuted column and fp16 residual.
@@ -186,7 +188,10 @@ __global__ void SpqrGpuGatherF16Kernel(const uint32_t* __restrict__ perm,
 // |w' - w| <= 3 2^-24 |scale| (2^W + |zero|) (the rounding of c and of the FMA; w is the format's
 // exact decode). The sum is then acc += w' x in fp32 FMAs. LaunchSpqrGpuDequantize keeps the exact
 // decode; this kernel trades the last bits of each weight for three instructions per weight.
-template <int W, int B, int R>
+// kF16: an "fp16 arithmetic" layer (spqr_layer.h), decoded exactly instead: q = (f - 1) 2^W
+// (exact), w = h(scale * h(q - zero)) with the variant's statistics, and an outlier adds (h(w + v)
+// - w) x, w decoded again (about five more instructions per weight).
+template <int W, int B, int R, bool kF16 = false>
 __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     SpqrGpuDecodeKernel(SpqrGpuLayerView l, const float* __restrict__ xt, float* __restrict__ y,
                         int64_t batch) {
@@ -239,7 +244,7 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     SpqrGpuRawStats raw[R];  // statistics of group g (then prefetched: g + 1)
 #pragma unroll
     for (int i = 0; i < R; ++i) raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g);
-    float fa[R], fc[R];  // w' = fma(fa, f, -fc)
+    float fa[R], fc[R];  // w' = fma(fa, f, -fc); kF16: scale and zero
 #pragma unroll
     for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
       const int64_t col = j0 + 8 * u;
@@ -251,9 +256,14 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
         }
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          const SpqrGpuStats st = SpqrGpuStatsFromRaw(l, raw[i], g);
-          fa[i] = __fmul_rn(st.scale, kScale);
-          fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+          const SpqrGpuStats st = SpqrGpuStatsFromRaw<kF16>(l, raw[i], g);
+          if constexpr (kF16) {
+            fa[i] = st.scale;
+            fc[i] = st.zero;
+          } else {
+            fa[i] = __fmul_rn(st.scale, kScale);
+            fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+          }
           raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g < last_group ? g + 1 : g);
         }
       }
@@ -299,7 +309,12 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
             v = cw[i][word] >> (shift - kTop);
           }
           const float f = __uint_as_float(Lop3<0xEA>(v, kMask, 0x3f800000u));  // 1 + q 2^-W
-          const float w = __fmaf_rn(fa[i], f, fc[i]);
+          float w;
+          if constexpr (kF16) {
+            w = SpqrGpuDequantAs<true>(__fmul_rn(__fsub_rn(f, 1.0f), kScale), fa[i], fc[i]);
+          } else {
+            w = __fmaf_rn(fa[i], f, fc[i]);
+          }
 #pragma unroll
           for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(w, xv[b], acc[i][b]);
         }
@@ -316,6 +331,12 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
       int64_t col;
       float v;
       SpqrGpuOutlier(l, k, &col, &v);
+      if constexpr (kF16) {  // the weight is h(w + v): add h(w + v) - w
+        const SpqrGpuStats st = SpqrGpuGroupStats<true>(l, rows[i], blocks[i], col / beta1);
+        const float w = SpqrGpuDequantAs<true>(
+            SpqrGpuCodeToFloat(SpqrGpuCodeAt(l, rows[i], col), ~0u), st.scale, st.zero);
+        v = __fsub_rn(SpqrGpuRoundF16(__fadd_rn(w, v)), w);
+      }
 #pragma unroll
       for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(v, __ldg(xt + col * B + b), acc[i][b]);
     }

@@ -45,7 +45,8 @@ constexpr int RowsPerWarp() {
 template <int W, int B, bool kF16 = false>
 void LaunchDecode(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
                   cudaStream_t stream) {
-  constexpr int R = RowsPerWarp<W, B>();
+  // The fp16-arithmetic instances hold more live values per weight (4 rows spill at B = 4): 2.
+  constexpr int R = kF16 ? 2 : RowsPerWarp<W, B>();
   const int64_t rows_per_block = int64_t{kSpqrGpuDecodeWarps} * R;
   const unsigned blocks =
       static_cast<unsigned>((l.out_features + rows_per_block - 1) / rows_per_block);

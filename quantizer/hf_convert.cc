@@ -28,7 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr char kConverterVersion[] = "spqr-convert 1";
+constexpr char kConverterVersion[] = "spqr-convert 2";
 
 absl::StatusOr<std::string> ReadText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -220,6 +220,7 @@ absl::StatusOr<HfConvertReport> ConvertHfSpqrModel(const std::string& input_dir,
       {"outlier_share", static_cast<double>(totals.outliers) / params},
       {"quantizer_version", kConverterVersion},
       {"imported_from", "transformers-spqr"},
+      {"decode_arithmetic", "fp16"},  // every layer: their decoders round each step to fp16
       {"shard_crc32", shard_crc}};
   cfg["quantization_config"] = qc;
   RETURN_IF_ERROR(WriteText(tmp + "/config.json", cfg.dump(2) + "\n"));

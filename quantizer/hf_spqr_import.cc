@@ -81,6 +81,8 @@ absl::StatusOr<PackedSpqrLayer> ImportHfSpqrLayer(const TensorLookup& lookup,
   layer.beta1 = T;  // our beta1: columns per group (their beta2)
   layer.beta2 = T;  // our beta2: rows per second-level block (their beta1)
   layer.stats_bits = kHfSpqrBits;
+  // Their decoders round every step to fp16; the "fp16 arithmetic" variant reproduces them.
+  layer.decode_arithmetic = SpqrDecodeArithmetic::kFp16;
   const int64_t groups = tiles_n;
   const int64_t w_words = BitRowWords(n, kHfSpqrBits);
   const int64_t s_words = BitRowWords(groups, kHfSpqrBits);

@@ -19,9 +19,9 @@
 //       [0] = identity.
 //
 // Every code and statistic is carried over unchanged (beta1 = 16 columns, beta2 = 16 rows,
-// stats_bits = 3 in our naming). The arrays are bit-for-bit the same information; what differs is
-// the decode arithmetic: their decoders evaluate scale, zero and weight in fp16 (each step rounded
-// to fp16), spqr-format 1 in fp32 (docs/model-format.md section 11 has the measured difference).
+// stats_bits = 3 in our naming). Their decoders evaluate scale, zero, weight and the outlier sum
+// in fp16 (each step rounded to fp16), so the layer gets the "fp16 arithmetic" decode variant
+// (SpqrDecodeArithmetic::kFp16) and decodes bit for bit to their output.
 #pragma once
 
 #include <cstdint>

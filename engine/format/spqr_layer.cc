@@ -21,6 +21,18 @@ absl::Status SizeError(const std::string& name, const char* array, size_t got, i
       absl::StrCat(name, ": array '", array, "' has ", got, " elements, expected ", want));
 }
 
+// v[i] = RoundToF16(v[i]) for i < n, 8 at a time with F16C.
+void RoundToF16InPlace(float* v, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(v + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm256_storeu_ps(v + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) v[i] = RoundToF16(v[i]);
+}
+
 }  // namespace
 
 GroupStats DecodeGroupStats(const PackedSpqrLayer& layer, int64_t r, int64_t g) {
@@ -32,6 +44,9 @@ GroupStats DecodeGroupStats(const PackedSpqrLayer& layer, int64_t r, int64_t g) 
   const uint16_t* sl = &layer.second_level[((r / layer.beta2) * groups + g) * 4];
   const uint32_t qs = GetCode(layer.scale_codes.data() + r * stat_words, g, layer.stats_bits);
   const uint32_t qz = GetCode(layer.zero_codes.data() + r * stat_words, g, layer.stats_bits);
+  if (layer.fp16_arithmetic()) {
+    return {DequantSecondLevelF16(qs, sl[0], sl[1]), DequantSecondLevelF16(qz, sl[2], sl[3])};
+  }
   return {DequantSecondLevel(qs, sl[0], sl[1]), DequantSecondLevel(qz, sl[2], sl[3])};
 }
 
@@ -57,6 +72,12 @@ absl::Status ValidateSpqrLayer(const PackedSpqrLayer& l, const std::string& name
   if (!((l.stats_bits >= 3 && l.stats_bits <= 8) || l.stats_bits == kFp16Stats)) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": stats_bits must be in 3..8 or 16, got ", l.stats_bits));
+  }
+  if (l.decode_arithmetic != SpqrDecodeArithmetic::kFp32 &&
+      l.decode_arithmetic != SpqrDecodeArithmetic::kFp16) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": unknown decode arithmetic ",
+                                                   static_cast<uint32_t>(l.decode_arithmetic),
+                                                   " (0 = fp32, 1 = fp16)"));
   }
   const int64_t groups = l.num_groups();
   const int64_t weight_words = m * BitRowWords(n, l.wbits);
@@ -175,6 +196,15 @@ void DecodeRowStats(const PackedSpqrLayer& l, int64_t r, const float* block_seco
   const int64_t words = BitRowWords(groups, l.stats_bits);
   BitRowReader qs(l.scale_codes.data() + r * words, l.stats_bits);
   BitRowReader qz(l.zero_codes.data() + r * words, l.stats_bits);
+  if (l.fp16_arithmetic()) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* s = block_second + g * 4;
+      // DequantSecondLevelF16's arithmetic on already converted fp16 values.
+      scale[g] = RoundToF16(s[0] * RoundToF16(static_cast<float>(qs.Next()) - s[1]));
+      zero[g] = RoundToF16(s[2] * RoundToF16(static_cast<float>(qz.Next()) - s[3]));
+    }
+    return;
+  }
   for (int64_t g = 0; g < groups; ++g) {
     const float* s = block_second + g * 4;
     // DequantSecondLevel's arithmetic on already converted fp16 values.
@@ -188,6 +218,25 @@ void DecodePermutedRowWithStats(const PackedSpqrLayer& l, int64_t r, const float
   const int64_t n = l.in_features, groups = l.num_groups();
   UnpackBitRow(l.weight_codes.data() + r * BitRowWords(n, l.wbits), n, l.wbits, codes);
   const int beta1 = l.beta1;
+  if (l.fp16_arithmetic()) {
+    // DequantWeightF16 in three vectorizable passes: t = h(q - z), w = s * t, then h(w) for the
+    // whole row.
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* __restrict q = codes + g * beta1;
+      float* __restrict dst = out + g * beta1;
+      const float z = zero[g];
+      for (int k = 0; k < beta1; ++k) dst[k] = static_cast<float>(q[k]) - z;
+      RoundToF16InPlace(dst, beta1);
+      const float s = scale[g];
+      for (int k = 0; k < beta1; ++k) dst[k] = s * dst[k];
+    }
+    RoundToF16InPlace(out, n);
+    for (uint32_t k = l.outlier_row_offsets[r]; k < l.outlier_row_offsets[r + 1]; ++k) {
+      float& w = out[l.outlier_col(k)];
+      w = AddOutlier(true, w, F16ToF32(l.outlier_values[k]));
+    }
+    return;
+  }
   for (int64_t g = 0; g < groups; ++g) {
     // __restrict: uint8_t may alias anything, which would otherwise keep the loop scalar.
     const uint8_t* __restrict q = codes + g * beta1;

@@ -17,6 +17,14 @@
 //   outlier at (r,j): w(r,j) = w(r,j) + f(value)      (value = fp16 residual; ADD semantics)
 //   W_hat[r][perm[j]] = w(r,j)
 // where f() is the exact fp16 -> fp32 conversion.
+//
+// Decode variant "fp16 arithmetic" (decode_arithmetic == kFp16, the decoders of the authors'
+// transformers layout, written by spqr-convert): the same expressions with every step rounded to
+// fp16 (h = RoundToF16, engine/util/half.h):
+//   scale(r,g) = h(f(s[0]) * h(float(scale_code) - f(s[1])))     (likewise the zero)
+//   w(r,j)     = h(scale * h(float(code) - zero));   outlier: w(r,j) = h(w(r,j) + f(value))
+// (fp16 statistics are used as stored). The variant is per layer: every decode path either
+// implements it or refuses the layer, never decodes it the fp32 way.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +41,11 @@ inline constexpr int kSpqrFormatVersion = 1;
 // stats_bits value meaning "first-level statistics stored directly as fp16, no second level".
 inline constexpr int kFp16Stats = 16;
 
+// The arithmetic a layer's decode is defined with (spqr_meta slot 10; docs/model-format.md
+// section 3). kFp32 is what spqr-quantize writes; kFp16 reproduces the authors' decoders bit for
+// bit (spqr-convert).
+enum class SpqrDecodeArithmetic : uint32_t { kFp32 = 0, kFp16 = 1 };
+
 struct PackedSpqrLayer {
   int64_t out_features = 0;  // m
   int64_t in_features = 0;   // n
@@ -40,6 +53,7 @@ struct PackedSpqrLayer {
   int beta1 = 0;             // columns per first-level group; divides n
   int beta2 = 0;             // rows per second-level block (>= 1; unused when stats_bits == 16)
   int stats_bits = 0;        // 3..8, or 16 (kFp16Stats)
+  SpqrDecodeArithmetic decode_arithmetic = SpqrDecodeArithmetic::kFp32;
 
   // Weight codes: m bit rows of n codes (wbits each), permuted column order.
   std::vector<uint32_t> weight_codes;
@@ -65,6 +79,7 @@ struct PackedSpqrLayer {
   int64_t num_row_blocks() const { return beta2 > 0 ? (out_features + beta2 - 1) / beta2 : 0; }
   int64_t num_outliers() const { return static_cast<int64_t>(outlier_values.size()); }
   bool wide_column_ids() const { return in_features > 65535; }
+  bool fp16_arithmetic() const { return decode_arithmetic == SpqrDecodeArithmetic::kFp16; }
   uint32_t outlier_col(int64_t k) const {
     return wide_column_ids() ? outlier_cols_u32[k] : outlier_cols_u16[k];
   }
@@ -83,7 +98,22 @@ inline float DequantWeight(uint32_t code, float scale, float zero) {
   return scale * t;
 }
 
-// The first-level statistics of (row r, group g) as the decoder sees them.
+// The same two steps in the "fp16 arithmetic" variant: every operation rounded to fp16.
+inline float DequantSecondLevelF16(uint32_t code, uint16_t s_f16, uint16_t z_f16) {
+  const float t = RoundToF16(static_cast<float>(code) - F16ToF32(z_f16));
+  return RoundToF16(F16ToF32(s_f16) * t);
+}
+inline float DequantWeightF16(uint32_t code, float scale, float zero) {
+  const float t = RoundToF16(static_cast<float>(code) - zero);
+  return RoundToF16(scale * t);
+}
+// A decoded weight plus its outlier residual, in the layer's arithmetic.
+inline float AddOutlier(bool fp16_arithmetic, float w, float residual) {
+  return fp16_arithmetic ? RoundToF16(w + residual) : w + residual;
+}
+
+// The first-level statistics of (row r, group g) as the decoder sees them (in the layer's decode
+// arithmetic).
 struct GroupStats {
   float scale;
   float zero;
@@ -108,10 +138,11 @@ void DecodePermutedRow(const PackedSpqrLayer& layer, int64_t r, float* out);
 // second-level values of row block `block` converted to fp32 (G * 4 floats; stats_bits < 16 only),
 void ConvertBlockSecondLevel(const PackedSpqrLayer& layer, int64_t block, float* out);
 // row r's first-level statistics for all G groups (block_second: the converted values of block
-// r / beta2, ignored for fp16 statistics),
+// r / beta2, ignored for fp16 statistics; the layer's decode arithmetic),
 void DecodeRowStats(const PackedSpqrLayer& layer, int64_t r, const float* block_second,
                     float* scale, float* zero);
-// and row r's weights from those statistics (codes: scratch of n bytes).
+// and row r's weights from those statistics (codes: scratch of n bytes; the layer's decode
+// arithmetic, outliers included).
 void DecodePermutedRowWithStats(const PackedSpqrLayer& layer, int64_t r, const float* scale,
                                 const float* zero, uint8_t* codes, float* out);
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/format/bit_packing.h"
+#include "engine/format/spqr_fused_f16.h"
 #include "engine/util/half.h"
 
 namespace spqr {
@@ -64,6 +65,50 @@ float FusedRowDot(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
   return sum + sparse;
 }
 
+// FusedRowDot for an "fp16 arithmetic" layer: w = h(s * h(q - z)) in registers (8 lanes at a time
+// with F16C), acc = fma(w, x, acc) in B1 lanes, the same lane sum; an outlier's weight is
+// h(w + v), so its sparse term is fma(h(w + v) - w, x, sparse) with w decoded again
+// (OutlierCorrectionF16). The CPU kernel's fused tiles compute exactly this (spqr_linear.cc).
+template <int B1>
+float FusedRowDotF16(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __restrict codes,
+                     const float* __restrict scale, const float* __restrict zero,
+                     const float* __restrict x) {
+  const int64_t groups = layer.num_groups();
+  float acc[B1] = {};
+#if defined(SPQR_FUSED_F16_SIMD)
+  constexpr int kV = B1 / 8;
+  __m256 vacc[kV];
+  for (int v = 0; v < kV; ++v) vacc[v] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m256 s = _mm256_set1_ps(scale[g]), z = _mm256_set1_ps(zero[g]);
+    for (int v = 0; v < kV; ++v) {
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + g * B1 + 8 * v))));
+      const __m256 w = DequantWeightF16x8(q, s, z);
+      vacc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + g * B1 + 8 * v), vacc[v]);
+    }
+  }
+  for (int v = 0; v < kV; ++v) _mm256_storeu_ps(acc + 8 * v, vacc[v]);
+#else
+  for (int64_t g = 0; g < groups; ++g) {
+    const float s = scale[g], z = zero[g];
+    for (int k = 0; k < B1; ++k) {
+      const float w = DequantWeightF16(codes[g * B1 + k], s, z);
+      acc[k] = std::fma(w, x[g * B1 + k], acc[k]);
+    }
+  }
+#endif
+  float sum = 0.0f;
+  for (int k = 0; k < B1; ++k) sum += acc[k];
+  float sparse = 0.0f;
+  for (uint32_t k = layer.outlier_row_offsets[r]; k < layer.outlier_row_offsets[r + 1]; ++k) {
+    const uint32_t j = layer.outlier_col(k);
+    const float w = DequantWeightF16(codes[j], scale[j / B1], zero[j / B1]);
+    sparse = std::fma(OutlierCorrectionF16(w, F16ToF32(layer.outlier_values[k])), x[j], sparse);
+  }
+  return sum + sparse;
+}
+
 }  // namespace
 
 void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t batch, float* y,
@@ -86,6 +131,12 @@ void SpqrMatmulRows(const PackedSpqrLayer& layer, const float* x_perm, int64_t b
                    codes.data());
       const float* sc = scale.data();
       const float* ze = zero.data();
+      if (layer.fp16_arithmetic()) {
+        y[r] = layer.beta1 == 8    ? FusedRowDotF16<8>(layer, r, codes.data(), sc, ze, x_perm)
+               : layer.beta1 == 16 ? FusedRowDotF16<16>(layer, r, codes.data(), sc, ze, x_perm)
+                                   : FusedRowDotF16<32>(layer, r, codes.data(), sc, ze, x_perm);
+        continue;
+      }
       y[r] = layer.beta1 == 8    ? FusedRowDot<8>(layer, r, codes.data(), sc, ze, x_perm)
              : layer.beta1 == 16 ? FusedRowDot<16>(layer, r, codes.data(), sc, ze, x_perm)
                                  : FusedRowDot<32>(layer, r, codes.data(), sc, ze, x_perm);

@@ -5,8 +5,9 @@
 // Result: y[b][r] = sum_j w(r, j) * x[b][perm[j]], where every w(r, j) is computed with exactly
 // DecodePermutedRow()'s arithmetic (so it equals W_hat[r][perm[j]] bit for bit). Only the order of
 // the sum differs from a dense W_hat @ x (batch 1 with beta1 in {8, 16, 32}: decode fused into a
-// beta1-lane dot product, outlier residuals added as a separate sparse sum; otherwise the row is
-// decoded into a buffer, outliers included, and dotted in 8 lanes), so
+// beta1-lane dot product, outlier residuals added as a separate sparse sum, for an "fp16
+// arithmetic" layer h(w + residual) - w; otherwise the row is decoded into a buffer, outliers
+// included, and dotted in 8 lanes), so
 // |y - y_dense| <= ~2 * n * 2^-24 * sum_j (|dense_j| + |residual_j|) * |x_j|   (tested with
 // sum_j |w_j x_j|, which equals it wherever there is no outlier).
 //

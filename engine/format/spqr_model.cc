@@ -143,6 +143,12 @@ absl::StatusOr<std::optional<SpqrQuantizationInfo>> ParseSpqrQuantizationConfig(
   info.has_outlier_share = q.contains("outlier_share");
   ASSIGN_OR_RETURN(info.quantizer_version, r.String("quantizer_version", ""));
   ASSIGN_OR_RETURN(info.imported_from, r.String("imported_from", ""));
+  ASSIGN_OR_RETURN(const std::string arithmetic, r.String("decode_arithmetic", "fp32"));
+  if (arithmetic == "fp16") {
+    info.decode_arithmetic = SpqrDecodeArithmetic::kFp16;
+  } else if (arithmetic != "fp32") {
+    return r.Error("decode_arithmetic", "\"fp32\" or \"fp16\"");
+  }
   if (q.contains("calibration") && q["calibration"].is_object()) {
     const QuantizationConfigReader c(q["calibration"],
                                      absl::StrCat(source, ": quantization_config.calibration"));
@@ -233,6 +239,15 @@ absl::Status CheckLayerMatchesQuantizationConfig(const SpqrQuantizationInfo& inf
         "SpQR layer '", prefix, "': beta1=", l.beta1,
         " in its spqr_meta contradicts beta1=", info.beta1, " in config.json's quantization_config",
         info.beta1 == 0 ? absl::StrCat(" (0 = one group per row = ", beta1, ")") : ""));
+  }
+  if (l.decode_arithmetic != info.decode_arithmetic) {
+    auto label = [](SpqrDecodeArithmetic a) {
+      return a == SpqrDecodeArithmetic::kFp16 ? "fp16" : "fp32";
+    };
+    return absl::InvalidArgumentError(absl::StrCat(
+        "SpQR layer '", prefix, "': decode arithmetic ", label(l.decode_arithmetic),
+        " in its spqr_meta contradicts decode_arithmetic=", label(info.decode_arithmetic),
+        " in config.json's quantization_config"));
   }
   // beta2 only shapes the second-level statistics; fp16 statistics have none.
   if (l.stats_bits != kFp16Stats && l.beta2 != info.beta2) {

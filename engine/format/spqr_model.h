@@ -27,6 +27,9 @@ struct SpqrQuantizationInfo {
   // Set by spqr-convert ("transformers-spqr"): the layers were imported, not quantized here, so
   // tau/lambda/calibration are unknown (tau is null) and outliers are allowed nevertheless.
   std::string imported_from;
+  // "decode_arithmetic" (optional, default fp32): the decode variant every layer's spqr_meta must
+  // state (spqr-convert writes "fp16"; docs/model-format.md section 3).
+  SpqrDecodeArithmetic decode_arithmetic = SpqrDecodeArithmetic::kFp32;
   std::string calibration;                      // "file=..., nsamples=..., seqlen=..., seed=..."
   std::map<std::string, uint32_t> shard_crc32;  // file name -> CRC-32 of the whole file
 };
@@ -45,8 +48,9 @@ absl::Status VerifyShardChecksums(const Checkpoint& checkpoint, const SpqrQuanti
 
 // Checks one packed layer's own parameters (its spqr_meta) against config.json's
 // quantization_config: wbits, beta1 (0 in the config = one group per row, i.e. in_features),
-// beta2 (bilevel statistics only), stats_bits, and outliers only where the config allows them
-// (method spqr with a finite tau). INVALID_ARGUMENT naming the layer and both values.
+// beta2 (bilevel statistics only), stats_bits, the decode arithmetic, and outliers only where the
+// config allows them (method spqr with a finite tau). INVALID_ARGUMENT naming the layer and both
+// values.
 absl::Status CheckLayerMatchesQuantizationConfig(const SpqrQuantizationInfo& info,
                                                  const PackedSpqrLayer& layer,
                                                  const std::string& prefix);

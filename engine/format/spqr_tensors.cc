@@ -87,6 +87,15 @@ uint32_t PayloadCrc(const PackedSpqrLayer& l) {
       crc = Crc32(v.data(), v.size() * sizeof(v[0]), crc);
     }
   }
+  // A nonzero variant is covered too, so a reader that does not know slot 10 fails the CRC rather
+  // than decoding the layer with the fp32 arithmetic (and fp32 layers keep their old CRC).
+  const uint32_t variant = static_cast<uint32_t>(l.decode_arithmetic);
+  if (variant != 0) {
+    const uint8_t bytes[4] = {static_cast<uint8_t>(variant), static_cast<uint8_t>(variant >> 8),
+                              static_cast<uint8_t>(variant >> 16),
+                              static_cast<uint8_t>(variant >> 24)};
+    crc = Crc32(bytes, sizeof(bytes), crc);
+  }
   return crc;
 }
 
@@ -120,6 +129,7 @@ std::vector<OwnedTensor> SpqrLayerToTensors(const PackedSpqrLayer& l, const std:
   meta[kMetaNumOutliers] = static_cast<uint32_t>(l.num_outliers());
   meta[kMetaColumnIdBits] = l.wide_column_ids() ? 32u : 16u;
   meta[kMetaCrc32] = PayloadCrc(l);
+  meta[kMetaDecodeArithmetic] = static_cast<uint32_t>(l.decode_arithmetic);
   std::vector<OwnedTensor> out;
   out.push_back(MakeTensor(prefix + ".spqr_meta", DType::kU32, {kMetaSlots}, meta));
   for (const PayloadSpec& s : PayloadSpecs(l)) {
@@ -153,7 +163,20 @@ absl::StatusOr<PackedSpqrLayer> SpqrLayerFromTensors(const TensorLookup& lookup,
         absl::StrCat("tensor '", meta_name, "': unsupported spqr-format version ",
                      meta[kMetaVersion], " (this build reads version ", kSpqrFormatVersion, ")"));
   }
+  for (int slot = kMetaFirstReserved; slot < kMetaSlots; ++slot) {
+    if (meta[slot] != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", meta_name, "': reserved slot ", slot, " is ", meta[slot],
+                       ", expected 0 (written by a newer format revision?)"));
+    }
+  }
+  if (meta[kMetaDecodeArithmetic] > static_cast<uint32_t>(SpqrDecodeArithmetic::kFp16)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", meta_name, "': unknown decode arithmetic ", meta[kMetaDecodeArithmetic],
+        " in slot ", kMetaDecodeArithmetic, " (0 = fp32, 1 = fp16)"));
+  }
   PackedSpqrLayer l;
+  l.decode_arithmetic = static_cast<SpqrDecodeArithmetic>(meta[kMetaDecodeArithmetic]);
   l.out_features = meta[kMetaOutFeatures];
   l.in_features = meta[kMetaInFeatures];
   l.wbits = static_cast<int>(meta[kMetaWbits]);

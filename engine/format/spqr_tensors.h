@@ -1,7 +1,8 @@
 // Serialization of a PackedSpqrLayer to/from named tensors (the safetensors payload of an SpQR
 // model directory; see docs/model-format.md, "spqr-format 1"). For a linear layer whose dense
 // weight would be "<prefix>.weight", the tensors are:
-//   <prefix>.spqr_meta                U32 [16]   version, shape, parameters, counts, CRC-32
+//   <prefix>.spqr_meta                U32 [16]   version, shape, parameters, counts, CRC-32,
+//                                                decode arithmetic
 //   <prefix>.spqr_weight_codes        U32 [m, BitRowWords(n, wbits)]
 //   <prefix>.spqr_scale_codes         U32 [m, BitRowWords(G, stats_bits)]   (stats_bits < 16)
 //   <prefix>.spqr_zero_codes          U32 [m, BitRowWords(G, stats_bits)]   (stats_bits < 16)
@@ -45,7 +46,15 @@ enum SpqrMetaSlot : int {
   kMetaStatsBits = 6,
   kMetaNumOutliers = 7,
   kMetaColumnIdBits = 8,
-  kMetaCrc32 = 9,  // CRC-32 (IEEE) over the payload tensors' bytes in the order listed above
+  kMetaCrc32 = 9,  // CRC-32 (IEEE) over the payload tensors' bytes in the order listed above,
+                   // then, for a nonzero decode arithmetic, the slot's 4 bytes (little-endian)
+  // SpqrDecodeArithmetic: 0 fp32 (spqr-quantize), 1 fp16 (spqr-convert). Readers that predate the
+  // slot ignored it; since a nonzero value also enters the CRC, they refuse such a layer (CRC
+  // mismatch) instead of decoding it with fp32 arithmetic.
+  kMetaDecodeArithmetic = 10,
+  // 11..15 reserved: must be 0 (the reader refuses anything else, so a later use of a slot cannot
+  // be ignored silently by this build).
+  kMetaFirstReserved = 11,
   kMetaSlots = 16,
 };
 

@@ -82,4 +82,16 @@ inline uint16_t F32ToF16(float f) {
   return sign | static_cast<uint16_t>(q);
 }
 
+// x rounded to the nearest fp16 value (ties to even), back in fp32: h(x) of the "fp16 arithmetic"
+// decode variant (engine/format/spqr_layer.h). For fp16 operands a, b, h(a op b) computed in fp32
+// is exactly IEEE fp16 arithmetic for + - * (fp32 has 24 >= 2 * 11 + 2 significand bits, so the
+// double rounding is innocuous).
+inline float RoundToF16(float x) {
+#if defined(__F16C__)
+  return _cvtsh_ss(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
+#else
+  return F16ToF32(F32ToF16(x));
+#endif
+}
+
 }  // namespace spqr

@@ -1,7 +1,9 @@
 // Batch-1 matrix-vector time of the packed SpQR kernel (engine/format/spqr_matmul.h) against the
 // CPU backend's dense 16-bit Linear on one LLaMA-7B-sized layer (4096 x 4096), single thread and
 // all threads. Prints one JSON line per measurement.
-//   spqr-matvec-bench [rows] [cols] [iterations]
+//   spqr-matvec-bench [rows] [cols] [iterations] [fp32|fp16]
+// The last argument picks the layer's decode arithmetic (docs/model-format.md section 3; fp16 is
+// what spqr-convert's imports use), default fp32.
 #include <omp.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/backend/cpu/linear.h"
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
   const int64_t m = argc > 1 ? std::atoll(argv[1]) : 4096;
   const int64_t n = argc > 2 ? std::atoll(argv[2]) : 4096;
   const int iters = argc > 3 ? std::atoi(argv[3]) : 20;
+  const bool fp16_arithmetic = argc > 4 && std::string(argv[4]) == "fp16";
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   std::vector<float> w(m * n), x(n), y(m);
@@ -50,6 +54,7 @@ int main(int argc, char** argv) {
   auto q = spqr::QuantizeLayer(w.data(), m, n, nullptr, c, 0);
   if (!q.ok()) return 1;
   spqr::PackedSpqrLayer layer = q->packed;
+  if (fp16_arithmetic) layer.decode_arithmetic = spqr::SpqrDecodeArithmetic::kFp16;
   // ~0.5 % outliers at random positions so the sparse part is exercised.
   std::vector<std::vector<uint32_t>> cols(m);
   for (int64_t k = 0; k < m * n / 200; ++k) cols[rng() % m].push_back(rng() % n);
@@ -88,10 +93,12 @@ int main(int argc, char** argv) {
     });
     const double t_dense = TimeIt(iters, [&] { spqr::cpu::Linear(dense, act, y.data(), threads); });
     std::printf(
-        "{\"rows\": %ld, \"cols\": %ld, \"threads\": %d, \"spqr_w3_16x16_us\": %.1f, "
-        "\"dense_bf16_us\": %.1f, \"spqr_bytes\": %ld, \"bf16_bytes\": %ld}\n",
-        static_cast<long>(m), static_cast<long>(n), threads, 1e6 * t_spqr, 1e6 * t_dense,
-        static_cast<long>(spqr::SpqrLayerPayloadBytes(layer)), static_cast<long>(m * n * 2));
+        "{\"rows\": %ld, \"cols\": %ld, \"threads\": %d, \"decode_arithmetic\": \"%s\", "
+        "\"spqr_w3_16x16_us\": %.1f, \"dense_bf16_us\": %.1f, \"spqr_bytes\": %ld, "
+        "\"bf16_bytes\": %ld}\n",
+        static_cast<long>(m), static_cast<long>(n), threads, fp16_arithmetic ? "fp16" : "fp32",
+        1e6 * t_spqr, 1e6 * t_dense, static_cast<long>(spqr::SpqrLayerPayloadBytes(layer)),
+        static_cast<long>(m * n * 2));
   }
   return 0;
 }

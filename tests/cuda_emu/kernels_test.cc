@@ -9,7 +9,9 @@
 //   SwiGLU    2e-6 rel: one expf and a division per element.
 //   cast, SpQR dequantize: bit-exact (the same rounding of the same values).
 //   SpQR GEMV: 4 n 2^-24 sum_j |w_j x_j| (+1e-30): fp32 sums of the same products in another
-//             order (the format module's bound, engine/format/spqr_matmul.h).
+//             order (the format module's bound, engine/format/spqr_matmul.h); with one-hot inputs
+//             ("fp16 arithmetic" layers, whose weights that bound cannot tell from the fp32
+//             decode) bit-exact: each output is then one decoded weight.
 //   Dense GEMM (cuBLAS' reference): 4 k 2^-24 sum |x w| against a double product.
 //   KV store: bit-exact (a copy). Paged attention: (2e-5 abs + 2e-5 rel) max(1, query scale)
 //             (why: tests/gpu/paged_attention_parity.h, shared with the GPU suite).
@@ -264,9 +266,9 @@ TEST_P(KernelParityTest, CastF32IsBitExactWithHostConversion) {
 // last block partial), 3-bit codes straddling words, per-row and 16-wide groups, fp16 and bilevel
 // statistics, outliers.
 const testing::RandomLayerSpec kLayers[] = {
-    {37, 160, 3, 16, 16, 3, 0.01},
-    {9, 96, 4, 96, 3, 16, 0.02},
-    {5, 264, 2, 8, 5, 3, 0.0},
+    {37, 160, 3, 16, 16, 3, 0.01},       {9, 96, 4, 96, 3, 16, 0.02}, {5, 264, 2, 8, 5, 3, 0.0},
+    {21, 160, 3, 16, 16, 3, 0.05, true},  // the "fp16 arithmetic" variant (spqr-convert's imports)
+    {9, 96, 4, 32, 3, 16, 0.05, true},
 };
 
 TEST_P(KernelParityTest, SpqrDequantizeIsBitExactWithFormatDecoder) {
@@ -333,6 +335,51 @@ TEST_P(KernelParityTest, SpqrGemvMatchesFormatProduct) {
           ASSERT_NEAR(y[b * y_stride + r], want[b * m + r], tol) << "b " << b << " r " << r;
         }
         for (int64_t r = m; r < y_stride; ++r) EXPECT_TRUE(std::isnan(y[b * y_stride + r]));
+      }
+    }
+  }
+}
+
+// One-hot inputs: y[b][r] = W_hat[r][c_b] exactly (one nonzero product per row; for an outlier
+// of an "fp16 arithmetic" layer w + (h(w + v) - w) = h(w + v)), so the GEMV must reproduce the
+// decoded weights bit for bit, variant included. Columns with outliers first.
+TEST_P(KernelParityTest, SpqrGemvOneHotInputsGiveTheDecodedWeights) {
+  std::mt19937 rng(18);
+  for (const testing::RandomLayerSpec& spec : kLayers) {
+    if (!spec.fp16_arithmetic) continue;
+    SCOPED_TRACE(::testing::PrintToString(spec));
+    const PackedSpqrLayer layer = testing::RandomSpqrLayer(spec, rng);
+    absl::StatusOr<std::vector<float>> dense = DequantizeSpqrLayer(layer);
+    ASSERT_TRUE(dense.ok());
+    absl::StatusOr<SpqrDeviceLayer> device = SpqrDeviceLayer::Upload(layer, "random");
+    ASSERT_TRUE(device.ok()) << device.status();
+    const int64_t m = spec.m, n = spec.n, batch = 8;
+    ASSERT_GE(layer.num_outliers(), batch);
+    std::vector<float> x(static_cast<size_t>(batch * n), 0.0f);
+    std::vector<int64_t> cols;
+    for (int64_t b = 0; b < batch; ++b) {
+      // Original column of the b-th outlier (spread over the CSR array).
+      const int64_t k = b * (layer.num_outliers() / batch);
+      cols.push_back(layer.perm[layer.outlier_col(k)]);
+      x[b * n + cols.back()] = 1.0f;
+    }
+    DeviceBuffer d_x = Upload(x);
+    DeviceBuffer d_x_perm = Poisoned(batch * n * sizeof(float));
+    DeviceBuffer d_y = Poisoned(batch * m * sizeof(float));
+    SpqrGemvParams p;
+    p.layer = device->view();
+    p.x = d_x.as<float>();
+    p.x_perm = d_x_perm.as<float>();
+    p.y = d_y.as<float>();
+    p.batch = batch;
+    p.y_stride = m;
+    ASSERT_TRUE(LaunchSpqrGemv(p, nullptr).ok());
+    const std::vector<float> y = Download<float>(d_y);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t r = 0; r < m; ++r) {
+        const float want = (*dense)[r * n + cols[b]];
+        // == on values: a sum of signed zeros may end in either zero, any other value must match.
+        ASSERT_EQ(y[b * m + r], want) << "b " << b << " r " << r;
       }
     }
   }

@@ -5,6 +5,9 @@
 //     2/3/4, beta1 8/16/32/64/per-row, beta2 1..64, 3/4-bit and fp16 statistics, with and without
 //     outliers, odd m, n = 11008, 32-bit outlier columns) and for the generic ones (wbits 5..8,
 //     beta1 not a multiple of 8);
+//   - the same for "fp16 arithmetic" layers (the format's variant for spqr-convert's imports),
+//     which take the decode kernel up to batch 4 (exact weights: one-hot inputs give the decoded
+//     weights bit for bit) and dequantize + cuBLAS above, never the tensor-core kernel;
 //   - the layout's bytes stay within 3 % of the format's own payload;
 //   - LaunchSpqrGpuLinear matches the format's CPU product (SpqrMatmul) within the bounds stated in
 //     spqr_gpu_linear.cuh, for batch 1..33 (the rule: decode kernel up to 4, tensor cores 5..128,
@@ -42,16 +45,18 @@ using testing::RandomLayerSpec;
 // Small shapes (the harness runs every thread as a fiber), one n = 11008 case with few rows, one
 // with 32-bit outlier columns.
 const RandomLayerSpec kLayers[] = {
-    {37, 256, 3, 16, 16, 3, 0.01},    // w3 16/16, m % beta2 != 0, m not a multiple of any tile
-    {19, 384, 2, 8, 7, 3, 0.0},       // w2 8/7, no outliers
-    {33, 512, 4, 32, 64, 3, 0.02},    // w4 32/64
-    {21, 640, 3, 64, 5, 4, 0.01},     // beta1 64, 4-bit statistics
-    {13, 320, 4, 16, 1, 16, 0.05},    // fp16 statistics
-    {9, 96, 3, 96, 3, 16, 0.1},       // per-row group (beta1 = n), n < one chunk
-    {40, 1024, 3, 8, 64, 3, 0.005},   // the ~3.9-bit preset w3 8/64
-    {5, 11008, 3, 16, 16, 3, 0.003},  // LLaMA-7B down_proj width: 2 full tiles + 22 chunks
-    {7, 40, 6, 8, 4, 5, 0.05},        // wbits 6: generic (dequantize + GEMM) path only
-    {5, 60, 3, 12, 2, 3, 0.05},       // beta1 12: generic path only
+    {37, 256, 3, 16, 16, 3, 0.01},        // w3 16/16, m % beta2 != 0, m not a multiple of any tile
+    {19, 384, 2, 8, 7, 3, 0.0},           // w2 8/7, no outliers
+    {33, 512, 4, 32, 64, 3, 0.02},        // w4 32/64
+    {21, 640, 3, 64, 5, 4, 0.01},         // beta1 64, 4-bit statistics
+    {13, 320, 4, 16, 1, 16, 0.05},        // fp16 statistics
+    {9, 96, 3, 96, 3, 16, 0.1},           // per-row group (beta1 = n), n < one chunk
+    {40, 1024, 3, 8, 64, 3, 0.005},       // the ~3.9-bit preset w3 8/64
+    {5, 11008, 3, 16, 16, 3, 0.003},      // LLaMA-7B down_proj width: 2 full tiles + 22 chunks
+    {7, 40, 6, 8, 4, 5, 0.05},            // wbits 6: generic (dequantize + GEMM) path only
+    {5, 60, 3, 12, 2, 3, 0.05},           // beta1 12: generic path only
+    {37, 256, 3, 16, 16, 3, 0.03, true},  // "fp16 arithmetic": dequantize + GEMM at every batch
+    {13, 320, 4, 16, 1, 16, 0.05, true},
 };
 const RandomLayerSpec kWideLayer = {2, 65600, 3, 16, 16, 3, 0.001};  // 32-bit outlier columns
 
@@ -184,6 +189,82 @@ TEST_P(SpqrGpuKernelTest, WideOutlierColumns) {
   absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
   ASSERT_TRUE(device.ok()) << device.status();
   CheckLinear(layer, *device, *cublas, 2, rng);
+}
+
+TEST_P(SpqrGpuKernelTest, Fp16ArithmeticLayersTakeDecodeOrDequantizeNeverTensorCores) {
+  std::mt19937 rng(28);
+  const PackedSpqrLayer layer = testing::RandomSpqrLayer({16, 128, 3, 16, 16, 3, 0.02, true}, rng);
+  absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ(device->view().fp16_arithmetic, 1);
+  EXPECT_EQ(ChooseSpqrGpuPath(device->view(), 1), SpqrGpuPath::kDecode);
+  EXPECT_EQ(ChooseSpqrGpuPath(device->view(), kSpqrGpuDecodeMaxBatch), SpqrGpuPath::kDecode);
+  EXPECT_EQ(ChooseSpqrGpuPath(device->view(), 8), SpqrGpuPath::kDequantGemm);
+  EXPECT_EQ(ChooseSpqrGpuPath(device->view(), 300), SpqrGpuPath::kDequantGemm);
+  DeviceBuffer x = Poisoned(8 * 128 * 4), y = Poisoned(8 * 16 * 4), ws = Poisoned(1 << 16);
+  for (SpqrGpuPath path : {SpqrGpuPath::kDecode, SpqrGpuPath::kMma}) {
+    SpqrGpuLinearParams p;
+    p.layer = device->view();
+    p.x = x.as<float>();
+    p.y = y.as<float>();
+    p.batch = 8;  // above the fp16-arithmetic decode instances
+    p.workspace = ws.data();
+    p.workspace_bytes = 1 << 16;
+    p.path = path;
+    const absl::Status s = LaunchSpqrGpuLinear(p, nullptr);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find("fp16 arithmetic"), std::string::npos) << s;
+  }
+}
+
+// The decode kernel's fp16-arithmetic instances on one-hot inputs: y[b][r] = W_hat[r][c_b] bit for
+// bit (one nonzero product per row; an outlier adds h(w + v) - w to w), so every decoded weight
+// of the chosen columns, outliers first, must be the format's.
+TEST_P(SpqrGpuKernelTest, Fp16ArithmeticDecodeKernelGivesTheDecodedWeights) {
+  std::mt19937 rng(29);
+  for (const RandomLayerSpec& spec : {RandomLayerSpec{37, 256, 3, 16, 16, 3, 0.03, true},
+                                      RandomLayerSpec{13, 320, 4, 32, 8, 16, 0.05, true},
+                                      RandomLayerSpec{21, 384, 2, 8, 16, 4, 0.03, true}}) {
+    SCOPED_TRACE(::testing::PrintToString(spec));
+    const PackedSpqrLayer layer = testing::RandomSpqrLayer(spec, rng);
+    absl::StatusOr<std::vector<float>> dense = DequantizeSpqrLayer(layer);
+    ASSERT_TRUE(dense.ok()) << dense.status();
+    absl::StatusOr<SpqrGpuDeviceLayer> device = SpqrGpuDeviceLayer::FromPacked(layer, "random");
+    ASSERT_TRUE(device.ok()) << device.status();
+    const int64_t m = spec.m, n = spec.n;
+    for (int64_t batch : {1, 2, 3, 4}) {
+      ASSERT_GE(layer.num_outliers(), batch);
+      std::vector<float> x(static_cast<size_t>(batch * n), 0.0f);
+      std::vector<int64_t> cols;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t k = (b * 7 + batch) % layer.num_outliers();
+        cols.push_back(layer.perm[layer.outlier_col(k)]);  // the outlier's original column
+        x[b * n + cols.back()] = 1.0f;
+      }
+      DeviceBuffer d_x = testing::Upload(x);
+      DeviceBuffer d_y = Poisoned(batch * m * sizeof(float));
+      const int64_t ws_bytes =
+          SpqrGpuLinearWorkspaceBytes(device->view(), batch, SpqrGpuPath::kDecode);
+      DeviceBuffer ws = Poisoned(static_cast<size_t>(ws_bytes));
+      SpqrGpuLinearParams p;
+      p.layer = device->view();
+      p.x = d_x.as<float>();
+      p.y = d_y.as<float>();
+      p.batch = batch;
+      p.workspace = ws.data();
+      p.workspace_bytes = ws_bytes;
+      p.path = SpqrGpuPath::kDecode;
+      ASSERT_TRUE(LaunchSpqrGpuLinear(p, nullptr).ok());
+      const std::vector<float> y = Download<float>(d_y);
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t r = 0; r < m; ++r) {
+          // == on values: a sum of signed zeros may end in either zero.
+          ASSERT_EQ(y[b * m + r], (*dense)[r * n + cols[b]])
+              << "batch " << batch << " b " << b << " r " << r;
+        }
+      }
+    }
+  }
 }
 
 TEST_P(SpqrGpuKernelTest, LaunchErrorsNameTheOpAndField) {

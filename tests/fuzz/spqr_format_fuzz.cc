@@ -3,7 +3,7 @@
 // per-layer counts, shapes and CRC-32 and then ValidateSpqrLayer. Every input must end in an error
 // status or in a layer that
 //   - validates again and writes back (SpqrLayerToTensors) to exactly the bytes it was read from
-//     (spqr_meta up to its CRC slot; the slots after it are unused),
+//     (spqr_meta included: the reader checks every slot, the reserved ones must be 0),
 //   - agrees with a quantization_config built from its own parameters,
 //   - decodes (DequantizeSpqrLayer, layers up to 2^16 weights) with the per-row statistics of the
 //     kernels' path (DecodeRowStats) bit-identical to the per-group reference (DecodeGroupStats).
@@ -68,6 +68,9 @@ class PatchingLookup {
       const spqr::TensorView* t = file.Find(prefix + "." + suffix);
       if (t != nullptr) crc = spqr::Crc32(t->data, t->nbytes, crc);
     }
+    // A nonzero decode arithmetic is covered by the CRC too (spqr_tensors.h, little-endian).
+    const uint32_t variant = meta_words_[spqr::kMetaDecodeArithmetic];
+    if (variant != 0) crc = spqr::Crc32(&variant, sizeof(variant), crc);
     meta_words_[spqr::kMetaCrc32] = crc;
     patched_meta_ = *meta;
     patched_meta_.data = meta_words_;
@@ -95,11 +98,7 @@ void CheckWritesBack(const spqr::PackedSpqrLayer& layer, const std::string& pref
         in->nbytes != t.bytes.size()) {
       std::abort();
     }
-    // spqr_meta's slots after the CRC are unused (not read), the rest must match byte for byte.
-    const size_t compared = absl::EndsWith(t.name, ".spqr_meta")
-                                ? (spqr::kMetaCrc32 + 1) * sizeof(uint32_t)
-                                : t.bytes.size();
-    if (compared > 0 && std::memcmp(in->data, t.bytes.data(), compared) != 0) {
+    if (!t.bytes.empty() && std::memcmp(in->data, t.bytes.data(), t.bytes.size()) != 0) {
       std::abort();
     }
   }

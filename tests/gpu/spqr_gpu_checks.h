@@ -77,10 +77,11 @@ inline void CheckLinear(const PackedSpqrLayer& layer, const SpqrGpuDeviceLayer& 
 
   const SpqrGpuPath chosen = ChooseSpqrGpuPath(device.view(), batch);
   const bool kernels_ok = layer.wbits <= 4 && layer.beta1 % 8 == 0;
-  EXPECT_EQ(chosen, !kernels_ok                       ? SpqrGpuPath::kDequantGemm
-                    : batch <= kSpqrGpuDecodeMaxBatch ? SpqrGpuPath::kDecode
-                    : batch <= kSpqrGpuMmaMaxBatch    ? SpqrGpuPath::kMma
-                                                      : SpqrGpuPath::kDequantGemm);
+  const bool mma_ok = kernels_ok && !layer.fp16_arithmetic();  // no fp16-arithmetic instance
+  EXPECT_EQ(chosen, !kernels_ok                              ? SpqrGpuPath::kDequantGemm
+                    : batch <= kSpqrGpuDecodeMaxBatch        ? SpqrGpuPath::kDecode
+                    : mma_ok && batch <= kSpqrGpuMmaMaxBatch ? SpqrGpuPath::kMma
+                                                             : SpqrGpuPath::kDequantGemm);
   const SpqrGpuPath path = forced == SpqrGpuPath::kAuto ? chosen : forced;
   DeviceBuffer d_x = Upload(x);
   DeviceBuffer d_y = Poisoned(batch * m * sizeof(float));

@@ -21,12 +21,14 @@ struct RandomLayerSpec {
   int64_t m, n;
   int wbits, beta1, beta2, stats_bits;
   double outlier_fraction;
+  bool fp16_arithmetic = false;  // the format's "fp16 arithmetic" decode variant
 };
 
 // Names the case in test listings (found by argument-dependent lookup).
 inline void PrintTo(const RandomLayerSpec& s, std::ostream* os) {
   *os << "m" << s.m << "_n" << s.n << "_w" << s.wbits << "_b" << s.beta1 << "x" << s.beta2 << "_s"
-      << s.stats_bits << "_o" << static_cast<int>(s.outlier_fraction * 1000) << "pm";
+      << s.stats_bits << "_o" << static_cast<int>(s.outlier_fraction * 1000) << "pm"
+      << (s.fp16_arithmetic ? "_fp16arith" : "");
 }
 
 inline std::vector<uint32_t> RandomBitRows(int64_t rows, int64_t cols, int bits,
@@ -45,6 +47,7 @@ inline PackedSpqrLayer RandomSpqrLayer(const RandomLayerSpec& spec, std::mt19937
   l.beta1 = spec.beta1;
   l.beta2 = spec.beta2;
   l.stats_bits = spec.stats_bits;
+  if (spec.fp16_arithmetic) l.decode_arithmetic = SpqrDecodeArithmetic::kFp16;
   const int64_t groups = spec.n / spec.beta1;
   std::uniform_real_distribution<float> unit(0.0f, 1.0f);
   l.weight_codes = RandomBitRows(spec.m, spec.n, spec.wbits, rng);

@@ -4,6 +4,9 @@ find_package(OpenMP REQUIRED)
 set(quant_libs spqr_quantizer_lib spqr_engine_core Eigen3::Eigen)
 spqr_add_gtest(spqr_format_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_format_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)
+spqr_add_gtest(spqr_fp16_arithmetic_test
+               SOURCES ${CMAKE_CURRENT_LIST_DIR}/spqr_fp16_arithmetic_test.cc
+               LIBS ${quant_libs} LABELS unit quantizer)
 spqr_add_gtest(bits_formula_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/bits_formula_test.cc
                LIBS ${quant_libs} LABELS unit quantizer)
 spqr_add_gtest(gptq_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/gptq_test.cc

@@ -13,6 +13,7 @@
 #include "engine/backend/cpu/simd.h"
 #include "engine/backend/cpu/worker_pool.h"
 #include "engine/format/bit_packing.h"
+#include "engine/format/spqr_fused_f16.h"
 #include "engine/format/spqr_layer.h"
 #include "engine/format/spqr_matmul.h"
 #include "engine/util/half.h"
@@ -30,8 +31,13 @@ constexpr int kMaxTileTokens = 4;
 // for all NT tokens. Per token this is exactly the format's batch-1 FusedRowDot (engine/format/
 // spqr_matmul.cc): the same B1 lane accumulators in the same order, the same lane sum, then the
 // outlier residuals as a separate sparse sum. So y[t][r] does not depend on the other tokens and
-// equals SpqrMatmulRows(batch = 1) bit for bit (tested in spqr_serving_test).
-template <int B1, int NT, bool kPackedCodes>
+// equals SpqrMatmulRows(batch = 1) bit for bit (tested in spqr_serving_test). kF16: an "fp16
+// arithmetic" layer, exactly the format's FusedRowDotF16 per token (weights h(s * h(q - z)),
+// explicit FMAs, outliers as fma(h(w + v) - w, x, sparse); spqr_tile_kernel_test).
+#if defined(__AVX2__) && defined(__FMA__) && !defined(SPQR_FUSED_F16_SIMD)
+#error "the fused SpQR tiles of fp16-arithmetic layers need F16C wherever AVX2 is used"
+#endif
+template <int B1, int NT, bool kPackedCodes, bool kF16>
 void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __restrict codes,
                   const float* __restrict scale, const float* __restrict zero,
                   const float* __restrict x, int64_t n, float* __restrict y, int64_t y_stride) {
@@ -67,7 +73,11 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
       } else {
         qi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * v)));
       }
-      w[v] = _mm256_mul_ps(s, _mm256_sub_ps(_mm256_cvtepi32_ps(qi), z));
+      if constexpr (kF16) {
+        w[v] = DequantWeightF16x8(_mm256_cvtepi32_ps(qi), s, z);
+      } else {
+        w[v] = _mm256_mul_ps(s, _mm256_sub_ps(_mm256_cvtepi32_ps(qi), z));
+      }
     }
     for (int t = 0; t < NT; ++t) {
       const float* xg = x + t * n + g * B1;
@@ -83,6 +93,14 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
     const uint8_t* q = codes + g * B1;
     const float s = scale[g], z = zero[g];
     float w[B1];
+    if constexpr (kF16) {
+      for (int k = 0; k < B1; ++k) w[k] = DequantWeightF16(q[k], s, z);
+      for (int t = 0; t < NT; ++t) {
+        const float* xg = x + t * n + g * B1;
+        for (int k = 0; k < B1; ++k) acc[t][k] = std::fma(w[k], xg[k], acc[t][k]);
+      }
+      continue;
+    }
     for (int k = 0; k < B1; ++k) w[k] = s * (static_cast<float>(q[k]) - z);
     for (int t = 0; t < NT; ++t) {
       const float* xg = x + t * n + g * B1;
@@ -97,7 +115,20 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
     float sparse = 0.0f;  // explicit fma as in spqr_matmul.cc's FusedRowDot (same bits)
     const float* xt = x + t * n;
     for (uint32_t k = o_begin; k < o_end; ++k) {
-      sparse = std::fma(F16ToF32(layer.outlier_values[k]), xt[layer.outlier_col(k)], sparse);
+      const uint32_t j = layer.outlier_col(k);
+      float v = F16ToF32(layer.outlier_values[k]);
+      if constexpr (kF16) {
+        uint32_t q;
+        if constexpr (kPackedCodes) {  // wbits <= 4: the code lies in two bytes of the row
+          const int64_t bit = static_cast<int64_t>(j) * layer.wbits;
+          const uint32_t two = codes[bit >> 3] | static_cast<uint32_t>(codes[(bit >> 3) + 1]) << 8;
+          q = (two >> (bit & 7)) & ((1u << layer.wbits) - 1u);
+        } else {
+          q = codes[j];
+        }
+        v = OutlierCorrectionF16(DequantWeightF16(q, scale[j / B1], zero[j / B1]), v);
+      }
+      sparse = std::fma(v, xt[j], sparse);
     }
     y[t * y_stride + r] = sum + sparse;
   }
@@ -106,9 +137,10 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
 using FusedRowTileFn = void (*)(const PackedSpqrLayer&, int64_t, const uint8_t*, const float*,
                                 const float*, const float*, int64_t, float*, int64_t);
 
-template <int B1, bool P>
+template <int B1, bool P, bool F>
 constexpr FusedRowTileFn kFusedTiles[kMaxTileTokens] = {
-    FusedRowTile<B1, 1, P>, FusedRowTile<B1, 2, P>, FusedRowTile<B1, 3, P>, FusedRowTile<B1, 4, P>};
+    FusedRowTile<B1, 1, P, F>, FusedRowTile<B1, 2, P, F>, FusedRowTile<B1, 3, P, F>,
+    FusedRowTile<B1, 4, P, F>};
 
 // Whether the tiles read codes straight from the packed row (see FusedRowTile).
 bool ReadsPackedCodes(const PackedSpqrLayer& layer) {
@@ -119,18 +151,25 @@ bool ReadsPackedCodes(const PackedSpqrLayer& layer) {
 #endif
 }
 
-const FusedRowTileFn* FusedTilesFor(const PackedSpqrLayer& layer) {
+template <bool F>
+const FusedRowTileFn* FusedTilesForArithmetic(const PackedSpqrLayer& layer) {
   const bool packed = ReadsPackedCodes(layer);
   switch (layer.beta1) {
     case 8:
-      return packed ? kFusedTiles<8, true> : kFusedTiles<8, false>;
+      return packed ? kFusedTiles<8, true, F> : kFusedTiles<8, false, F>;
     case 16:
-      return packed ? kFusedTiles<16, true> : kFusedTiles<16, false>;
+      return packed ? kFusedTiles<16, true, F> : kFusedTiles<16, false, F>;
     case 32:
-      return packed ? kFusedTiles<32, true> : kFusedTiles<32, false>;
+      return packed ? kFusedTiles<32, true, F> : kFusedTiles<32, false, F>;
     default:
       return nullptr;  // no fused path: decode each row once, then dot (SpqrMatmulRows)
   }
+}
+
+// The layer's decode arithmetic picks the tile instances once per call (no per-weight branch).
+const FusedRowTileFn* FusedTilesFor(const PackedSpqrLayer& layer) {
+  return layer.fp16_arithmetic() ? FusedTilesForArithmetic<true>(layer)
+                                 : FusedTilesForArithmetic<false>(layer);
 }
 
 // ConvertBlockSecondLevel with F16C where available: fp16 -> fp32 is exact, so the values are the
@@ -154,7 +193,8 @@ void ConvertBlockSecondLevelFast(const PackedSpqrLayer& layer, int64_t block, fl
 // codes unpacked a row at a time instead of read one by one, which the compiler vectorizes.
 void DecodeRowStatsFast(const PackedSpqrLayer& layer, int64_t r, const float* block_second,
                         uint8_t* code_buf, float* scale, float* zero) {
-  if (layer.stats_bits == kFp16Stats) {
+  // fp16 statistics, and the "fp16 arithmetic" variant (rounded statistics): the format's own.
+  if (layer.stats_bits == kFp16Stats || layer.fp16_arithmetic()) {
     DecodeRowStats(layer, r, block_second, scale, zero);
     return;
   }

@@ -10,7 +10,11 @@
 // then y = acc + sparse, where sparse is the outlier residuals times the UNquantized inputs: the
 // row's i-th outlier (CSR order) goes to lane i % 16, lane = fma(value, x, lane), and sparse is
 // the tree sum of the 16 lanes ((l, l+8), (l, l+4), (l, l+2), (0, 1)), which a 16-wide gather
-// computes directly. Scale and zero are decoded exactly as the format does.
+// computes directly. Scale and zero are decoded exactly as the format does, the "fp16 arithmetic"
+// variant included. On such a layer the per-weight fp16 rounding (w = h(h(s * h(q - z)) + v)) is
+// not modelled: the kernel applies the fp16-rounded s and z to the codes in fp32 and adds the
+// residual unrounded (at most three fp16 roundings, 2^-11 relative each, per weight; measured in
+// spqr_tile_kernel_test next to the int8 activation error, which is larger).
 // Every implementation below computes this same sequence, so all give the same bits, and a
 // token's result depends neither on the other tokens of the call nor on the thread count.
 // What quantizing the activations costs in perplexity is measured against the exact kernel

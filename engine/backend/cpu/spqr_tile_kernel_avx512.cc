@@ -51,7 +51,13 @@ struct StreamUnpacker {
   }
 };
 
-// Scale and zero vectors of (tile, group): the format's s0 * (code - s1), s2 * (code - s3).
+// 16 floats rounded to fp16 and back (RoundToF16, engine/util/half.h).
+inline __m512 RoundToF16x16(__m512 v) {
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Scale and zero vectors of (tile, group): the format's s0 * (code - s1), s2 * (code - s3), each
+// step rounded to fp16 for an "fp16 arithmetic" layer.
 template <bool kFp16Stats>
 inline void GroupStats16(const SpqrTileLayout& l, const StreamUnpacker& un, int64_t tile, int64_t g,
                          __m512* s, __m512* z) {
@@ -67,11 +73,18 @@ inline void GroupStats16(const SpqrTileLayout& l, const StreamUnpacker& un, int6
     const __m512 sl = _mm512_castps128_ps512(
         _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(second))));
     const int b = l.stats_bits;
-    *s = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_set1_epi32(0), sl),
-                       _mm512_sub_ps(un.Codes(p), _mm512_permutexvar_ps(_mm512_set1_epi32(1), sl)));
-    *z = _mm512_mul_ps(
-        _mm512_permutexvar_ps(_mm512_set1_epi32(2), sl),
-        _mm512_sub_ps(un.Codes(p + 2 * b), _mm512_permutexvar_ps(_mm512_set1_epi32(3), sl)));
+    const __m512 ts = _mm512_sub_ps(un.Codes(p), _mm512_permutexvar_ps(_mm512_set1_epi32(1), sl));
+    const __m512 tz =
+        _mm512_sub_ps(un.Codes(p + 2 * b), _mm512_permutexvar_ps(_mm512_set1_epi32(3), sl));
+    const __m512 ss = _mm512_permutexvar_ps(_mm512_set1_epi32(0), sl);
+    const __m512 sz = _mm512_permutexvar_ps(_mm512_set1_epi32(2), sl);
+    if (l.fp16_arithmetic) {  // once per (tile, group), the same for the whole layer
+      *s = RoundToF16x16(_mm512_mul_ps(ss, RoundToF16x16(ts)));
+      *z = RoundToF16x16(_mm512_mul_ps(sz, RoundToF16x16(tz)));
+    } else {
+      *s = _mm512_mul_ps(ss, ts);
+      *z = _mm512_mul_ps(sz, tz);
+    }
   }
 }
 

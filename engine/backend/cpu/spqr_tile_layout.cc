@@ -99,6 +99,7 @@ absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
   l->beta1 = src.beta1;
   l->beta2 = src.beta2;
   l->stats_bits = src.stats_bits;
+  l->fp16_arithmetic = src.fp16_arithmetic();
   l->unit_cols = src.beta1 == 8 ? 8 : 16;
   l->tile_code_bytes = 32 * src.wbits;
   l->group_stat_bytes = src.stats_bits == kFp16Stats ? 64 : 4 * src.stats_bits;
@@ -145,6 +146,7 @@ absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
   slim->beta1 = src.beta1;
   slim->beta2 = src.beta2;
   slim->stats_bits = src.stats_bits;
+  slim->decode_arithmetic = src.decode_arithmetic;
   slim->second_level = src.second_level;
   slim->outlier_row_offsets = src.outlier_row_offsets;
   slim->outlier_cols_u16 = src.outlier_cols_u16;
@@ -180,6 +182,10 @@ GroupStats TileLayoutStats(const SpqrTileLayout& l, int64_t r, int64_t g) {
   }
   const int b = l.stats_bits;
   const uint16_t* sl = l.second_level(r / kTileRows, g);
+  if (l.fp16_arithmetic) {
+    return {DequantSecondLevelF16(GetStreamCode(s, i, b), sl[0], sl[1]),
+            DequantSecondLevelF16(GetStreamCode(s + 2 * b, i, b), sl[2], sl[3])};
+  }
   return {DequantSecondLevel(GetStreamCode(s, i, b), sl[0], sl[1]),
           DequantSecondLevel(GetStreamCode(s + 2 * b, i, b), sl[2], sl[3])};
 }
@@ -188,7 +194,9 @@ void DecodeTileLayoutRow(const SpqrTileLayout& l, int64_t r, float* out) {
   for (int64_t g = 0; g < l.groups; ++g) {
     const GroupStats st = TileLayoutStats(l, r, g);
     for (int64_t j = g * l.beta1; j < (g + 1) * l.beta1; ++j) {
-      out[j] = DequantWeight(TileLayoutCode(l, r, j), st.scale, st.zero);
+      const uint32_t q = TileLayoutCode(l, r, j);
+      out[j] = l.fp16_arithmetic ? DequantWeightF16(q, st.scale, st.zero)
+                                 : DequantWeight(q, st.scale, st.zero);
     }
   }
 }

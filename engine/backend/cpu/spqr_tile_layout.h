@@ -66,6 +66,10 @@ struct SpqrTileLayout {
   int beta1 = 0;
   int beta2 = 0;
   int stats_bits = 0;
+  // The source's "fp16 arithmetic" decode variant: the statistics are decoded with fp16 rounding
+  // (TileLayoutStats, the kernels' GroupStats); see spqr_tile_kernel.h for what the int8 kernel
+  // does not model.
+  bool fp16_arithmetic = false;
   // Columns that share one activation scale in the int8 kernel and one epilogue: 16, or 8 when
   // beta1 == 8 (then a column tile spans two groups).
   int unit_cols = 16;
@@ -106,7 +110,8 @@ uint32_t TileLayoutCode(const SpqrTileLayout& l, int64_t r, int64_t j);
 GroupStats TileLayoutStats(const SpqrTileLayout& l, int64_t r, int64_t g);
 
 // Permuted row r decoded from the layout without outliers: out[j] = scale * (code - zero) with the
-// format's arithmetic (equals DecodePermutedRow of a layer without outliers, bit for bit).
+// format's arithmetic, the layer's decode variant included (equals DecodePermutedRow of a layer
+// without outliers, bit for bit).
 void DecodeTileLayoutRow(const SpqrTileLayout& l, int64_t r, float* out);
 
 }  // namespace spqr::cpu

@@ -32,12 +32,30 @@ __device__ __forceinline__ float DequantDevice(uint32_t code, float scale, float
   return __fmul_rn(scale, __fsub_rn(static_cast<float>(code), zero));
 }
 
+// v rounded to fp16 (nearest even) and back: RoundToF16 of the format's "fp16 arithmetic" variant.
+__device__ __forceinline__ float RoundToF16Device(float v) {
+  return __half2float(__float2half_rn(v));
+}
+// DequantDevice in the layer's arithmetic: kF16 = every step rounded to fp16 (DequantWeightF16,
+// DequantSecondLevelF16).
+template <bool kF16>
+__device__ __forceinline__ float DequantDeviceAs(uint32_t code, float scale, float zero) {
+  if constexpr (kF16) {
+    return RoundToF16Device(
+        __fmul_rn(scale, RoundToF16Device(__fsub_rn(static_cast<float>(code), zero))));
+  } else {
+    return DequantDevice(code, scale, zero);
+  }
+}
+
 struct DeviceGroupStats {
   float scale;
   float zero;
 };
 
-// First-level statistics of (row r, group g) (DecodeGroupStats).
+// First-level statistics of (row r, group g) (DecodeGroupStats; kF16: of an "fp16 arithmetic"
+// layer).
+template <bool kF16 = false>
 __device__ __forceinline__ DeviceGroupStats DecodeGroupStatsDevice(const SpqrLayerDeviceView& l,
                                                                    int64_t r, int64_t g) {
   if (l.stats_bits == 16) {
@@ -47,8 +65,8 @@ __device__ __forceinline__ DeviceGroupStats DecodeGroupStatsDevice(const SpqrLay
   const uint16_t* sl = l.second_level + ((r / l.beta2) * l.num_groups + g) * 4;
   const uint32_t qs = GetCodeDevice(l.scale_codes + r * l.stat_row_words, g, l.stats_bits);
   const uint32_t qz = GetCodeDevice(l.zero_codes + r * l.stat_row_words, g, l.stats_bits);
-  return {DequantDevice(qs, F16BitsToFloat(__ldg(sl + 0)), F16BitsToFloat(__ldg(sl + 1))),
-          DequantDevice(qz, F16BitsToFloat(__ldg(sl + 2)), F16BitsToFloat(__ldg(sl + 3)))};
+  return {DequantDeviceAs<kF16>(qs, F16BitsToFloat(__ldg(sl + 0)), F16BitsToFloat(__ldg(sl + 1))),
+          DequantDeviceAs<kF16>(qz, F16BitsToFloat(__ldg(sl + 2)), F16BitsToFloat(__ldg(sl + 3)))};
 }
 
 // Permuted column id of outlier k.

@@ -13,15 +13,22 @@ absl::Status LaunchSpqrDequantize(const SpqrDequantizeParams& p, cudaStream_t st
   RETURN_IF_ERROR(CheckSpqrLayerView(l, kOp));
   RETURN_IF_ERROR(CheckNotNull(p.output, kOp, "output"));
   const unsigned blocks = static_cast<unsigned>(l.out_features);
+  const bool f16 = l.fp16_arithmetic != 0;  // the layer's decode arithmetic: one instance each
   switch (p.output_dtype) {
-    case DType::kF32:
-      SPQR_LAUNCH(kernels::SpqrDequantizeKernel<float>, blocks, kernels::kSpqrDequantizeThreads, 0,
-                  stream, l, static_cast<float*>(p.output));
+    case DType::kF32: {
+      auto* kernel = f16 ? &kernels::SpqrDequantizeKernel<float, true>
+                         : &kernels::SpqrDequantizeKernel<float, false>;
+      SPQR_LAUNCH(kernel, blocks, kernels::kSpqrDequantizeThreads, 0, stream, l,
+                  static_cast<float*>(p.output));
       break;
-    case DType::kF16:
-      SPQR_LAUNCH(kernels::SpqrDequantizeKernel<__half>, blocks, kernels::kSpqrDequantizeThreads, 0,
-                  stream, l, static_cast<__half*>(p.output));
+    }
+    case DType::kF16: {
+      auto* kernel = f16 ? &kernels::SpqrDequantizeKernel<__half, true>
+                         : &kernels::SpqrDequantizeKernel<__half, false>;
+      SPQR_LAUNCH(kernel, blocks, kernels::kSpqrDequantizeThreads, 0, stream, l,
+                  static_cast<__half*>(p.output));
       break;
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("LaunchSpqrDequantize: output_dtype must be F32 or F16, not ",

@@ -20,6 +20,7 @@ absl::Status CheckSpqrLayerView(const SpqrLayerDeviceView& v, const char* op) {
   RETURN_IF_ERROR(CheckInRange(v.wbits, 2, 8, op, "layer.wbits"));
   RETURN_IF_ERROR(CheckInRange(v.beta1, 1, v.in_features, op, "layer.beta1"));
   RETURN_IF_ERROR(CheckInRange(v.beta2, 1, kMaxKernelRows, op, "layer.beta2"));
+  RETURN_IF_ERROR(CheckInRange(v.fp16_arithmetic, 0, 1, op, "layer.fp16_arithmetic"));
   RETURN_IF_ERROR(CheckNotNull(v.weight_codes, op, "layer.weight_codes"));
   RETURN_IF_ERROR(CheckNotNull(v.outlier_row_offsets, op, "layer.outlier_row_offsets"));
   RETURN_IF_ERROR(CheckNotNull(v.perm, op, "layer.perm"));
@@ -61,6 +62,7 @@ absl::StatusOr<SpqrDeviceLayer> SpqrDeviceLayer::Upload(const PackedSpqrLayer& l
   v.beta1 = layer.beta1;
   v.beta2 = layer.beta2;
   v.stats_bits = layer.stats_bits;
+  v.fp16_arithmetic = layer.fp16_arithmetic() ? 1 : 0;
   v.num_groups = layer.num_groups();
   v.weight_row_words = BitRowWords(layer.in_features, layer.wbits);
   v.stat_row_words =

@@ -24,6 +24,7 @@ struct SpqrLayerDeviceView {
   int32_t beta1 = 0;
   int32_t beta2 = 0;
   int32_t stats_bits = 0;        // 3..8, or 16 (kFp16Stats)
+  int32_t fp16_arithmetic = 0;   // 1: the format's "fp16 arithmetic" decode variant
   int64_t num_groups = 0;        // n / beta1
   int64_t weight_row_words = 0;  // BitRowWords(n, wbits)
   int64_t stat_row_words = 0;    // BitRowWords(num_groups, stats_bits); 0 for fp16 statistics

@@ -17,8 +17,10 @@ void LaunchPass(const SpqrLayerDeviceView& l, const float* x_perm, float* y, int
                 cudaStream_t stream) {
   const unsigned blocks =
       static_cast<unsigned>((l.out_features + kSpqrGemvWarpsPerBlock - 1) / kSpqrGemvWarpsPerBlock);
-  SPQR_LAUNCH(kernels::SpqrGemvKernel<B>, blocks, kSpqrGemvWarpsPerBlock * 32, 0, stream, l, x_perm,
-              y, y_stride);
+  // The layer's decode arithmetic picks the kernel instance (no per-weight branch).
+  auto* kernel = l.fp16_arithmetic != 0 ? &kernels::SpqrGemvKernel<B, true>
+                                        : &kernels::SpqrGemvKernel<B, false>;
+  SPQR_LAUNCH(kernel, blocks, kSpqrGemvWarpsPerBlock * 32, 0, stream, l, x_perm, y, y_stride);
 }
 
 }  // namespace

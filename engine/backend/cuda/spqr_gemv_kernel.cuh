@@ -26,8 +26,10 @@ __global__ void GatherPermutedKernel(const uint32_t* __restrict__ perm, const fl
 }
 
 // One warp per output row r, B rows of x per pass. Lane l handles permuted columns l, l+32, ...;
-// the group statistics are decoded again only when the group changes.
-template <int B>
+// the group statistics are decoded again only when the group changes. kF16: an "fp16 arithmetic"
+// layer (weights h(s * h(q - z)); an outlier's weight is h(w + residual), so its sparse term is
+// (h(w + residual) - w) x with w decoded again).
+template <int B, bool kF16 = false>
 __global__ void __launch_bounds__(kSpqrGemvWarpsPerBlock * 32)
     SpqrGemvKernel(SpqrLayerDeviceView l, const float* __restrict__ x_perm, float* y,
                    int64_t y_stride) {
@@ -45,10 +47,10 @@ __global__ void __launch_bounds__(kSpqrGemvWarpsPerBlock * 32)
   for (int64_t j = lane; j < n; j += 32) {
     const int64_t g = j / l.beta1;
     if (g != cached_group) {
-      s = DecodeGroupStatsDevice(l, r, g);
+      s = DecodeGroupStatsDevice<kF16>(l, r, g);
       cached_group = g;
     }
-    const float w = DequantDevice(GetCodeDevice(codes, j, l.wbits), s.scale, s.zero);
+    const float w = DequantDeviceAs<kF16>(GetCodeDevice(codes, j, l.wbits), s.scale, s.zero);
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] += w * x_perm[b * n + j];
   }
@@ -56,7 +58,12 @@ __global__ void __launch_bounds__(kSpqrGemvWarpsPerBlock * 32)
   const int64_t last = __ldg(l.outlier_row_offsets + r + 1);
   for (int64_t k = __ldg(l.outlier_row_offsets + r) + lane; k < last; k += 32) {
     const int64_t j = OutlierColumnDevice(l, k);
-    const float v = F16BitsToFloat(__ldg(l.outlier_values + k));
+    float v = F16BitsToFloat(__ldg(l.outlier_values + k));
+    if constexpr (kF16) {
+      const DeviceGroupStats st = DecodeGroupStatsDevice<true>(l, r, j / l.beta1);
+      const float w = DequantDeviceAs<true>(GetCodeDevice(codes, j, l.wbits), st.scale, st.zero);
+      v = __fsub_rn(RoundToF16Device(__fadd_rn(w, v)), w);
+    }
 #pragma unroll
     for (int b = 0; b < B; ++b) acc[b] += v * x_perm[b * n + j];
   }

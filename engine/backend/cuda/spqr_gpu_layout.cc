@@ -47,6 +47,7 @@ absl::StatusOr<SpqrGpuLayout> BuildSpqrGpuLayout(const PackedSpqrLayer& p,
   l.beta1 = p.beta1;
   l.beta2 = p.beta2;
   l.stats_bits = p.stats_bits;
+  l.fp16_arithmetic = p.fp16_arithmetic();
   l.num_groups = p.num_groups();
   l.lane_chunks = (p.in_features + kSpqrGpuChunkCols - 1) / kSpqrGpuChunkCols;
   const int64_t m = p.out_features, n = p.in_features, groups = l.num_groups;
@@ -118,12 +119,16 @@ void DecodeSpqrGpuLayoutRow(const SpqrGpuLayout& l, int64_t r, float* out) {
       const int sb = l.stats_bits;
       const uint32_t pair = GetCode(l.stats.data() + r * l.stat_row_words, g, 2 * sb);
       const uint16_t* s = &l.second_level[((r / l.beta2) * l.num_groups + g) * 4];
-      scale = DequantSecondLevel(pair & ((1u << sb) - 1u), s[0], s[1]);
-      zero = DequantSecondLevel(pair >> sb, s[2], s[3]);
+      const uint32_t qs = pair & ((1u << sb) - 1u), qz = pair >> sb;
+      scale = l.fp16_arithmetic ? DequantSecondLevelF16(qs, s[0], s[1])
+                                : DequantSecondLevel(qs, s[0], s[1]);
+      zero = l.fp16_arithmetic ? DequantSecondLevelF16(qz, s[2], s[3])
+                               : DequantSecondLevel(qz, s[2], s[3]);
     }
     const uint32_t code =
         ChunkBits(l, r, j / kSpqrGpuChunkCols, (j % kSpqrGpuChunkCols) * l.wbits, l.wbits);
-    out[j] = DequantWeight(code, scale, zero);
+    out[j] =
+        l.fp16_arithmetic ? DequantWeightF16(code, scale, zero) : DequantWeight(code, scale, zero);
   }
   for (uint32_t k = l.outlier_row_offsets[r]; k < l.outlier_row_offsets[r + 1]; ++k) {
     uint32_t col;
@@ -135,7 +140,7 @@ void DecodeSpqrGpuLayoutRow(const SpqrGpuLayout& l, int64_t r, float* out) {
       col = l.outlier_records[k] & 0xffffu;
       value = static_cast<uint16_t>(l.outlier_records[k] >> 16);
     }
-    out[col] += F16ToF32(value);
+    out[col] = AddOutlier(l.fp16_arithmetic, out[col], F16ToF32(value));
   }
 }
 
@@ -171,6 +176,7 @@ absl::Status CheckSpqrGpuLayerView(const SpqrGpuLayerView& v, const char* op) {
         absl::StrCat(op, ": layer.lane_chunks = ", v.lane_chunks, " does not match in_features"));
   }
   RETURN_IF_ERROR(CheckInRange(v.beta2, 1, kMaxKernelRows, op, "layer.beta2"));
+  RETURN_IF_ERROR(CheckInRange(v.fp16_arithmetic, 0, 1, op, "layer.fp16_arithmetic"));
   RETURN_IF_ERROR(CheckNotNull(v.codes, op, "layer.codes"));
   if (reinterpret_cast<uintptr_t>(v.codes) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": layer.codes is not 16-byte aligned"));
@@ -200,6 +206,7 @@ absl::StatusOr<SpqrGpuDeviceLayer> SpqrGpuDeviceLayer::Upload(const SpqrGpuLayou
   v.beta1 = l.beta1;
   v.beta2 = l.beta2;
   v.stats_bits = l.stats_bits;
+  v.fp16_arithmetic = l.fp16_arithmetic ? 1 : 0;
   v.num_groups = l.num_groups;
   v.lane_chunks = l.lane_chunks;
   v.stat_row_words = l.stat_row_words;

@@ -25,9 +25,12 @@
 //
 // Decoding is exactly the format's (spqr_layer.h): w(r, j) = scale * (float(code) - zero) with the
 // bilevel statistics dequantized as s * (float(code) - z), fp32, one rounding per operation, plus
-// the fp16 residual of an outlier. DecodeSpqrGpuLayoutRow() is the host decoder of this layout and
-// the tests hold it (and the device dequantize kernels) to DequantizeSpqrLayer() bit for bit; the
-// decode kernel uses a one-FMA form of the weight within a stated bound (spqr_gpu_linear.cuh).
+// the fp16 residual of an outlier; for an "fp16 arithmetic" layer every step rounded to fp16 (the
+// format's variant; the generic dequantize kernel and the decode kernel implement it, the
+// tensor-core kernel does not, spqr_gpu_linear.cuh). DecodeSpqrGpuLayoutRow() is the host decoder
+// of this layout and the tests hold it (and the device dequantize kernels) to DequantizeSpqrLayer()
+// bit for bit; the decode kernel uses a one-FMA form of the weight within a stated bound
+// (spqr_gpu_linear.cuh).
 #pragma once
 
 #include <cstdint>
@@ -48,6 +51,7 @@ struct SpqrGpuLayout {
   int64_t out_features = 0;  // m
   int64_t in_features = 0;   // n
   int wbits = 0, beta1 = 0, beta2 = 0, stats_bits = 0;
+  bool fp16_arithmetic = false;               // the format's "fp16 arithmetic" decode variant
   int64_t num_groups = 0;                     // G = n / beta1
   int64_t lane_chunks = 0;                    // L = ceil(n / 128)
   int64_t stat_row_words = 0;                 // 32-bit words of one row's statistics
@@ -79,6 +83,7 @@ int64_t SpqrGpuLayoutBytesFor(int64_t m, int64_t n, int wbits, int beta1, int be
 struct SpqrGpuLayerView {
   int64_t out_features = 0, in_features = 0;
   int32_t wbits = 0, beta1 = 0, beta2 = 0, stats_bits = 0;
+  int32_t fp16_arithmetic = 0;  // 1: the format's "fp16 arithmetic" decode variant
   int64_t num_groups = 0, lane_chunks = 0, stat_row_words = 0;
   const uint32_t* codes = nullptr;
   const uint32_t* stats = nullptr;

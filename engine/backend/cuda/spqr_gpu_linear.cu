@@ -42,20 +42,31 @@ constexpr int RowsPerWarp() {
   return B == 16 ? 3 : 4;
 }
 
-template <int W, int B>
+template <int W, int B, bool kF16 = false>
 void LaunchDecode(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
                   cudaStream_t stream) {
-  constexpr int R = RowsPerWarp<W, B>();
+  // The fp16-arithmetic instances hold more live values per weight (4 rows spill at B = 4): 2.
+  constexpr int R = kF16 ? 2 : RowsPerWarp<W, B>();
   const int64_t rows_per_block = int64_t{kSpqrGpuDecodeWarps} * R;
   const unsigned blocks =
       static_cast<unsigned>((l.out_features + rows_per_block - 1) / rows_per_block);
-  auto* kernel = &kernels::SpqrGpuDecodeKernel<W, B, R>;
+  auto* kernel = &kernels::SpqrGpuDecodeKernel<W, B, R, kF16>;
   SPQR_LAUNCH(kernel, blocks, kSpqrGpuDecodeWarps * 32, 0, stream, l, xt, y, batch);
 }
 
 template <int W>
 void LaunchDecodeForBatch(const SpqrGpuLayerView& l, const float* xt, float* y, int64_t batch,
                           int64_t bpad, cudaStream_t stream) {
+  if (l.fp16_arithmetic != 0) {  // batch <= kSpqrGpuDecodeF16MaxBatch (checked by the caller)
+    switch (bpad) {
+      case 1:
+        return LaunchDecode<W, 1, true>(l, xt, y, batch, stream);
+      case 2:
+        return LaunchDecode<W, 2, true>(l, xt, y, batch, stream);
+      default:
+        return LaunchDecode<W, 4, true>(l, xt, y, batch, stream);
+    }
+  }
   switch (bpad) {
     case 1:
       return LaunchDecode<W, 1>(l, xt, y, batch, stream);
@@ -147,7 +158,8 @@ bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& l) {
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& l, int64_t batch) {
   if (!SpqrGpuDecodeSupports(l)) return SpqrGpuPath::kDequantGemm;
   if (batch <= kSpqrGpuDecodeMaxBatch) return SpqrGpuPath::kDecode;
-  if (batch <= kSpqrGpuMmaMaxBatch) return SpqrGpuPath::kMma;
+  // The tensor-core kernel has no "fp16 arithmetic" instance.
+  if (batch <= kSpqrGpuMmaMaxBatch && l.fp16_arithmetic == 0) return SpqrGpuPath::kMma;
   return SpqrGpuPath::kDequantGemm;
 }
 
@@ -188,9 +200,12 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   const int64_t m = l.out_features, n = l.in_features;
 
   if (path == SpqrGpuPath::kDecode) {
-    if (!SpqrGpuDecodeSupports(l) || p.batch > kSpqrGpuDecodeKernelMaxBatch) {
+    const int64_t max_batch =
+        l.fp16_arithmetic ? kSpqrGpuDecodeF16MaxBatch : kSpqrGpuDecodeKernelMaxBatch;
+    if (!SpqrGpuDecodeSupports(l) || p.batch > max_batch) {
       return absl::InvalidArgumentError(
-          absl::StrCat(kOp, ": the decode path needs batch <= ", kSpqrGpuDecodeKernelMaxBatch,
+          absl::StrCat(kOp, ": the decode path needs batch <= ", max_batch,
+                       l.fp16_arithmetic ? " (fp16 arithmetic)" : "",
                        ", wbits in 2..4 and beta1 % 8 == 0; got batch ", p.batch, ", wbits ",
                        l.wbits, ", beta1 ", l.beta1));
     }
@@ -215,12 +230,12 @@ absl::Status LaunchSpqrGpuLinear(const SpqrGpuLinearParams& p, cudaStream_t stre
   }
 
   if (path == SpqrGpuPath::kMma) {
-    if (!SpqrGpuDecodeSupports(l)) {
+    if (!SpqrGpuDecodeSupports(l) || l.fp16_arithmetic) {
       return absl::InvalidArgumentError(
           absl::StrCat(kOp,
-                       ": the tensor-core path needs wbits in 2..4 and beta1 % 8 == 0; got "
-                       "wbits ",
-                       l.wbits, ", beta1 ", l.beta1));
+                       ": the tensor-core path needs wbits in 2..4, beta1 % 8 == 0 and the fp32 "
+                       "decode arithmetic; got wbits ",
+                       l.wbits, ", beta1 ", l.beta1, l.fp16_arithmetic ? ", fp16 arithmetic" : ""));
     }
     if (n >= (int64_t{1} << 27)) {  // 32-bit group bit offsets in the kernel
       return absl::InvalidArgumentError(
@@ -292,7 +307,7 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": dtype must be F32 or F16, not ", std::string(DTypeName(dtype))));
   }
-  if (SpqrGpuDecodeSupports(l)) {
+  if (SpqrGpuDecodeSupports(l) && l.fp16_arithmetic == 0) {  // the tiles kernels are fp32 only
     if (dtype == DType::kF32) {
       LaunchDequantizeTiles(l, static_cast<float*>(output), stream);
     } else {
@@ -303,12 +318,16 @@ absl::Status LaunchSpqrGpuDequantize(const SpqrGpuLayerView& l, void* output, DT
   }
   const dim3 blocks(GridFor((l.in_features + 7) / 8, kSpqrGpuDequantizeThreads),
                     static_cast<unsigned>(std::min<int64_t>(l.out_features, 65535)));
+  // An "fp16 arithmetic" layer: the variant's instance of the generic kernel.
+  const bool f16 = l.fp16_arithmetic != 0;
   if (dtype == DType::kF32) {
-    auto* kernel = &kernels::SpqrGpuDequantizeKernel<float>;
+    auto* kernel = f16 ? &kernels::SpqrGpuDequantizeKernel<float, true>
+                       : &kernels::SpqrGpuDequantizeKernel<float, false>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<float*>(output));
   } else {
-    auto* kernel = &kernels::SpqrGpuDequantizeKernel<__half>;
+    auto* kernel = f16 ? &kernels::SpqrGpuDequantizeKernel<__half, true>
+                       : &kernels::SpqrGpuDequantizeKernel<__half, false>;
     SPQR_LAUNCH(kernel, blocks, kSpqrGpuDequantizeThreads, 0, stream, l,
                 static_cast<__half*>(output));
   }

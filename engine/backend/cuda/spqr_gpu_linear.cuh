@@ -1,9 +1,13 @@
 // y = x · W_hat^T on a SpQR layer in the GPU layout (spqr_gpu_layout.h): the one entry point the
 // CUDA backend calls for an SpQR linear layer, for any batch.
 //
-// Paths, and the rule that picks one (ChooseSpqrGpuPath). The three kernels need wbits in {2, 3, 4}
-// and beta1 % 8 == 0 (every configuration the quantizer's presets write); anything else takes
-// kDequantGemm's generic dequantizer.
+// Paths, and the rule that picks one (ChooseSpqrGpuPath). The three kernels need wbits in 2..4 and
+// beta1 % 8 == 0 (every configuration the quantizer's presets write); anything else takes
+// kDequantGemm's generic dequantizer. An "fp16 arithmetic" layer (spqr-convert's imports,
+// spqr_layer.h) takes kDecode up to kSpqrGpuDecodeF16MaxBatch (its instance decodes the weights
+// exactly, see the kernel) and kDequantGemm above: the tensor-core kernel does not implement the
+// variant (its weights are fp16 values, so the dequantization is exact and only the inputs' fp16
+// rounding and the summation remain).
 //   kDecode       (batch <= kSpqrGpuDecodeMaxBatch) A gather kernel writes the permuted inputs once
 //                 (column-major, batch padded to 1/2/4/8/16), then one kernel reads every weight
 //                 once for all sequences, decodes it with bit tricks (shift + lop3 + one FMA),
@@ -41,6 +45,8 @@
 //   kDecode: each weight within e_j = 3 2^-24 |scale| (2^wbits + |zero|) of the exact decode (its
 //     group's statistics), fp32 sums in another order than the CPU product:
 //     |y - y_ref| <= sum_j e_j |x_j| + 2 (n + 64) 2^-24 sum_j (|w_j x_j| + 2 |residual_j x_j|).
+//     An "fp16 arithmetic" layer's instance decodes exactly (e_j = 0; one-hot inputs give the
+//     decoded weights bit for bit, spqr_gpu_emu_test).
 //   kMma: kDecode's weight (within e_j), rounded to fp16, times the fp16-rounded input, fp32
 //     accumulation (tensor cores, any order; the outliers multiply the fp32 inputs):
 //     |y - y_ref| <= sum_j e_j |x_j| + kDequantGemm's bound (fp16 rounding of w and x).
@@ -63,13 +69,15 @@ namespace spqr {
 
 inline constexpr int64_t kSpqrGpuDecodeKernelMaxBatch = 16;  // what the decode kernel takes
 inline constexpr int64_t kSpqrGpuDecodeMaxBatch = 4;         // the rule: decode up to here
+inline constexpr int64_t kSpqrGpuDecodeF16MaxBatch = 4;      // the fp16-arithmetic instances
 inline constexpr int64_t kSpqrGpuMmaMaxBatch = 128;          // the rule: tensor cores up to here
 // Blocks the tensor-core path aims to launch (two per SM of an H100/H200's 132) before it splits K.
 inline constexpr int64_t kSpqrGpuMmaTargetBlocks = 264;
 
 enum class SpqrGpuPath { kAuto, kDecode, kMma, kDequantGemm };
 
-// True when the decode kernel handles the layer's configuration (wbits 2..4, beta1 % 8 == 0).
+// True when the decode kernel handles the layer's configuration (wbits 2..4, beta1 % 8 == 0; an
+// "fp16 arithmetic" layer up to kSpqrGpuDecodeF16MaxBatch, and not on the tensor-core path).
 bool SpqrGpuDecodeSupports(const SpqrGpuLayerView& layer);
 // The rule above (never returns kAuto).
 SpqrGpuPath ChooseSpqrGpuPath(const SpqrGpuLayerView& layer, int64_t batch);

@@ -34,12 +34,29 @@ __device__ __forceinline__ float SpqrGpuDequant(float code, float scale, float z
   return __fmul_rn(scale, __fsub_rn(code, zero));
 }
 
+// The format's "fp16 arithmetic" variant (spqr_layer.h): v rounded to fp16 (nearest even) and
+// back; for fp16 operands an fp32 operation followed by this rounding is the fp16 operation.
+__device__ __forceinline__ float SpqrGpuRoundF16(float v) {
+  return __half2float(__float2half_rn(v));
+}
+// SpqrGpuDequant in the fp16 arithmetic (kF16) or as above.
+template <bool kF16>
+__device__ __forceinline__ float SpqrGpuDequantAs(float code, float scale, float zero) {
+  if constexpr (kF16) {
+    return SpqrGpuRoundF16(__fmul_rn(scale, SpqrGpuRoundF16(__fsub_rn(code, zero))));
+  } else {
+    return SpqrGpuDequant(code, scale, zero);
+  }
+}
+
 struct SpqrGpuStats {
   float scale;
   float zero;
 };
 
-// First-level statistics of (row r, group g); `block` = r / beta2 (DecodeGroupStats' values).
+// First-level statistics of (row r, group g); `block` = r / beta2 (DecodeGroupStats' values; kF16:
+// those of an "fp16 arithmetic" layer).
+template <bool kF16 = false>
 __device__ __forceinline__ SpqrGpuStats SpqrGpuGroupStats(const SpqrGpuLayerView& l, int64_t r,
                                                           int64_t block, int64_t g) {
   const uint32_t* row = l.stats + r * l.stat_row_words;
@@ -55,10 +72,10 @@ __device__ __forceinline__ SpqrGpuStats SpqrGpuGroupStats(const SpqrGpuLayerView
   const uint32_t mask = (1u << sb) - 1u;
   // Four fp16 values, little endian: x = {scale of scales, zero of scales}, y = {.. of zeros}.
   const uint2 s = __ldg(reinterpret_cast<const uint2*>(l.second_level) + block * l.num_groups + g);
-  return {SpqrGpuDequant(static_cast<float>(pair & mask), SpqrGpuHalfBits(s.x),
-                         SpqrGpuHalfBits(s.x >> 16)),
-          SpqrGpuDequant(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(s.y),
-                         SpqrGpuHalfBits(s.y >> 16))};
+  return {SpqrGpuDequantAs<kF16>(static_cast<float>(pair & mask), SpqrGpuHalfBits(s.x),
+                                 SpqrGpuHalfBits(s.x >> 16)),
+          SpqrGpuDequantAs<kF16>(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(s.y),
+                                 SpqrGpuHalfBits(s.y >> 16))};
 }
 
 // The raw words of (row r, group g)'s statistics, loaded one group ahead by the decode kernel so
@@ -84,6 +101,7 @@ __device__ __forceinline__ SpqrGpuRawStats SpqrGpuLoadStats(const SpqrGpuLayerVi
   return raw;
 }
 
+template <bool kF16 = false>
 __device__ __forceinline__ SpqrGpuStats SpqrGpuStatsFromRaw(const SpqrGpuLayerView& l,
                                                             const SpqrGpuRawStats& raw, int64_t g) {
   if (l.stats_bits == 16) return {SpqrGpuHalfBits(raw.lo), SpqrGpuHalfBits(raw.lo >> 16)};
@@ -92,10 +110,11 @@ __device__ __forceinline__ SpqrGpuStats SpqrGpuStatsFromRaw(const SpqrGpuLayerVi
   uint32_t pair = raw.lo >> shift;
   if (shift + 2 * sb > 32) pair |= raw.hi << (32 - shift);
   const uint32_t mask = (1u << sb) - 1u;
-  return {SpqrGpuDequant(static_cast<float>(pair & mask), SpqrGpuHalfBits(raw.second.x),
-                         SpqrGpuHalfBits(raw.second.x >> 16)),
-          SpqrGpuDequant(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(raw.second.y),
-                         SpqrGpuHalfBits(raw.second.y >> 16))};
+  return {
+      SpqrGpuDequantAs<kF16>(static_cast<float>(pair & mask), SpqrGpuHalfBits(raw.second.x),
+                             SpqrGpuHalfBits(raw.second.x >> 16)),
+      SpqrGpuDequantAs<kF16>(static_cast<float>((pair >> sb) & mask), SpqrGpuHalfBits(raw.second.y),
+                             SpqrGpuHalfBits(raw.second.y >> 16))};
 }
 
 // Outlier record k: permuted column and fp16 residual.
@@ -169,7 +188,10 @@ __global__ void SpqrGpuGatherF16Kernel(const uint32_t* __restrict__ perm,
 // |w' - w| <= 3 2^-24 |scale| (2^W + |zero|) (the rounding of c and of the FMA; w is the format's
 // exact decode). The sum is then acc += w' x in fp32 FMAs. LaunchSpqrGpuDequantize keeps the exact
 // decode; this kernel trades the last bits of each weight for three instructions per weight.
-template <int W, int B, int R>
+// kF16: an "fp16 arithmetic" layer (spqr_layer.h), decoded exactly instead: q = (f - 1) 2^W
+// (exact), w = h(scale * h(q - zero)) with the variant's statistics, and an outlier adds (h(w + v)
+// - w) x, w decoded again (about five more instructions per weight).
+template <int W, int B, int R, bool kF16 = false>
 __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     SpqrGpuDecodeKernel(SpqrGpuLayerView l, const float* __restrict__ xt, float* __restrict__ y,
                         int64_t batch) {
@@ -222,7 +244,7 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
     SpqrGpuRawStats raw[R];  // statistics of group g (then prefetched: g + 1)
 #pragma unroll
     for (int i = 0; i < R; ++i) raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g);
-    float fa[R], fc[R];  // w' = fma(fa, f, -fc)
+    float fa[R], fc[R];  // w' = fma(fa, f, -fc); kF16: scale and zero
 #pragma unroll
     for (int u = 0; u < kSpqrGpuChunkCols / 8; ++u) {
       const int64_t col = j0 + 8 * u;
@@ -234,9 +256,14 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
         }
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          const SpqrGpuStats st = SpqrGpuStatsFromRaw(l, raw[i], g);
-          fa[i] = __fmul_rn(st.scale, kScale);
-          fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+          const SpqrGpuStats st = SpqrGpuStatsFromRaw<kF16>(l, raw[i], g);
+          if constexpr (kF16) {
+            fa[i] = st.scale;
+            fc[i] = st.zero;
+          } else {
+            fa[i] = __fmul_rn(st.scale, kScale);
+            fc[i] = -__fmul_rn(st.scale, __fadd_rn(kScale, st.zero));
+          }
           raw[i] = SpqrGpuLoadStats(l, rows[i], blocks[i], g < last_group ? g + 1 : g);
         }
       }
@@ -282,7 +309,12 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
             v = cw[i][word] >> (shift - kTop);
           }
           const float f = __uint_as_float(Lop3<0xEA>(v, kMask, 0x3f800000u));  // 1 + q 2^-W
-          const float w = __fmaf_rn(fa[i], f, fc[i]);
+          float w;
+          if constexpr (kF16) {
+            w = SpqrGpuDequantAs<true>(__fmul_rn(__fsub_rn(f, 1.0f), kScale), fa[i], fc[i]);
+          } else {
+            w = __fmaf_rn(fa[i], f, fc[i]);
+          }
 #pragma unroll
           for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(w, xv[b], acc[i][b]);
         }
@@ -299,6 +331,12 @@ __global__ void __launch_bounds__(kSpqrGpuDecodeWarps * 32)
       int64_t col;
       float v;
       SpqrGpuOutlier(l, k, &col, &v);
+      if constexpr (kF16) {  // the weight is h(w + v): add h(w + v) - w
+        const SpqrGpuStats st = SpqrGpuGroupStats<true>(l, rows[i], blocks[i], col / beta1);
+        const float w = SpqrGpuDequantAs<true>(
+            SpqrGpuCodeToFloat(SpqrGpuCodeAt(l, rows[i], col), ~0u), st.scale, st.zero);
+        v = __fsub_rn(SpqrGpuRoundF16(__fadd_rn(w, v)), w);
+      }
 #pragma unroll
       for (int b = 0; b < B; ++b) acc[i][b] = __fmaf_rn(v, __ldg(xt + col * B + b), acc[i][b]);
     }
@@ -324,8 +362,9 @@ __device__ __forceinline__ void SpqrGpuStore(__half* out, int64_t i, float v) {
 // Dense W_hat in PERMUTED column order, out[r * n + j] = w(r, j) (fp32, or rounded to fp16), for
 // any wbits and beta1. One thread per 8 consecutive columns of a row: consecutive threads write
 // consecutive columns (coalesced). Outliers are added before the single store (the thread finds the
-// first outlier of its columns by binary search in the row's sorted CSR records).
-template <typename OutT>
+// first outlier of its columns by binary search in the row's sorted CSR records). kF16: the
+// "fp16 arithmetic" variant (the only kernel that implements it; its fp16 output is exact).
+template <typename OutT, bool kF16 = false>
 __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
     SpqrGpuDequantizeKernel(SpqrGpuLayerView l, OutT* __restrict__ out) {
   const int64_t n = l.in_features;
@@ -340,14 +379,14 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
       float w[8];
       int64_t g = j0 / l.beta1;
       int64_t next_group_start = (g + 1) * l.beta1;
-      SpqrGpuStats st = SpqrGpuGroupStats(l, r, block, g);
+      SpqrGpuStats st = SpqrGpuGroupStats<kF16>(l, r, block, g);
       for (int64_t j = j0; j < j1; ++j) {
         if (j == next_group_start) {
-          st = SpqrGpuGroupStats(l, r, block, ++g);
+          st = SpqrGpuGroupStats<kF16>(l, r, block, ++g);
           next_group_start += l.beta1;
         }
         const uint32_t code = SpqrGpuCodeAt(l, r, j);
-        w[j - j0] = SpqrGpuDequant(SpqrGpuCodeToFloat(code, ~0u), st.scale, st.zero);
+        w[j - j0] = SpqrGpuDequantAs<kF16>(SpqrGpuCodeToFloat(code, ~0u), st.scale, st.zero);
       }
       int64_t lo = __ldg(l.outlier_row_offsets + r);
       int64_t hi = __ldg(l.outlier_row_offsets + r + 1);
@@ -369,6 +408,7 @@ __global__ void __launch_bounds__(kSpqrGpuDequantizeThreads)
         SpqrGpuOutlier(l, lo, &col, &v);
         if (col >= j1) break;
         w[col - j0] = __fadd_rn(w[col - j0], v);
+        if constexpr (kF16) w[col - j0] = SpqrGpuRoundF16(w[col - j0]);
       }
       for (int64_t j = j0; j < j1; ++j) SpqrGpuStore(out, r * n + j, w[j - j0]);
     }

@@ -161,6 +161,42 @@ absl::StatusOr<DenseCpuKernel> ParseDenseCpuKernel(const std::string& name) {
       absl::StrFormat("dense CPU kernel \"%s\": expected auto, exact or bf16", name));
 }
 
+SpqrCpuKernel ResolveSpqrCpuKernel(SpqrCpuKernel kernel) {
+  if (kernel != SpqrCpuKernel::kAuto) return kernel;
+  return cpu::BestTileIsa() != cpu::TileIsa::kScalar ? SpqrCpuKernel::kInt8 : SpqrCpuKernel::kExact;
+}
+
+DenseCpuKernel ResolveDenseCpuKernel(DenseCpuKernel kernel) {
+  // kAuto stays exact: on the machines measured so far the bf16 kernel was no faster end to end
+  // (prefill is bound by cache bandwidth, decode by memory; docs/cpu-performance.md), so it would
+  // change the numerics for nothing.
+  return kernel == DenseCpuKernel::kAuto ? DenseCpuKernel::kExact : kernel;
+}
+
+const char* SpqrCpuKernelName(SpqrCpuKernel kernel) {
+  switch (kernel) {
+    case SpqrCpuKernel::kAuto:
+      return "auto";
+    case SpqrCpuKernel::kExact:
+      return "exact";
+    case SpqrCpuKernel::kInt8:
+      return "int8";
+  }
+  return "?";
+}
+
+const char* DenseCpuKernelName(DenseCpuKernel kernel) {
+  switch (kernel) {
+    case DenseCpuKernel::kAuto:
+      return "auto";
+    case DenseCpuKernel::kExact:
+      return "exact";
+    case DenseCpuKernel::kBf16:
+      return "bf16";
+  }
+  return "?";
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("CreateCpuBackend: no weights");
@@ -176,12 +212,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
         "CPU backend: dense kernel bf16 needs AVX512-BF16, which this CPU lacks (use auto or "
         "exact)");
   }
-  // kAuto stays exact: on the machines measured so far the bf16 kernel was no faster end to end
-  // (prefill is bound by cache bandwidth, decode by memory; docs/cpu-performance.md), so it would
-  // change the numerics for nothing.
-  const bool bf16_dot = options.dense_kernel == DenseCpuKernel::kBf16;
-  const bool int8 = options.spqr_kernel == SpqrCpuKernel::kInt8 ||
-                    (options.spqr_kernel == SpqrCpuKernel::kAuto && isa != cpu::TileIsa::kScalar);
+  const bool bf16_dot = ResolveDenseCpuKernel(options.dense_kernel) == DenseCpuKernel::kBf16;
+  const bool int8 = ResolveSpqrCpuKernel(options.spqr_kernel) == SpqrCpuKernel::kInt8;
   cpu::SpqrTileMap tiles;
   bool resident = false;
   if (int8) {

@@ -50,7 +50,10 @@ def token_cases(vocab):
 def run_engine(dump_logits, model, ids, prompt, chunk, backend, out):
     subprocess.run([dump_logits, "--model", model, "--tokens", ",".join(map(str, ids)),
                     "--prompt", str(prompt), "--chunk", str(chunk), "--block-size", "16",
-                    "--backend", backend, "--out", out], check=True)
+                    "--backend", backend, "--out", out,
+                    # The CPU side is the reference: its exact kernels (fp32 activations), not
+                    # the faster defaults that round activations (the CUDA backend ignores this).
+                    "--spqr-kernel", "exact", "--dense-kernel", "exact"], check=True)
     return np.load(out).astype(np.float64)
 
 

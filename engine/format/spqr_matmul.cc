@@ -1,5 +1,7 @@
 #include "engine/format/spqr_matmul.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "engine/format/bit_packing.h"
 #include "engine/util/half.h"
@@ -52,9 +54,12 @@ float FusedRowDot(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
   }
   float sum = 0.0f;
   for (int k = 0; k < B1; ++k) sum += acc[k];
+  // An explicit fma, not `sparse += a * b`: whether the compiler contracts that expression
+  // differed between this file and the CPU kernel's on one machine (1 ulp on rows with outliers),
+  // and every path must give these bits.
   float sparse = 0.0f;
   for (uint32_t k = layer.outlier_row_offsets[r]; k < layer.outlier_row_offsets[r + 1]; ++k) {
-    sparse += F16ToF32(layer.outlier_values[k]) * x[layer.outlier_col(k)];
+    sparse = std::fma(F16ToF32(layer.outlier_values[k]), x[layer.outlier_col(k)], sparse);
   }
   return sum + sparse;
 }

@@ -97,6 +97,10 @@ RTN3_FLAGS = RTN_FLAGS + ["--wbits", "3"]
 # 0.02 % either way against the exact kernel on the whole slice (issue 11); measured -0.006 %
 # (bench/results/cpu-kernels/). Fewer windows are too noisy for this bound (12 windows: -0.025 %).
 INT8_MAX_RELATIVE = 2e-4
+# The same bound for the dense bf16 kernel (activations rounded to bf16), which the server picks by
+# default on CPUs with AVX512-BF16; measured -0.0007 % on the reference model. Checked on the bf16
+# checkpoint where this CPU has the instructions.
+BF16_MAX_RELATIVE = 2e-4
 KERNEL_PPL_WINDOWS = 0  # all
 
 RUNS = (("spqr", SPQR_FLAGS), ("rtn2", RTN2_FLAGS), ("rtn3", RTN3_FLAGS))
@@ -154,6 +158,14 @@ def damage(name):
     return RESULTS[name]["ppl"] / RESULTS["fp16"]["ppl"] - 1
 
 
+def cpu_has_flag(flag):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def setUpModule():
     global WORKDIR, VOCAB_SIZE
     start = time.monotonic()
@@ -161,6 +173,14 @@ def setUpModule():
         VOCAB_SIZE = json.load(f)["vocab_size"]
     WORKDIR = tempfile.mkdtemp(prefix="spqr_quality_guard_")
     RESULTS["fp16"] = evaluate(ARGS.model)
+    if ARGS.kernel_ppl and cpu_has_flag("avx512_bf16"):
+        RESULTS["dense_kernel_ppl"] = json.loads(run([
+            ARGS.kernel_ppl, "--model", ARGS.model, "--text", ARGS.text, "--seqlen", str(SEQLEN),
+            "--windows", str(KERNEL_PPL_WINDOWS), "--threads", str(THREADS), "--kernels",
+            "exact,bf16"]))
+        print(f"quality_guard: bf16 vs exact dense kernel "
+              f"{RESULTS['dense_kernel_ppl']['bf16_vs_exact_relative']:+.4%} "
+              f"(bound {BF16_MAX_RELATIVE:.2%})", file=sys.stderr)
     for name, flags in RUNS:
         model_dir, report = quantize(name, flags)
         RESULTS[name] = evaluate(model_dir)
@@ -211,6 +231,13 @@ class QualityGuardTest(unittest.TestCase):
         r = RESULTS["kernel_ppl"]
         self.assertEqual(r["kernels"]["int8"]["scored_tokens"], r["kernels"]["exact"]["scored_tokens"])
         self.assertLessEqual(abs(r["int8_vs_exact_relative"]), INT8_MAX_RELATIVE, r)
+
+    def test_dense_bf16_kernel_costs_at_most_two_hundredths_of_a_percent(self):
+        if "dense_kernel_ppl" not in RESULTS:
+            self.skipTest("no --kernel-ppl given or no AVX512-BF16 on this CPU")
+        r = RESULTS["dense_kernel_ppl"]
+        self.assertEqual(r["kernels"]["bf16"]["scored_tokens"], r["kernels"]["exact"]["scored_tokens"])
+        self.assertLessEqual(abs(r["bf16_vs_exact_relative"]), BF16_MAX_RELATIVE, r)
 
     def test_fp16_perplexity_is_sane(self):
         ppl = RESULTS["fp16"]["ppl"]

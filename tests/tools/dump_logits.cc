@@ -8,7 +8,8 @@
 // small block size and a scrambled block table so paging is exercised.
 //
 //   spqr-dump-logits --model DIR --tokens 1,2,3,4 --prompt 3 --chunk 2 --out logits.npy
-//                    [--spqr-kernel auto|exact|int8] [--backend cpu|cuda]
+//                    [--spqr-kernel auto|exact|int8] [--dense-kernel auto|exact|bf16]
+//                    [--backend cpu|cuda]
 //
 // --text STRING replaces --tokens: the model directory's tokenizer (OpenModelTokenizer) encodes it
 // with the special tokens its post-processor adds (transformers' `tokenizer(text)`), and
@@ -52,6 +53,7 @@ struct Args {
   int block_size = 4;
   int threads = 0;
   std::string spqr_kernel = "auto";
+  std::string dense_kernel = "auto";
   std::string backend = "cpu";
   std::string out;
   std::string text;
@@ -93,6 +95,8 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       if (!absl::SimpleAtoi(value, &args->generate) || args->generate < 0) return false;
     } else if (flag == "--spqr-kernel") {
       args->spqr_kernel = value;
+    } else if (flag == "--dense-kernel") {
+      args->dense_kernel = value;
     } else if (flag == "--backend") {
       if (value != "cpu" && value != "cuda") return false;
       args->backend = value;
@@ -179,6 +183,11 @@ int Run(Args args) {
     std::cerr << kernel.status() << "\n";
     return 1;
   }
+  auto dense_kernel = ParseDenseCpuKernel(args.dense_kernel);
+  if (!dense_kernel.ok()) {
+    std::cerr << dense_kernel.status() << "\n";
+    return 1;
+  }
   absl::StatusOr<std::unique_ptr<Backend>> backend;
   if (args.backend == "cuda") {
 #if defined(SPQR_WITH_CUDA)
@@ -189,6 +198,7 @@ int Run(Args args) {
   } else {
     CpuBackendOptions options{args.threads};
     options.spqr_kernel = *kernel;
+    options.dense_kernel = *dense_kernel;
     backend = CreateCpuBackend(*weights, options);
   }
   if (!backend.ok()) {
@@ -260,7 +270,8 @@ int main(int argc, char** argv) {
     std::cerr << "usage: spqr-dump-logits --model DIR (--tokens ID,ID,... | --text STRING | "
                  "--text-file FILE) --out FILE.npy [--ids-out FILE.json] [--generate N] [--prompt "
                  "N] [--chunk N] "
-                 "[--block-size N] [--threads N] [--backend cpu|cuda]\n";
+                 "[--block-size N] [--threads N] [--spqr-kernel auto|exact|int8] "
+                 "[--dense-kernel auto|exact|bf16] [--backend cpu|cuda]\n";
     return 2;
   }
   return spqr::Run(args);

@@ -236,7 +236,7 @@ def run(cmd, expect_ok=True):
 
 def logits(dump, model, tokens, out, kernel="exact"):
     run([dump, "--model", model, "--tokens", ",".join(map(str, tokens)), "--out", out,
-         "--threads", "2", "--spqr-kernel", kernel])
+         "--threads", "2", "--spqr-kernel", kernel, "--dense-kernel", "exact"])
     return np.load(out)
 
 

@@ -8,6 +8,8 @@ spqr_add_gtest(linear_bf16_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_bf16_te
                LIBS spqr_engine_cpu LABELS unit)
 spqr_add_gtest(linear_gemm_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/linear_gemm_test.cc
                LIBS spqr_engine_cpu LABELS unit)
+spqr_add_gtest(worker_pool_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/worker_pool_test.cc
+               LIBS spqr_engine_cpu Threads::Threads LABELS unit)
 spqr_add_gtest(cpu_backend_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/cpu_backend_test.cc
                LIBS spqr_engine_cpu LABELS unit)
 

@@ -159,6 +159,9 @@ class SpqrServingTest : public ::testing::Test {
     options.backend = "cpu";
     options.num_threads = 2;
     options.spqr_cpu_kernel = kernel;
+    // These tests are about the SpQR kernels and the exact path's bits; the dense layers (lm_head)
+    // stay on the exact kernel, not the bf16 default of CPUs with AVX512-BF16.
+    options.dense_cpu_kernel = "exact";
     auto model = LoadModel(dir, options);
     EXPECT_TRUE(model.ok()) << model.status();
     return model.ok() ? std::move(*model) : nullptr;

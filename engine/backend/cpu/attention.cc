@@ -1,11 +1,13 @@
 #include "engine/backend/cpu/attention.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/backend/cpu/worker_pool.h"
 
 namespace spqr::cpu {
 
@@ -113,11 +115,11 @@ void PagedAttention(const float* q, std::span<const AttentionSequence> seqs,
   }
   const int64_t num_items = static_cast<int64_t>(items.size());
 
-#pragma omp parallel num_threads(num_threads)
-  {
+  std::atomic<int64_t> next{0};
+  ParallelRun(static_cast<int>(std::clamp<int64_t>(num_threads, 1, num_items)), [&](int, int) {
     std::vector<float> scores;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < num_items; ++w) {
+    for (int64_t w = next.fetch_add(1, std::memory_order_relaxed); w < num_items;
+         w = next.fetch_add(1, std::memory_order_relaxed)) {
       const WorkItem& item = items[w];
       const AttentionSequence& s = seqs[item.seq];
       const int64_t last = std::min(s.num_tokens, item.first + kQueryTile);
@@ -128,7 +130,7 @@ void PagedAttention(const float* q, std::span<const AttentionSequence> seqs,
                     out + row * row_floats);
       }
     }
-  }
+  });
 }
 
 }  // namespace spqr::cpu

@@ -11,6 +11,7 @@
 #include "engine/backend/cpu/rope.h"
 #include "engine/backend/cpu/spqr_linear.h"
 #include "engine/backend/cpu/swiglu.h"
+#include "engine/backend/cpu/worker_pool.h"
 
 namespace spqr::cpu {
 namespace {
@@ -142,11 +143,12 @@ absl::Status CpuForwardOps::Rope(Act q, Act k) {
   float* qd = qb.data.data();
   float* kd = kb.data.data();
   const int64_t qc = qb.cols, kc = kb.cols;
-#pragma omp parallel for num_threads(options_.num_threads) schedule(static) if (n > 1)
-  for (int64_t t = 0; t < n; ++t) {
-    ApplyRope(qd + t * qc, shape_.num_heads, kd + t * kc, shape_.kv_heads, shape_.head_dim,
-              positions_[t], inv_freq_.data());
-  }
+  cpu::ParallelForStatic(n > 1 ? options_.num_threads : 1, n, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      ApplyRope(qd + t * qc, shape_.num_heads, kd + t * kc, shape_.kv_heads, shape_.head_dim,
+                positions_[t], inv_freq_.data());
+    }
+  });
   return absl::OkStatus();
 }
 

@@ -5,6 +5,7 @@
 #include "engine/backend/cpu/linear_gemm.h"
 #include "engine/backend/cpu/simd.h"
 #include "engine/backend/cpu/spqr_linear.h"
+#include "engine/backend/cpu/worker_pool.h"
 
 namespace spqr::cpu {
 
@@ -80,8 +81,7 @@ void DirectLinear(const LinearTensors& layer, const PackedActivations& x, float*
   const int64_t in = layer.in_features;
   const void* w = layer.weight.data;
   const int64_t groups = (out + kDirectRowGroup - 1) / kDirectRowGroup;
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-  for (int64_t g = 0; g < groups; ++g) {
+  ParallelForDynamic(num_threads, groups, [&](int64_t g, int) {
     const int64_t end = std::min(out, (g + 1) * kDirectRowGroup);
     float sums[MR * NT];
     float bias[MR];
@@ -104,7 +104,7 @@ void DirectLinear(const LinearTensors& layer, const PackedActivations& x, float*
       for (int t = 0; t < NT; ++t)
         for (int r = 0; r < mr; ++r) y[t * out + row0 + r] = sums[t * mr + r] + bias[r];
     }
-  }
+  });
 }
 
 template <DType D>

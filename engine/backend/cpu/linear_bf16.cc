@@ -1,7 +1,6 @@
 #include "engine/backend/cpu/linear_bf16.h"
 
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/backend/cpu/worker_pool.h"
 #include "engine/util/half.h"
 
 namespace spqr::cpu {
@@ -138,14 +138,11 @@ void LinearBf16(const LinearTensors& layer, const PackedActivations& x, float* y
   const int64_t unit = num_tokens <= 4 ? 16 : kRowBlock;
   const int64_t units = (m + unit - 1) / unit;
   const int threads = static_cast<int>(std::min<int64_t>(num_threads, units));
-#pragma omp parallel num_threads(threads)
-  {
-    const int nth = omp_get_num_threads(), me = omp_get_thread_num();
-    const int64_t u0 = units * me / nth, u1 = units * (me + 1) / nth;
+  ParallelForStatic(threads, units, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
       Rows(w, in, xp, kp, num_tokens, u * unit, std::min(m, (u + 1) * unit), y, m);
     }
-  }
+  });
   AddBias(layer, num_tokens, y);
 }
 

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/backend/cpu/worker_pool.h"
 
 namespace spqr::cpu {
 namespace {
@@ -136,18 +138,18 @@ void LinearBlocked(const LinearTensors& layer, const PackedActivations& x, float
   if (x.num_tokens == 0 || out == 0) return;
   const int64_t units = (out + kRowBlock - 1) / kRowBlock;
   const int threads = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), units));
-#pragma omp parallel num_threads(threads)
-  {
+  std::atomic<int64_t> next{0};
+  ParallelRun(threads, [&](int, int) {
     // Reused across calls: allocating 768 KB per call would cost more than small calls compute.
     thread_local Scratch scratch;
     scratch.panel.resize(kRowBlock * kKBlock);
     scratch.acc.resize(kRowBlock * kTokenBlock * kLanes);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t u = 0; u < units; ++u) {
+    for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < units;
+         u = next.fetch_add(1, std::memory_order_relaxed)) {
       const int64_t row0 = u * kRowBlock;
       RowBlock(layer, x, row0, std::min(kRowBlock, out - row0), y, &scratch);
     }
-  }
+  });
 }
 
 void LinearExactReference(const LinearTensors& layer, const PackedActivations& x, float* y) {

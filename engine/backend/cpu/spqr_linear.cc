@@ -1,8 +1,8 @@
 #include "engine/backend/cpu/spqr_linear.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 
 #if defined(__AVX2__)
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/backend/cpu/simd.h"
+#include "engine/backend/cpu/worker_pool.h"
 #include "engine/format/bit_packing.h"
 #include "engine/format/spqr_layer.h"
 #include "engine/format/spqr_matmul.h"
@@ -93,10 +94,10 @@ void FusedRowTile(const PackedSpqrLayer& layer, int64_t r, const uint8_t* __rest
   for (int t = 0; t < NT; ++t) {
     float sum = 0.0f;
     for (int k = 0; k < B1; ++k) sum += acc[t][k];
-    float sparse = 0.0f;
+    float sparse = 0.0f;  // explicit fma as in spqr_matmul.cc's FusedRowDot (same bits)
     const float* xt = x + t * n;
     for (uint32_t k = o_begin; k < o_end; ++k) {
-      sparse += F16ToF32(layer.outlier_values[k]) * xt[layer.outlier_col(k)];
+      sparse = std::fma(F16ToF32(layer.outlier_values[k]), xt[layer.outlier_col(k)], sparse);
     }
     y[t * y_stride + r] = sum + sparse;
   }
@@ -244,12 +245,12 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
   const int64_t items = (m + rows_per_item - 1) / rows_per_item;
   const FusedRowTileFn* tiles = FusedTilesFor(packed);
   const float* xp = x_perm.data();
-#pragma omp parallel num_threads(num_threads)
-  {
+  std::atomic<int64_t> next{0};
+  ParallelRun(static_cast<int>(std::clamp<int64_t>(num_threads, 1, items)), [&](int, int) {
     thread_local RowDecodeScratch scratch;
     scratch.Reserve(packed);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < items; ++item) {
+    for (int64_t item = next.fetch_add(1, std::memory_order_relaxed); item < items;
+         item = next.fetch_add(1, std::memory_order_relaxed)) {
       const int64_t r0 = item * rows_per_item;
       const int64_t r1 = std::min(m, r0 + rows_per_item);
       if (tiles != nullptr) {
@@ -260,7 +261,7 @@ void SpqrLinear(const LinearTensors& layer, const PackedActivations& x, float* y
         SpqrMatmulRows(packed, xp, num_tokens, y, m, r0, r1, scratch.row.data());
       }
     }
-  }
+  });
 
   AddBias(layer, num_tokens, y);
 }
@@ -281,12 +282,9 @@ void SpqrLinearTiled(const SpqrTileLayout& tiles, const LinearTensors& layer,
   const int threads = static_cast<int>(std::min<int64_t>(num_threads, row_tiles));
   const float* xp = x_perm.data();
   const Int8Activations* q = &xq;
-#pragma omp parallel num_threads(threads)
-  {
-    const int nth = omp_get_num_threads(), me = omp_get_thread_num();
-    const int64_t begin = row_tiles * me / nth, end = row_tiles * (me + 1) / nth;
+  ParallelForStatic(threads, row_tiles, [&](int64_t begin, int64_t end) {
     SpqrTileMatmulInt8(tiles, *q, xp, begin, end, y, m, isa);
-  }
+  });
   AddBias(layer, num_tokens, y);
 }
 

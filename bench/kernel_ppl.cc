@@ -2,26 +2,23 @@
 // same windows: what the fast kernels' activation rounding costs against the exact kernels.
 // Kernel choices: exact (SpQR exact + dense exact), int8 (SpQR int8 + dense exact), bf16 (SpQR
 // exact + dense bf16), auto (what the server runs by default on this CPU).
-// Protocol as spqr-eval's (docs/quality.md): the whole text tokenized at once without BOS,
-// non-overlapping windows of --seqlen tokens (tail dropped), tokens 1..L-1 of each window scored,
-// ppl = exp(total NLL / scored tokens). Prints one JSON object.
+// Each choice is one EvaluatePerplexity (quantizer/perplexity.h) with the engine forward: the code
+// behind `spqr-eval --forward engine`, so protocol and numbers are spqr-eval's (the whole text
+// tokenized at once without BOS, non-overlapping windows of --seqlen tokens, tail dropped, tokens
+// 1..L-1 of each window scored, ppl = exp(mean window loss)). Prints one JSON object; a kernel's
+// "seconds" are its forwards over the windows (not loading).
 //
 //   spqr-kernel-ppl --model DIR --text FILE [--seqlen 512] [--windows 0 (all)] [--threads 0]
 //                   [--kernels exact,int8,bf16,auto]
-#include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "engine/backend/backend.h"
-#include "engine/runtime/model.h"
 #include "nlohmann/json.hpp"
+#include "quantizer/perplexity.h"
 
 namespace spqr {
 namespace {
@@ -62,29 +59,6 @@ bool ParseArgs(int argc, char** argv, Args* a) {
   return argc % 2 == 1 && !a->model.empty() && !a->text.empty();
 }
 
-// Total NLL (nats) of tokens 1..L-1 of one window, from a single prefill with all logits.
-absl::StatusOr<double> WindowNll(Backend& backend, const std::vector<int32_t>& window,
-                                 const std::vector<int32_t>& table) {
-  StepPlan plan;
-  SequenceStep s;
-  s.tokens = window;
-  s.start_pos = 0;
-  s.block_table = table;
-  s.num_logits = static_cast<int32_t>(window.size());
-  plan.seqs.push_back(s);
-  StepOutput out;
-  if (absl::Status st = backend.Forward(plan, &out); !st.ok()) return st;
-  double nll = 0.0;
-  for (size_t t = 0; t + 1 < window.size(); ++t) {
-    const float* row = out.row(t);
-    const float mx = *std::max_element(row, row + out.vocab_size);
-    double z = 0.0;
-    for (int v = 0; v < out.vocab_size; ++v) z += std::exp(static_cast<double>(row[v]) - mx);
-    nll += (std::log(z) + mx) - row[window[t + 1]];
-  }
-  return nll;
-}
-
 int Main(int argc, char** argv) {
   if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
     std::cout << kUsage;
@@ -95,13 +69,6 @@ int Main(int argc, char** argv) {
     std::cerr << kUsage;
     return 2;
   }
-  std::ifstream in(args.text, std::ios::binary);
-  if (!in) {
-    std::cerr << "cannot read --text " << args.text << "\n";
-    return 1;
-  }
-  std::stringstream buf;
-  buf << in.rdbuf();
   std::string loadavg;
   std::getline(std::ifstream("/proc/loadavg"), loadavg);
   nlohmann::json result = {{"model", args.model},
@@ -110,59 +77,29 @@ int Main(int argc, char** argv) {
                            {"threads", args.threads},
                            {"loadavg_at_start", loadavg}};
   for (const std::string& kernel : args.kernels) {
-    ModelLoadOptions options;
-    options.backend = "cpu";
-    options.num_threads = args.threads;
+    PerplexityOptions options;
+    options.seqlen = args.seqlen;
+    options.max_windows = args.windows;
+    options.threads = args.threads;
+    options.forward = PerplexityForward::kEngine;
     if (kernel == "exact" || kernel == "int8" || kernel == "bf16" || kernel == "auto") {
-      options.spqr_cpu_kernel = kernel == "int8" || kernel == "auto" ? kernel : "exact";
-      options.dense_cpu_kernel = kernel == "bf16" || kernel == "auto" ? kernel : "exact";
+      options.spqr_kernel = kernel == "int8" || kernel == "auto" ? kernel : "exact";
+      options.dense_kernel = kernel == "bf16" || kernel == "auto" ? kernel : "exact";
     } else {
       std::cerr << "--kernels: unknown kernel choice \"" << kernel
                 << "\" (exact, int8, bf16, auto)\n";
       return 2;
     }
-    auto model = LoadModel(args.model, options);
-    if (!model.ok()) {
-      std::cerr << model.status() << "\n";
+    auto r = EvaluatePerplexity(args.model, args.text, options);
+    if (!r.ok()) {
+      std::cerr << r.status() << "\n";
       return 1;
     }
-    const std::vector<int32_t> ids = (*model)->tokenizer->Encode(buf.str(), false);
-    int64_t windows = static_cast<int64_t>(ids.size()) / args.seqlen;
-    if (args.windows > 0) windows = std::min<int64_t>(windows, args.windows);
-    if (windows == 0) {
-      std::cerr << "the text has fewer than --seqlen " << args.seqlen << " tokens\n";
-      return 1;
-    }
-    Backend& backend = *(*model)->backend;
-    KvPoolShape shape;
-    shape.block_size = 16;
-    shape.num_blocks = (args.seqlen + 15) / 16;
-    if (absl::Status st = backend.AllocateKvPool(shape); !st.ok()) {
-      std::cerr << st << "\n";
-      return 1;
-    }
-    std::vector<int32_t> table(static_cast<size_t>(shape.num_blocks));
-    for (int32_t b = 0; b < shape.num_blocks; ++b) table[b] = b;
-    const auto start = std::chrono::steady_clock::now();
-    double total = 0.0;
-    for (int64_t w = 0; w < windows; ++w) {
-      const std::vector<int32_t> window(ids.begin() + w * args.seqlen,
-                                        ids.begin() + (w + 1) * args.seqlen);
-      auto nll = WindowNll(backend, window, table);
-      if (!nll.ok()) {
-        std::cerr << nll.status() << "\n";
-        return 1;
-      }
-      total += *nll;
-    }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const int64_t scored = windows * (args.seqlen - 1);
-    result["kernels"][kernel] = {{"total_nll", total},
-                                 {"scored_tokens", scored},
-                                 {"windows", windows},
-                                 {"ppl", std::exp(total / static_cast<double>(scored))},
-                                 {"seconds", seconds}};
+    result["kernels"][kernel] = {
+        {"total_nll", r->total_nll},      {"scored_tokens", r->tokens_scored},
+        {"windows", r->windows},          {"ppl", r->ppl},
+        {"seconds", r->eval_seconds},     {"spqr_kernel", r->spqr_kernel},
+        {"dense_kernel", r->dense_kernel}};
   }
   if (result["kernels"].contains("exact")) {
     const double a = result["kernels"]["exact"]["ppl"];

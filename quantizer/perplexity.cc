@@ -1,190 +1,109 @@
+// The protocol both forwards share: tokenization, windows, scoring, reduction, JSON.
 #include "quantizer/perplexity.h"
 
-#include <omp.h>
-
-#include <Eigen/Core>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "engine/backend/cpu/rope.h"
-#include "engine/format/spqr_layer.h"
-#include "engine/format/spqr_tensors.h"
 #include "engine/model/model_config.h"
-#include "engine/model/safetensors.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/util/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "quantizer/block_forward.h"
+#include "quantizer/perplexity_forwards.h"
 
 namespace spqr {
-namespace {
 
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-absl::StatusOr<std::vector<float>> Dense(const Checkpoint& ck, const std::string& name,
-                                         int64_t numel) {
-  ASSIGN_OR_RETURN(const TensorView* t, ck.Require(name));
-  if (t->numel() != numel ||
-      (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16)) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
-                                                   "' has an unexpected shape "
-                                                   "or dtype in ",
-                                                   ck.dir()));
-  }
-  return TensorToF32(*t);
+absl::StatusOr<PerplexityForward> ParsePerplexityForward(const std::string& name) {
+  if (name == "engine") return PerplexityForward::kEngine;
+  if (name == "reference") return PerplexityForward::kReference;
+  return absl::InvalidArgumentError(
+      absl::StrCat("perplexity forward \"", name, "\": expected engine or reference"));
 }
 
-// A projection: SpQR-decoded when the checkpoint holds an SpQR layer there, else dense.
-absl::Status LoadLinear(const Checkpoint& ck, const std::string& prefix, int64_t out, int64_t in,
-                        DenseLinear* l) {
-  const TensorLookup lookup = [&](const std::string& n) { return ck.Find(n); };
-  l->out_features = out;
-  l->in_features = in;
-  if (HasSpqrLayer(lookup, prefix)) {
-    ASSIGN_OR_RETURN(PackedSpqrLayer packed, SpqrLayerFromTensors(lookup, prefix));
-    if (packed.out_features != out || packed.in_features != in) {
-      return absl::InvalidArgumentError(absl::StrCat("SpQR layer '", prefix, "' is ",
-                                                     packed.out_features, "x", packed.in_features,
-                                                     ", the config implies ", out, "x", in));
-    }
-    ASSIGN_OR_RETURN(l->weight, DequantizeSpqrLayer(packed));
-  } else {
-    ASSIGN_OR_RETURN(l->weight, Dense(ck, prefix + ".weight", out * in));
-  }
-  if (ck.Find(prefix + ".bias") != nullptr) {
-    ASSIGN_OR_RETURN(l->bias, Dense(ck, prefix + ".bias", out));
-  }
-  return absl::OkStatus();
+const char* PerplexityForwardName(PerplexityForward forward) {
+  return forward == PerplexityForward::kEngine ? "engine" : "reference";
 }
 
-}  // namespace
+namespace perplexity_internal {
+
+void RowScorer::Add(const float* logits, int64_t vocab, const int32_t* targets, int64_t rows,
+                    double* nll) {
+  exps_.resize(vocab);
+  for (int64_t r = 0; r < rows; ++r) {
+    // log-softmax with fp32 (vectorized) exp and a double normalizer. exps_ is Eigen-aligned
+    // storage, so its sum is reduced in the same order wherever the logits live.
+    Eigen::Map<const Eigen::ArrayXf> row(logits + r * vocab, vocab);
+    const float mx = row.maxCoeff();
+    exps_ = (row - mx).exp();
+    const double z = exps_.cast<double>().sum();
+    *nll += (std::log(z) + mx) - row[targets[r]];
+  }
+}
+
+}  // namespace perplexity_internal
 
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(const std::string& model_dir,
-                                                    const std::string& text_path, int seqlen,
-                                                    int64_t max_windows, int threads) {
+                                                    const std::string& text_path,
+                                                    const PerplexityOptions& options) {
+  using perplexity_internal::ForwardRun;
   const auto start = std::chrono::steady_clock::now();
+  const int seqlen = options.seqlen;
   if (seqlen < 2)
     return absl::InvalidArgumentError(absl::StrCat("seqlen must be >= 2, got ", seqlen));
   ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(model_dir));
-  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ck, Checkpoint::Open(model_dir));
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
                    OpenModelTokenizer(model_dir, c.bos_token_id, c.eos_token_ids));
   std::ifstream in(text_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", text_path, "'"));
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::vector<int32_t> ids = tok->Encode(ss.str(), /*add_bos=*/false);
-  int64_t windows = static_cast<int64_t>(ids.size()) / seqlen;
-  if (max_windows > 0) windows = std::min(windows, max_windows);
-  if (windows == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("text '", text_path, "' has ", ids.size(),
+  perplexity_internal::Windows windows;
+  windows.ids = tok->Encode(ss.str(), /*add_bos=*/false);
+  windows.seqlen = seqlen;
+  windows.count = static_cast<int64_t>(windows.ids.size()) / seqlen;
+  if (options.max_windows > 0) windows.count = std::min(windows.count, options.max_windows);
+  if (windows.count == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("text '", text_path, "' has ",
+                                                   windows.ids.size(),
                                                    " tokens, fewer than one window of ", seqlen));
   }
-  const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
-  ASSIGN_OR_RETURN(std::vector<float> embed,
-                   Dense(*ck, "model.embed_tokens.weight", vocab * hidden));
-  ASSIGN_OR_RETURN(std::vector<float> final_norm, Dense(*ck, "model.norm.weight", hidden));
-  std::vector<float> head;
-  if (c.tie_word_embeddings) {
-    head = embed;
+  ForwardRun run;
+  if (options.forward == PerplexityForward::kEngine) {
+    ASSIGN_OR_RETURN(run, perplexity_internal::RunEngineForward(model_dir, c, windows, options));
   } else {
-    ASSIGN_OR_RETURN(head, Dense(*ck, "lm_head.weight", vocab * hidden));
+    ASSIGN_OR_RETURN(
+        run, perplexity_internal::RunReferenceForward(model_dir, c, windows, options.threads));
   }
-  const int64_t q_dim = c.num_attention_heads * c.head_dim,
-                kv_dim = c.num_key_value_heads * c.head_dim;
-  const int64_t shapes[7][2] = {{q_dim, hidden},
-                                {kv_dim, hidden},
-                                {kv_dim, hidden},
-                                {hidden, q_dim},
-                                {c.intermediate_size, hidden},
-                                {c.intermediate_size, hidden},
-                                {hidden, c.intermediate_size}};
-  std::vector<DenseBlock> blocks(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t b = 0; b < c.num_hidden_layers; ++b) {
-    const std::string p = absl::StrCat("model.layers.", b, ".");
-    ASSIGN_OR_RETURN(blocks[b].input_norm, Dense(*ck, p + "input_layernorm.weight", hidden));
-    ASSIGN_OR_RETURN(blocks[b].post_norm,
-                     Dense(*ck, p + "post_attention_layernorm.weight", hidden));
-    for (int li = 0; li < 7; ++li) {
-      RETURN_IF_ERROR(LoadLinear(*ck, p + kBlockLinearNames[li], shapes[li][0], shapes[li][1],
-                                 &blocks[b].linears[li]));
-    }
-  }
-  const std::vector<float> inv_freq =
-      cpu::ComputeRopeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling);
-  if (threads <= 0) threads = omp_get_max_threads();
   PerplexityResult r;
   r.seqlen = seqlen;
-  r.windows = windows;
-  r.threads = threads;
-  Eigen::Map<const RowMat> head_m(head.data(), vocab, hidden);
-  // Windows are independent: each thread takes whole windows with its own buffers and a serial
-  // forward (BlockForward with 1 thread, serial GEMMs), and the per-window NLLs are reduced in
-  // window order afterwards, so the result does not depend on the thread count.
-  std::vector<double> window_nll(static_cast<size_t>(windows));
-#pragma omp parallel num_threads(threads)
-  {
-    // Eigen's GEMMs (the LM head below) parallelize on omp_get_max_threads() unless they are
-    // called from inside a team of more than one thread; for a team of one, this thread's
-    // setting keeps them serial too.
-    omp_set_num_threads(1);
-    // Eigen-aligned, so that vectorized reductions sum in the same order in every thread.
-    using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
-    AlignedFloats x(static_cast<size_t>(seqlen * hidden)), y(x.size());
-    AlignedFloats logits(static_cast<size_t>(seqlen * vocab));
-    Eigen::ArrayXf exps(vocab);
-    BlockForwardScratch scratch;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < windows; ++w) {
-      const int32_t* tokens = ids.data() + w * seqlen;
-      for (int t = 0; t < seqlen; ++t) {
-        std::copy_n(embed.begin() + static_cast<int64_t>(tokens[t]) * hidden, hidden,
-                    x.begin() + t * hidden);
-      }
-      for (const DenseBlock& b : blocks) {
-        BlockForward(b, c, inv_freq.data(), x.data(), seqlen, y.data(), nullptr, /*threads=*/1,
-                     &scratch);
-        std::swap(x, y);
-      }
-      for (int t = 0; t < seqlen; ++t) {
-        double sq = 0.0;
-        for (int64_t i = 0; i < hidden; ++i)
-          sq += static_cast<double>(x[t * hidden + i]) * x[t * hidden + i];
-        const float inv = static_cast<float>(1.0 / std::sqrt(sq / hidden + c.rms_norm_eps));
-        for (int64_t i = 0; i < hidden; ++i)
-          x[t * hidden + i] = x[t * hidden + i] * inv * final_norm[i];
-      }
-      Eigen::Map<const RowMat> xm(x.data(), seqlen, hidden);
-      Eigen::Map<RowMat> lm(logits.data(), seqlen, vocab);
-      lm.noalias() = xm * head_m.transpose();
-      double nll = 0.0;
-      for (int t = 0; t + 1 < seqlen; ++t) {
-        // log-softmax with fp32 (vectorized) exp and a double normalizer.
-        Eigen::Map<const Eigen::ArrayXf> row(logits.data() + t * vocab, vocab);
-        const float mx = row.maxCoeff();
-        exps = (row - mx).exp();
-        const double z = exps.cast<double>().sum();
-        nll += (std::log(z) + mx) - row[tokens[t + 1]];
-      }
-      window_nll[w] = nll;
-    }
-  }
+  r.windows = windows.count;
+  r.threads = run.threads;
+  r.forward = PerplexityForwardName(options.forward);
+  r.spqr_kernel = run.spqr_kernel;
+  r.dense_kernel = run.dense_kernel;
+  r.backend = run.backend;
+  r.eval_seconds = run.eval_seconds;
+  // Window order, whatever order the forward computed them in.
   double loss_sum = 0.0;
-  for (int64_t w = 0; w < windows; ++w) {
-    r.total_nll += window_nll[w];
-    loss_sum += window_nll[w] / (seqlen - 1);
+  for (int64_t w = 0; w < windows.count; ++w) {
+    r.total_nll += run.window_nll[w];
+    loss_sum += run.window_nll[w] / (seqlen - 1);
   }
-  r.tokens_scored = windows * (seqlen - 1);
-  r.mean_loss = loss_sum / static_cast<double>(windows);
+  r.tokens_scored = windows.count * (seqlen - 1);
+  r.mean_loss = loss_sum / static_cast<double>(windows.count);
   r.ppl = std::exp(r.mean_loss);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }
 
 std::string PerplexityResult::ToJson(const std::string& model, const std::string& text) const {
+  auto or_null = [](const std::string& s) {
+    return s.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s);
+  };
   return nlohmann::ordered_json({{"model", model},
                                  {"text", text},
                                  {"seq_len", seqlen},
@@ -194,7 +113,11 @@ std::string PerplexityResult::ToJson(const std::string& model, const std::string
                                  {"mean_loss", mean_loss},
                                  {"ppl", ppl},
                                  {"seconds", seconds},
-                                 {"threads", threads}})
+                                 {"threads", threads},
+                                 {"forward", forward},
+                                 {"spqr_kernel", or_null(spqr_kernel)},
+                                 {"dense_kernel", or_null(dense_kernel)},
+                                 {"backend", or_null(backend)}})
       .dump();
 }
 

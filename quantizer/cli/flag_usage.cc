@@ -1,6 +1,8 @@
 #include "quantizer/cli/flag_usage.h"
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -19,6 +21,20 @@ bool WantsHelp(int argc, char** argv) {
     }
   }
   return false;
+}
+
+void AcceptDashedFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* arg = argv[i];
+    if (std::string_view(arg) == "--") return;
+    if (arg[0] != '-') continue;
+    char* name = arg + (arg[1] == '-' ? 2 : 1);
+    const std::string_view written(name, std::strcspn(name, "="));
+    std::string candidate(written);
+    std::replace(candidate.begin(), candidate.end(), '-', '_');
+    if (candidate == written || absl::FindCommandLineFlag(candidate) == nullptr) continue;
+    std::copy(candidate.begin(), candidate.end(), name);  // same length: in place
+  }
 }
 
 std::string FlagUsage(const std::string& synopsis, const std::string& file_part) {

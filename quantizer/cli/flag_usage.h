@@ -10,6 +10,12 @@ namespace spqr {
 // True when argv holds -h, --help, -help, --helpfull or --helpshort (before any "--").
 bool WantsHelp(int argc, char** argv);
 
+// Lets a flag be spelled with '-' for '_' (--spqr-kernel for --spqr_kernel; Abseil knows only the
+// second): rewrites such names in argv in place, before absl::ParseCommandLine. Only an argument
+// whose name (up to '=') becomes a defined flag's name is touched; values after '=' and everything
+// after "--" are left alone.
+void AcceptDashedFlagNames(int argc, char** argv);
+
 // `synopsis` followed by every flag defined in a source file whose path contains `file_part`:
 // "  --name (default: value)\n      help text", sorted by name.
 std::string FlagUsage(const std::string& synopsis, const std::string& file_part);

@@ -175,12 +175,21 @@ class PerplexityThreadsTest : public ::testing::Test {
  protected:
   const std::string model_ = std::string(SPQR_SOURCE_DIR) + "/tests/data/test-model";
   const std::string text_ = std::string(SPQR_SOURCE_DIR) + "/tools/test_model_text.txt";
+  // The reference forward (the one built on BlockForward).
+  static PerplexityOptions Reference(int seqlen, int64_t windows, int threads) {
+    PerplexityOptions o;
+    o.forward = PerplexityForward::kReference;
+    o.seqlen = seqlen;
+    o.max_windows = windows;
+    o.threads = threads;
+    return o;
+  }
 };
 
 TEST_F(PerplexityThreadsTest, ResultIsIdenticalForOneAndTwoThreads) {
   // 5 windows: two threads get an uneven share.
-  auto one = EvaluatePerplexity(model_, text_, 64, 5, 1);
-  auto two = EvaluatePerplexity(model_, text_, 64, 5, 2);
+  auto one = EvaluatePerplexity(model_, text_, Reference(64, 5, 1));
+  auto two = EvaluatePerplexity(model_, text_, Reference(64, 5, 2));
   ASSERT_TRUE(one.ok()) << one.status();
   ASSERT_TRUE(two.ok()) << two.status();
   EXPECT_EQ(one->windows, 5);
@@ -197,15 +206,18 @@ TEST_F(PerplexityThreadsTest, ResultIsIdenticalForOneAndTwoThreads) {
 }
 
 TEST_F(PerplexityThreadsTest, JsonKeepsItsFields) {
-  auto r = EvaluatePerplexity(model_, text_, 32, 2, 2);
+  auto r = EvaluatePerplexity(model_, text_, Reference(32, 2, 2));
   ASSERT_TRUE(r.ok()) << r.status();
   const nlohmann::json j = nlohmann::json::parse(r->ToJson("m", "t"));
-  for (const char* key : {"model", "text", "seq_len", "windows", "tokens_scored", "total_nll",
-                          "mean_loss", "ppl", "seconds", "threads"}) {
+  for (const char* key :
+       {"model", "text", "seq_len", "windows", "tokens_scored", "total_nll", "mean_loss", "ppl",
+        "seconds", "threads", "forward", "spqr_kernel", "dense_kernel", "backend"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_EQ(j["windows"].get<int64_t>(), 2);
   EXPECT_EQ(j["ppl"].get<double>(), r->ppl);
+  EXPECT_EQ(j["forward"], "reference");
+  EXPECT_TRUE(j["spqr_kernel"].is_null());  // kernels are the engine forward's
 }
 
 }  // namespace

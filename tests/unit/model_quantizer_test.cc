@@ -254,14 +254,18 @@ namespace {
 
 TEST_F(ModelQuantizerTest, PerplexityOfQuantizedModelsTracksFp16) {
   const std::string text = job_.calibration_text;
-  auto fp = EvaluatePerplexity(job_.model_dir, text, 64, 3, 1);
+  PerplexityOptions eval;  // the engine forward, exact kernels
+  eval.seqlen = 64;
+  eval.max_windows = 3;
+  eval.threads = 1;
+  auto fp = EvaluatePerplexity(job_.model_dir, text, eval);
   ASSERT_TRUE(fp.ok()) << fp.status();
   EXPECT_EQ(fp->windows, 3);
   EXPECT_EQ(fp->tokens_scored, 3 * 63);
   EXPECT_NEAR(fp->ppl, std::exp(fp->mean_loss), 1e-9 * fp->ppl);
   job_.layer.wbits = 4;
   ASSERT_TRUE(QuantizeModel(job_, nullptr).ok());
-  auto sp = EvaluatePerplexity(job_.output_dir, text, 64, 3, 1);
+  auto sp = EvaluatePerplexity(job_.output_dir, text, eval);
   ASSERT_TRUE(sp.ok()) << sp.status();
   ModelQuantizeJob rtn = job_;
   rtn.output_dir = (root_ / "rtn2").string();
@@ -272,7 +276,7 @@ TEST_F(ModelQuantizerTest, PerplexityOfQuantizedModelsTracksFp16) {
   rtn.layer.beta1 = 0;
   rtn.layer.stats_bits = 16;
   ASSERT_TRUE(QuantizeModel(rtn, nullptr).ok());
-  auto rt = EvaluatePerplexity(rtn.output_dir, text, 64, 3, 1);
+  auto rt = EvaluatePerplexity(rtn.output_dir, text, eval);
   ASSERT_TRUE(rt.ok()) << rt.status();
   EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), 0.05);
   EXPECT_LT(std::fabs(sp->mean_loss - fp->mean_loss), std::fabs(rt->mean_loss - fp->mean_loss))

@@ -1,5 +1,6 @@
 // The command-line tools as a user runs them: every binary's --help prints usage on stdout and
-// exits 0; SIGTERM/SIGINT during a real spqr-quantize run removes its temporary directory and
+// exits 0; spqr-eval refuses bad flags naming the choices and runs the engine forward by default;
+// SIGTERM/SIGINT during a real spqr-quantize run removes its temporary directory and
 // exits non-zero saying so; spqr-server refuses a KV budget larger than the machine's memory
 // before loading anything.
 #include <fcntl.h>
@@ -145,6 +146,49 @@ TEST_F(CliTest, QuantizerRefusesBadNumbersNamingTheRange) {
     EXPECT_TRUE(absl::StrContains(Slurp(Err()), range)) << flag << ": " << Slurp(Err());
   }
   EXPECT_FALSE(fs::exists(root_ / "o"));
+}
+
+TEST_F(CliTest, EvalRefusesBadFlagsNamingFlagAndChoices) {
+  const std::string eval = kBin + "/quantizer/spqr-eval";
+  for (const auto& [args, expected] :
+       std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>{
+           {{"--forward", "fast"}, {"--forward \"fast\"", "engine, reference"}},
+           {{"--spqr-kernel", "int4"}, {"--spqr_kernel \"int4\"", "exact, int8, auto"}},
+           {{"--dense_kernel=fp8"}, {"--dense_kernel \"fp8\"", "exact, bf16, auto"}},
+           {{"--forward", "reference", "--spqr_kernel", "int8"},
+            {"--spqr_kernel picks an engine kernel", "--forward engine"}},
+           {{"--forward=reference", "--dense-kernel=exact"}, {"--dense_kernel picks an engine"}},
+           {{"--seqlen", "1"}, {"--seqlen must be in 2..1048576"}},
+       }) {
+    std::vector<std::string> argv = {eval, "--model", kTestModel, "--text", kText};
+    argv.insert(argv.end(), args.begin(), args.end());
+    EXPECT_EQ(Run(argv), 2) << args[0];
+    for (const std::string& e : expected) {
+      EXPECT_TRUE(absl::StrContains(Slurp(Err()), e)) << args[0] << ": " << Slurp(Err());
+    }
+    EXPECT_EQ(Slurp(Out()), "") << args[0];
+  }
+}
+
+// The engine forward is the default, with exact kernels; dashed and underscored flag names work.
+TEST_F(CliTest, EvalRunsTheEngineForwardByDefault) {
+  const std::string eval = kBin + "/quantizer/spqr-eval";
+  ASSERT_EQ(Run({eval, "--model", kTestModel, "--text", kText, "--seqlen", "32", "--max-windows",
+                 "2", "--threads", "1"}),
+            0)
+      << Slurp(Err());
+  const std::string out = Slurp(Out());
+  for (const char* field :
+       {"\"forward\":\"engine\"", "\"spqr_kernel\":\"exact\"", "\"dense_kernel\":\"exact\"",
+        "\"windows\":2", "\"tokens_scored\":62", "\"backend\":\"cpu: 1 threads"}) {
+    EXPECT_TRUE(absl::StrContains(out, field)) << field << " in " << out;
+  }
+  ASSERT_EQ(Run({eval, "--model", kTestModel, "--text", kText, "--seqlen", "32", "--max_windows",
+                 "2", "--threads", "1", "--forward", "reference"}),
+            0)
+      << Slurp(Err());
+  EXPECT_TRUE(absl::StrContains(Slurp(Out()), "\"forward\":\"reference\",\"spqr_kernel\":null"))
+      << Slurp(Out());
 }
 
 TEST_F(CliTest, SigtermDuringARunRemovesTheTemporaryDirectory) { InterruptQuantizerWith(SIGTERM); }

@@ -5,8 +5,9 @@
 //    logits equal a dense f32 model built from the format's reference decoder
 //    (DequantizeSpqrLayer);
 //  - greedy generation through Engine equals a step-by-step greedy loop over the same backend;
-//  - the engine's total NLL on fixed windows equals spqr-eval's (EvaluatePerplexity, the code
-//    behind the spqr-eval tool) for the same model and windows;
+//  - the engine's total NLL on fixed windows, computed here through LoadModel's backend, equals
+//    the reference forward of EvaluatePerplexity (`spqr-eval --forward reference`) for the same
+//    model and windows;
 //  - a corrupted shard or an unknown format version is refused with an error naming the file.
 #include <unistd.h>
 
@@ -425,14 +426,19 @@ TEST_P(SpqrEngineKernelTest, GreedyGenerationThroughTheEngine) {
 INSTANTIATE_TEST_SUITE_P(Kernels, SpqrEngineKernelTest, ::testing::Values("exact", "int8"));
 
 // The engine's total NLL over spqr-eval's windows (same tokenization: whole text, no BOS,
-// non-overlapping windows of seqlen, tokens 1..L-1 scored) equals EvaluatePerplexity's, which runs
-// an independent fp32 reference forward over DequantizeSpqrLayer weights. Tolerance: relative
+// non-overlapping windows of seqlen, tokens 1..L-1 scored) equals EvaluatePerplexity's reference
+// forward, an independent fp32 forward over DequantizeSpqrLayer weights. Tolerance: relative
 // 1e-6 of the total (both are fp32 forwards that differ only in summation order and accumulate
 // the NLL in double; measured 1.2e-8 relative: 874.451202 vs 874.451192 nats over 4 windows of 32).
 TEST_F(SpqrServingTest, TotalNllEqualsSpqrEval) {
   constexpr int kSeqlen = 32;
   constexpr int kWindows = 4;
-  auto reference = EvaluatePerplexity(SpqrDir(), kText, kSeqlen, kWindows, 1);
+  PerplexityOptions options;
+  options.forward = PerplexityForward::kReference;
+  options.seqlen = kSeqlen;
+  options.max_windows = kWindows;
+  options.threads = 1;
+  auto reference = EvaluatePerplexity(SpqrDir(), kText, options);
   ASSERT_TRUE(reference.ok()) << reference.status();
   ASSERT_EQ(reference->windows, kWindows);
 
@@ -457,7 +463,7 @@ TEST_F(SpqrServingTest, TotalNllEqualsSpqrEval) {
   std::cout.precision(12);
   std::cout << "engine total NLL " << total_nll << ", spqr-eval " << reference->total_nll << "\n";
   // A dense checkpoint's NLL is clearly different: the comparison can fail.
-  auto source = EvaluatePerplexity(kSourceModel, kText, kSeqlen, kWindows, 1);
+  auto source = EvaluatePerplexity(kSourceModel, kText, options);
   ASSERT_TRUE(source.ok()) << source.status();
   EXPECT_GT(std::fabs(source->total_nll - total_nll), 1e-3 * total_nll);
 }

@@ -162,6 +162,44 @@ absl::StatusOr<DenseCpuKernel> ParseDenseCpuKernel(const std::string& name) {
       absl::StrFormat("dense CPU kernel \"%s\": expected auto, exact or bf16", name));
 }
 
+SpqrCpuKernel ResolveSpqrCpuKernel(SpqrCpuKernel kernel) {
+  if (kernel != SpqrCpuKernel::kAuto) return kernel;
+  return cpu::BestTileIsa() != cpu::TileIsa::kScalar ? SpqrCpuKernel::kInt8 : SpqrCpuKernel::kExact;
+}
+
+DenseCpuKernel ResolveDenseCpuKernel(DenseCpuKernel kernel) {
+  if (kernel != DenseCpuKernel::kAuto) return kernel;
+  // kAuto takes the bf16 kernel where it exists: VDPBF16PS does twice the multiply-adds of an
+  // fp32 FMA per instruction, so prefill (compute-bound) runs ~2.8x faster; decode is bound by
+  // memory either way. One kernel for every token count keeps a sequence's logits independent of
+  // how it was batched or chunked (docs/cpu-performance.md).
+  return cpu::Bf16DotSupported() ? DenseCpuKernel::kBf16 : DenseCpuKernel::kExact;
+}
+
+const char* SpqrCpuKernelName(SpqrCpuKernel kernel) {
+  switch (kernel) {
+    case SpqrCpuKernel::kAuto:
+      return "auto";
+    case SpqrCpuKernel::kExact:
+      return "exact";
+    case SpqrCpuKernel::kInt8:
+      return "int8";
+  }
+  return "?";
+}
+
+const char* DenseCpuKernelName(DenseCpuKernel kernel) {
+  switch (kernel) {
+    case DenseCpuKernel::kAuto:
+      return "auto";
+    case DenseCpuKernel::kExact:
+      return "exact";
+    case DenseCpuKernel::kBf16:
+      return "bf16";
+  }
+  return "?";
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("CreateCpuBackend: no weights");
@@ -177,14 +215,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
         "CPU backend: dense kernel bf16 needs AVX512-BF16, which this CPU lacks (use auto or "
         "exact)");
   }
-  // kAuto takes the bf16 kernel where it exists: VDPBF16PS does twice the multiply-adds of an
-  // fp32 FMA per instruction, so prefill (compute-bound) runs ~2.8x faster; decode is bound by
-  // memory either way. One kernel for every token count keeps a sequence's logits independent of
-  // how it was batched or chunked (docs/cpu-performance.md).
-  const bool bf16_dot = options.dense_kernel == DenseCpuKernel::kBf16 ||
-                        (options.dense_kernel == DenseCpuKernel::kAuto && cpu::Bf16DotSupported());
-  const bool int8 = options.spqr_kernel == SpqrCpuKernel::kInt8 ||
-                    (options.spqr_kernel == SpqrCpuKernel::kAuto && isa != cpu::TileIsa::kScalar);
+  const bool bf16_dot = ResolveDenseCpuKernel(options.dense_kernel) == DenseCpuKernel::kBf16;
+  const bool int8 = ResolveSpqrCpuKernel(options.spqr_kernel) == SpqrCpuKernel::kInt8;
   cpu::SpqrTileMap tiles;
   bool resident = false;
   if (int8) {

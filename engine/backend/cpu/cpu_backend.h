@@ -47,6 +47,14 @@ absl::StatusOr<SpqrCpuKernel> ParseSpqrCpuKernel(const std::string& name);
 // "auto" | "exact" | "bf16" -> kernel; INVALID_ARGUMENT naming the value otherwise.
 absl::StatusOr<DenseCpuKernel> ParseDenseCpuKernel(const std::string& name);
 
+// What kAuto means on this CPU (the rule CreateCpuBackend applies); other values are returned as
+// they are. Never kAuto.
+SpqrCpuKernel ResolveSpqrCpuKernel(SpqrCpuKernel kernel);
+DenseCpuKernel ResolveDenseCpuKernel(DenseCpuKernel kernel);
+// "exact", "int8", "bf16" ("auto" for kAuto).
+const char* SpqrCpuKernelName(SpqrCpuKernel kernel);
+const char* DenseCpuKernelName(DenseCpuKernel kernel);
+
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
     std::shared_ptr<const LlamaWeights> weights, const CpuBackendOptions& options);
 

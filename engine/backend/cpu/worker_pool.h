@@ -4,9 +4,10 @@
 // layer (projections, attention, norms), each a few microseconds of work. An OpenMP region costs
 // a fork and a join every time (on a quiet 2-core machine ~1.1 us with spinning waits and ~40 us
 // with OMP_WAIT_POLICY=passive per empty 2-thread region; docs/cpu-performance.md), which on the
-// 11 MB reference model is a sizeable share of the step. The pool's workers are started once, spin briefly after each job
-// (kSpinMicros) and then block on a futex, so a job costs one atomic store plus one atomic
-// decrement per worker while they are hot, and never burns a core while the server is idle.
+// 11 MB reference model is a sizeable share of the step. The pool's workers are started once, spin
+// briefly after each job (kSpinMicros) and then block on a futex, so a job costs one atomic store
+// plus one atomic decrement per worker while they are hot, and never burns a core while the server
+// is idle.
 //
 // Contract:
 // - ParallelRun(n, fn) calls fn(t, n) once for every t in [0, n), concurrently, the calling thread

@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -18,12 +17,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/format/spqr_layer.h"
-#include "engine/format/spqr_tensors.h"
-#include "engine/model/safetensors.h"
 #include "gtest/gtest.h"
 #include "quantizer/model_quantizer.h"
 #include "quantizer/perplexity.h"
-#include "quantizer/safetensors_writer.h"
+#include "tests/unit/dequantized_model_writer.h"
 
 namespace spqr {
 namespace {
@@ -41,53 +38,6 @@ const std::string kText = std::string(SPQR_SOURCE_DIR) + "/tools/test_model_text
 constexpr double kRelTolerance = 1e-6;
 constexpr int kSeqlen = 64;
 constexpr int kWindows = 4;
-
-// Writes `dense_dir`: the SpQR model's unquantized tensors as stored plus, for every packed layer,
-// "<prefix>.weight" = DequantizeSpqrLayer() of the layer WITHOUT its outliers, as F32, next to the
-// source model's config.json (no quantization_config) and tokenizer: the model an SpQR kernel that
-// skipped the outlier pass would compute.
-absl::Status WriteModelWithoutOutliers(const std::string& spqr_dir, const std::string& dense_dir,
-                                       int64_t* dropped) {
-  fs::create_directories(dense_dir);
-  for (const char* f : {"config.json", "generation_config.json", "tokenizer.model"}) {
-    fs::copy_file(fs::path(kSourceModel) / f, fs::path(dense_dir) / f,
-                  fs::copy_options::overwrite_existing);
-  }
-  auto checkpoint = Checkpoint::Open(spqr_dir);
-  if (!checkpoint.ok()) return checkpoint.status();
-  const TensorLookup lookup = [&](const std::string& n) { return (*checkpoint)->Find(n); };
-  std::vector<TensorView> views;
-  std::vector<OwnedTensor> owned;
-  owned.reserve(64);
-  *dropped = 0;
-  for (const std::string& name : (*checkpoint)->Names()) {
-    const size_t at = name.find(".spqr_");
-    if (at == std::string::npos) {
-      views.push_back(*(*checkpoint)->Find(name));
-      continue;
-    }
-    if (!absl::EndsWith(name, ".spqr_meta")) continue;
-    const std::string prefix = name.substr(0, at);
-    auto layer = SpqrLayerFromTensors(lookup, prefix);
-    if (!layer.ok()) return layer.status();
-    *dropped += layer->num_outliers();
-    layer->outlier_row_offsets.assign(layer->outlier_row_offsets.size(), 0);
-    layer->outlier_cols_u16.clear();
-    layer->outlier_cols_u32.clear();
-    layer->outlier_values.clear();
-    auto dense = DequantizeSpqrLayer(*layer);
-    if (!dense.ok()) return dense.status();
-    OwnedTensor t;
-    t.name = prefix + ".weight";
-    t.dtype = DType::kF32;
-    t.shape = {layer->out_features, layer->in_features};
-    t.bytes.resize(dense->size() * sizeof(float));
-    std::memcpy(t.bytes.data(), dense->data(), t.bytes.size());
-    owned.push_back(std::move(t));
-    views.push_back(ViewOf(owned.back()));
-  }
-  return WriteSafetensors(dense_dir + "/model.safetensors", views, {});
-}
 
 PerplexityOptions Options(PerplexityForward forward, int threads = 2) {
   PerplexityOptions o;
@@ -126,7 +76,8 @@ class PerplexityForwardTest : public ::testing::Test {
     ASSERT_TRUE(report.ok()) << report.status();
     ASSERT_GT(report->outliers, 0);
     int64_t dropped = 0;
-    const absl::Status st = WriteModelWithoutOutliers(SpqrDir(), NoOutliersDir(), &dropped);
+    const absl::Status st = WriteDequantizedModel(SpqrDir(), kSourceModel, NoOutliersDir(),
+                                                  /*drop_outliers=*/true, &dropped);
     ASSERT_TRUE(st.ok()) << st;
     ASSERT_EQ(dropped, report->outliers);
   }

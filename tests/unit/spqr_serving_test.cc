@@ -15,7 +15,6 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -38,7 +37,7 @@
 #include "gtest/gtest.h"
 #include "quantizer/model_quantizer.h"
 #include "quantizer/perplexity.h"
-#include "quantizer/safetensors_writer.h"
+#include "tests/unit/dequantized_model_writer.h"
 
 namespace spqr {
 namespace {
@@ -56,45 +55,6 @@ std::string Slurp(const std::string& path) {
 void Spit(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << text;
-}
-
-// Writes `dense_dir`: the SpQR model's unquantized tensors as stored plus, for every packed layer,
-// "<prefix>.weight" = DequantizeSpqrLayer() as F32, next to the source model's config.json (no
-// quantization_config) and tokenizer.
-absl::Status WriteDequantizedModel(const std::string& spqr_dir, const std::string& dense_dir) {
-  fs::create_directories(dense_dir);
-  for (const char* f : {"config.json", "generation_config.json", "tokenizer.model"}) {
-    fs::copy_file(fs::path(kSourceModel) / f, fs::path(dense_dir) / f,
-                  fs::copy_options::overwrite_existing);
-  }
-  auto checkpoint = Checkpoint::Open(spqr_dir);
-  if (!checkpoint.ok()) return checkpoint.status();
-  const TensorLookup lookup = [&](const std::string& n) { return (*checkpoint)->Find(n); };
-  std::vector<TensorView> views;
-  std::vector<OwnedTensor> owned;
-  owned.reserve(64);
-  for (const std::string& name : (*checkpoint)->Names()) {
-    const size_t at = name.find(".spqr_");
-    if (at == std::string::npos) {
-      views.push_back(*(*checkpoint)->Find(name));
-      continue;
-    }
-    if (!absl::EndsWith(name, ".spqr_meta")) continue;
-    const std::string prefix = name.substr(0, at);
-    auto layer = SpqrLayerFromTensors(lookup, prefix);
-    if (!layer.ok()) return layer.status();
-    auto dense = DequantizeSpqrLayer(*layer);
-    if (!dense.ok()) return dense.status();
-    OwnedTensor t;
-    t.name = prefix + ".weight";
-    t.dtype = DType::kF32;
-    t.shape = {layer->out_features, layer->in_features};
-    t.bytes.resize(dense->size() * sizeof(float));
-    std::memcpy(t.bytes.data(), dense->data(), t.bytes.size());
-    owned.push_back(std::move(t));
-    views.push_back(ViewOf(owned.back()));
-  }
-  return WriteSafetensors(dense_dir + "/model.safetensors", views, {});
 }
 
 // All logits of one sequence run as a single prefill (num_logits = all tokens).
@@ -142,7 +102,8 @@ class SpqrServingTest : public ::testing::Test {
     auto report = QuantizeModel(job, [](const std::string&) {});
     ASSERT_TRUE(report.ok()) << report.status();
     ASSERT_GT(report->outliers, 0);
-    const absl::Status st = WriteDequantizedModel(job.output_dir, (*root_ / "dense").string());
+    const absl::Status st =
+        WriteDequantizedModel(job.output_dir, kSourceModel, (*root_ / "dense").string());
     ASSERT_TRUE(st.ok()) << st;
   }
   static void TearDownTestSuite() {

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "quantizer/spqr_layer_quantizer.h"
 #include "tests/unit/quantizer_test_util.h"
+#include "tests/unit/spqr_tensor_store.h"
 
 namespace spqr {
 namespace {
@@ -60,32 +61,6 @@ LayerQuantizationResult Quantize(int64_t m, int64_t n, int wbits, int beta1, int
   return *std::move(res);
 }
 
-// Safetensors-like storage: the written tensors and views onto them.
-struct TensorStore {
-  std::vector<OwnedTensor> tensors;
-  std::map<std::string, TensorView> views;
-  explicit TensorStore(std::vector<OwnedTensor> t) : tensors(std::move(t)) { Rebuild(); }
-  void Rebuild() {
-    views.clear();
-    for (const OwnedTensor& t : tensors) {
-      views[t.name] = TensorView{t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()};
-    }
-  }
-  TensorLookup lookup() const {
-    return [this](const std::string& name) -> const TensorView* {
-      auto it = views.find(name);
-      return it == views.end() ? nullptr : &it->second;
-    };
-  }
-  OwnedTensor& get(const std::string& suffix) {
-    for (OwnedTensor& t : tensors) {
-      if (t.name == "layer." + suffix) return t;
-    }
-    ADD_FAILURE() << "no tensor " << suffix;
-    return tensors[0];
-  }
-};
-
 void ExpectBitEqual(const std::vector<float>& a, const std::vector<float>& b) {
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
@@ -109,7 +84,7 @@ TEST_P(FormatRoundTripTest, PackUnpackDecodeEqualsQuantizer) {
   const auto res = Quantize(m, n, fc.wbits, fc.beta1, fc.beta2, fc.stats_bits, 0.2);
   EXPECT_GT(res.num_outliers, 0);
   // Tensors round trip.
-  TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+  SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
   auto back = SpqrLayerFromTensors(store.lookup(), "layer");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->weight_codes, res.packed.weight_codes);
@@ -174,7 +149,7 @@ TEST(SpqrFormatTest, MatmulRowsDecodeEqualsDequantizedRows) {
 
 TEST(SpqrFormatTest, DetectsCorruptPayloadByCrc) {
   const auto res = Quantize(16, 32, 3, 16, 16, 3, 0.2);
-  TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+  SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
   store.get("spqr_weight_codes").bytes[5] ^= 0x10;
   store.Rebuild();
   auto back = SpqrLayerFromTensors(store.lookup(), "layer");
@@ -185,7 +160,7 @@ TEST(SpqrFormatTest, DetectsCorruptPayloadByCrc) {
 
 TEST(SpqrFormatTest, RejectsUnknownVersion) {
   const auto res = Quantize(16, 32, 3, 16, 16, 3, 0.2);
-  TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+  SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
   store.get("spqr_meta").bytes[0] = 7;
   store.Rebuild();
   auto back = SpqrLayerFromTensors(store.lookup(), "layer");
@@ -197,7 +172,7 @@ TEST(SpqrFormatTest, RejectsUnknownVersion) {
 TEST(SpqrFormatTest, RejectsInconsistentShapesAndMissingTensors) {
   const auto res = Quantize(16, 32, 3, 16, 16, 3, 0.2);
   {
-    TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+    SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
     OwnedTensor& t = store.get("spqr_perm");
     t.shape = {static_cast<int64_t>(t.bytes.size() / 4 - 1)};
     t.bytes.resize(t.bytes.size() - 4);
@@ -208,7 +183,7 @@ TEST(SpqrFormatTest, RejectsInconsistentShapesAndMissingTensors) {
     EXPECT_NE(back.status().message().find("layer.spqr_perm"), std::string::npos) << back.status();
   }
   {
-    TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+    SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
     // Meta claims beta1 = 12, which does not divide in_features = 32.
     uint32_t beta1 = 12;
     std::memcpy(store.get("spqr_meta").bytes.data() + 4 * kMetaBeta1, &beta1, 4);
@@ -218,14 +193,14 @@ TEST(SpqrFormatTest, RejectsInconsistentShapesAndMissingTensors) {
     EXPECT_NE(back.status().message().find("beta1=12"), std::string::npos) << back.status();
   }
   {
-    TensorStore store(SpqrLayerToTensors(res.packed, "layer"));
+    SpqrTensorStore store(SpqrLayerToTensors(res.packed, "layer"));
     store.views.erase("layer.spqr_outlier_values");
     auto back = SpqrLayerFromTensors(store.lookup(), "layer");
     ASSERT_FALSE(back.ok());
     EXPECT_EQ(back.status().code(), absl::StatusCode::kNotFound);
     EXPECT_NE(back.status().message().find("layer.spqr_outlier_values"), std::string::npos);
   }
-  EXPECT_FALSE(HasSpqrLayer(TensorStore({}).lookup(), "layer"));
+  EXPECT_FALSE(HasSpqrLayer(SpqrTensorStore({}).lookup(), "layer"));
 }
 
 TEST(SpqrFormatTest, ValidateCatchesStructuralCorruption) {
@@ -306,7 +281,7 @@ TEST(SpqrFormatTest, WideColumnIdsAbove65535Inputs) {
   l.outlier_row_offsets = {0, 1, 3};
   l.outlier_cols_u32 = {65540, 3, 65551};
   l.outlier_values = {F32ToF16(0.5f), F32ToF16(-0.25f), F32ToF16(1.0f)};
-  TensorStore store(SpqrLayerToTensors(l, "layer"));
+  SpqrTensorStore store(SpqrLayerToTensors(l, "layer"));
   EXPECT_EQ(store.get("spqr_outlier_cols").dtype, DType::kU32);
   auto back = SpqrLayerFromTensors(store.lookup(), "layer");
   ASSERT_TRUE(back.ok()) << back.status();

@@ -29,6 +29,7 @@
 #include "engine/util/half.h"
 #include "gtest/gtest.h"
 #include "quantizer/hf_spqr_import.h"
+#include "tests/unit/spqr_tensor_store.h"
 
 namespace spqr {
 namespace {
@@ -229,37 +230,9 @@ TEST(Fp16ArithmeticTest, MatmulUsesTheFp16Weights) {
   }
 }
 
-// Safetensors-like storage of one layer's tensors.
-struct Store {
-  std::vector<OwnedTensor> tensors;
-  std::map<std::string, TensorView> views;
-  explicit Store(std::vector<OwnedTensor> t) : tensors(std::move(t)) { Rebuild(); }
-  void Rebuild() {
-    views.clear();
-    for (const OwnedTensor& t : tensors) {
-      views[t.name] = TensorView{t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()};
-    }
-  }
-  TensorLookup lookup() const {
-    return [this](const std::string& name) -> const TensorView* {
-      auto it = views.find(name);
-      return it == views.end() ? nullptr : &it->second;
-    };
-  }
-  void SetMeta(int slot, uint32_t value) {
-    std::memcpy(tensors[0].bytes.data() + 4 * slot, &value, 4);
-    Rebuild();
-  }
-  uint32_t Meta(int slot) const {
-    uint32_t v;
-    std::memcpy(&v, tensors[0].bytes.data() + 4 * slot, 4);
-    return v;
-  }
-};
-
 TEST(Fp16ArithmeticTest, MetaSlotRoundTripsAndIsCoveredByTheCrc) {
   const PackedSpqrLayer l = RandomLayer(kShapes[0], SpqrDecodeArithmetic::kFp16, 9);
-  Store store(SpqrLayerToTensors(l, "layer"));
+  SpqrTensorStore store(SpqrLayerToTensors(l, "layer"));
   ASSERT_EQ(store.tensors[0].name, "layer.spqr_meta");
   EXPECT_EQ(store.Meta(kMetaDecodeArithmetic), 1u);
   auto back = SpqrLayerFromTensors(store.lookup(), "layer");
@@ -298,7 +271,7 @@ TEST(Fp16ArithmeticTest, MetaSlotRoundTripsAndIsCoveredByTheCrc) {
   // fp32 layers are written exactly as before the slot existed: 0 there, CRC of the payload.
   PackedSpqrLayer l32 = l;
   l32.decode_arithmetic = SpqrDecodeArithmetic::kFp32;
-  Store store32(SpqrLayerToTensors(l32, "layer"));
+  SpqrTensorStore store32(SpqrLayerToTensors(l32, "layer"));
   EXPECT_EQ(store32.Meta(kMetaDecodeArithmetic), 0u);
   EXPECT_EQ(store32.Meta(kMetaCrc32), payload_crc);
 }

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/backend/cpu/rms_norm.h"
 #include "engine/backend/cpu/rope.h"
 #include "engine/backend/cpu/swiglu.h"
@@ -299,6 +300,26 @@ TEST_P(KernelParityTest, SpqrDequantizeIsBitExactWithFormatDecoder) {
   }
 }
 
+// Runs the GEMV of `device` on x ([batch][n] floats) into a NaN-poisoned [batch][y_stride] output
+// (x_perm poisoned too) and returns that output.
+absl::StatusOr<std::vector<float>> RunSpqrGemv(const SpqrDeviceLayer& device,
+                                               const std::vector<float>& x, int64_t n,
+                                               int64_t batch, int64_t y_stride) {
+  DeviceBuffer d_x = Upload(x);
+  DeviceBuffer d_x_perm = Poisoned(batch * n * sizeof(float));
+  DeviceBuffer d_y = Poisoned(batch * y_stride * sizeof(float));
+  SpqrGemvParams p;
+  p.layer = device.view();
+  p.x = d_x.as<float>();
+  p.x_perm = d_x_perm.as<float>();
+  p.y = d_y.as<float>();
+  p.batch = batch;
+  p.y_stride = y_stride;
+  const absl::Status st = LaunchSpqrGemv(p, nullptr);
+  if (!st.ok()) return st;
+  return Download<float>(d_y);
+}
+
 TEST_P(KernelParityTest, SpqrGemvMatchesFormatProduct) {
   std::mt19937 rng(16);
   for (const testing::RandomLayerSpec& spec : kLayers) {
@@ -314,19 +335,10 @@ TEST_P(KernelParityTest, SpqrGemvMatchesFormatProduct) {
       const std::vector<float> x = RandomNormal(batch * n, 1.0f, rng);
       std::vector<float> want(batch * m);
       ASSERT_TRUE(SpqrMatmul(layer, x.data(), batch, want.data()).ok());
-      DeviceBuffer d_x = Upload(x);
-      DeviceBuffer d_x_perm = Poisoned(batch * n * sizeof(float));
       const int64_t y_stride = m + 2;
-      DeviceBuffer d_y = Poisoned(batch * y_stride * sizeof(float));
-      SpqrGemvParams p;
-      p.layer = device->view();
-      p.x = d_x.as<float>();
-      p.x_perm = d_x_perm.as<float>();
-      p.y = d_y.as<float>();
-      p.batch = batch;
-      p.y_stride = y_stride;
-      ASSERT_TRUE(LaunchSpqrGemv(p, nullptr).ok());
-      const std::vector<float> y = Download<float>(d_y);
+      absl::StatusOr<std::vector<float>> run = RunSpqrGemv(*device, x, n, batch, y_stride);
+      ASSERT_TRUE(run.ok()) << run.status();
+      const std::vector<float>& y = *run;
       for (int64_t b = 0; b < batch; ++b) {
         for (int64_t r = 0; r < m; ++r) {
           double abs_sum = 0.0;
@@ -363,18 +375,9 @@ TEST_P(KernelParityTest, SpqrGemvOneHotInputsGiveTheDecodedWeights) {
       cols.push_back(layer.perm[layer.outlier_col(k)]);
       x[b * n + cols.back()] = 1.0f;
     }
-    DeviceBuffer d_x = Upload(x);
-    DeviceBuffer d_x_perm = Poisoned(batch * n * sizeof(float));
-    DeviceBuffer d_y = Poisoned(batch * m * sizeof(float));
-    SpqrGemvParams p;
-    p.layer = device->view();
-    p.x = d_x.as<float>();
-    p.x_perm = d_x_perm.as<float>();
-    p.y = d_y.as<float>();
-    p.batch = batch;
-    p.y_stride = m;
-    ASSERT_TRUE(LaunchSpqrGemv(p, nullptr).ok());
-    const std::vector<float> y = Download<float>(d_y);
+    absl::StatusOr<std::vector<float>> run = RunSpqrGemv(*device, x, n, batch, /*y_stride=*/m);
+    ASSERT_TRUE(run.ok()) << run.status();
+    const std::vector<float>& y = *run;
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t r = 0; r < m; ++r) {
         const float want = (*dense)[r * n + cols[b]];

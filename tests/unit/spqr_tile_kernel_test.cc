@@ -1,7 +1,8 @@
 // The CPU tile layout of SpQR layers and the int8 kernel over it, on random packed layers of every
 // configuration the layout takes (wbits 2/3/4, beta1 8..64, 3..8-bit or fp16 statistics, beta2
-// 16..64, odd row counts, outliers):
-//  - the layout decodes bit-exactly to the format's DecodePermutedRow;
+// 16..64, odd row counts, outliers, 32-bit outlier columns):
+//  - the layout decodes bit-exactly to the format's DecodePermutedRow, and its outlier steps give
+//    back each row's outliers in the format's order;
 //  - every kernel implementation this CPU runs equals the scalar reference bit for bit, for token
 //    counts 1..11 (so also across the 8-token blocking);
 //  - a token's result does not depend on the other tokens of the call;
@@ -83,7 +84,11 @@ std::shared_ptr<const PackedSpqrLayer> RandomLayer(const Config& c, uint32_t see
   for (int64_t r = 0; r < c.m; ++r) {
     for (int64_t j = 0; j < c.n; ++j) {
       if (unit(rng) < c.outlier_share) {
-        l->outlier_cols_u16.push_back(static_cast<uint16_t>(j));
+        if (l->wide_column_ids()) {
+          l->outlier_cols_u32.push_back(static_cast<uint32_t>(j));
+        } else {
+          l->outlier_cols_u16.push_back(static_cast<uint16_t>(j));
+        }
         l->outlier_values.push_back(F32ToF16(unit(rng) - 0.5f));
       }
     }
@@ -126,9 +131,15 @@ TEST_P(TileKernelTest, LayoutDecodesLikeTheFormat) {
   for (int64_t r = 0; r < c.m; ++r) {
     DecodePermutedRow(*layer, r, want.data());
     DecodeTileLayoutRow(**layout, r, got.data());
-    for (uint32_t k = layer->outlier_row_offsets[r]; k < layer->outlier_row_offsets[r + 1]; ++k) {
-      float& w = got[layer->outlier_col(k)];
-      w = AddOutlier(layer->fp16_arithmetic(), w, F16ToF32(layer->outlier_values[k]));
+    // The outlier steps give back the row's outliers in CSR order.
+    const std::vector<TileLayoutOutlier> outliers = TileLayoutRowOutliers(**layout, r);
+    ASSERT_EQ(outliers.size(), layer->outlier_row_offsets[r + 1] - layer->outlier_row_offsets[r]);
+    for (size_t i = 0; i < outliers.size(); ++i) {
+      const uint32_t k = layer->outlier_row_offsets[r] + static_cast<uint32_t>(i);
+      ASSERT_EQ(outliers[i].col, layer->outlier_col(k)) << "row " << r << " outlier " << i;
+      ASSERT_EQ(outliers[i].value, layer->outlier_values[k]) << "row " << r << " outlier " << i;
+      float& w = got[outliers[i].col];
+      w = AddOutlier(layer->fp16_arithmetic(), w, F16ToF32(outliers[i].value));
     }
     for (int64_t j = 0; j < c.n; ++j) ASSERT_EQ(got[j], want[j]) << "row " << r << " col " << j;
   }
@@ -210,7 +221,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Config{40, 64, 4, 8, 16, kFp16Stats, 0.0}, Config{19, 32, 2, 8, 48, 3, 0.05},
                       Config{37, 128, 3, 16, 16, 3, 0.02, true},
                       Config{24, 64, 4, 8, 32, 4, 0.01, true},
-                      Config{29, 48, 3, 16, 16, kFp16Stats, 0.01, true}),
+                      Config{29, 48, 3, 16, 16, kFp16Stats, 0.01, true},
+                      // Many outlier steps per tile with ragged masks (up to ~45 per row).
+                      Config{35, 96, 3, 16, 16, 3, 0.3},
+                      // Column ids past 16 bits (in_features > 65535).
+                      Config{3, 65552, 4, 16, 16, 3, 0.002}),
     [](const ::testing::TestParamInfo<Config>& info) { return Name(info.param); });
 
 // What the int8 kernel does not model on an "fp16 arithmetic" layer (the per-weight fp16 rounding;

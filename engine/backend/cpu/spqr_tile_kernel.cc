@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/backend/cpu/simd.h"
 #include "engine/util/half.h"
 
 namespace spqr::cpu {
@@ -58,7 +57,8 @@ bool TileIsaSupported(TileIsa isa) {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("f16c");
+         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2") &&
+         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("popcnt");
 #else
   return false;
 #endif
@@ -74,21 +74,22 @@ namespace internal {
 
 void FinishRows(const SpqrTileLayout& l, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride) {
-  const PackedSpqrLayer& src = *l.source;
   const int64_t n = l.in_features;
   const int64_t r0 = tile * kTileRows;
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
-  for (int i = 0; i < rows; ++i) {
-    const int64_t r = r0 + i;
-    const uint32_t begin = src.outlier_row_offsets[r], end = src.outlier_row_offsets[r + 1];
-    for (int t = 0; t < num_tokens; ++t) {
-      float lanes[16] = {};
-      for (uint32_t k = begin; k < end; ++k) {
-        float& lane = lanes[(k - begin) % 16];
-        lane = std::fma(F16ToF32(src.outlier_values[k]), x_perm[t * n + src.outlier_col(k)], lane);
+  for (int t = 0; t < num_tokens; ++t) {
+    float acc[kTileRows];
+    std::memcpy(acc, dense + t * kTileRows, sizeof(acc));
+    uint32_t e = l.outlier_tile_entries[tile];
+    for (uint32_t s = l.outlier_tile_steps[tile]; s < l.outlier_tile_steps[tile + 1]; ++s) {
+      const uint32_t mask = l.outlier_step_masks[s];
+      for (int i = 0; i < kTileRows; ++i) {
+        if (((mask >> i) & 1u) == 0) continue;
+        acc[i] = std::fma(F16ToF32(l.outlier_values[e]), x_perm[t * n + l.outlier_col(e)], acc[i]);
+        ++e;
       }
-      y[t * y_stride + r] = dense[t * kTileRows + i] + TreeSum16(lanes);
     }
+    for (int i = 0; i < rows; ++i) y[t * y_stride + r0 + i] = acc[i];
   }
 }
 

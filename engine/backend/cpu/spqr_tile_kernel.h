@@ -7,10 +7,10 @@
 // to row r is then exactly s * (d * sum(code * q) - z * S): the integer dot product is exact, the
 // only approximation is x ~ d * q. Per row and token, in fp32 and in this order for units
 // u = 0, 1, ...:  p = float(idot) * d;  v = fma(-z, S, p);  acc = fma(s, v, acc);
-// then y = acc + sparse, where sparse is the outlier residuals times the UNquantized inputs: the
-// row's i-th outlier (CSR order) goes to lane i % 16, lane = fma(value, x, lane), and sparse is
-// the tree sum of the 16 lanes ((l, l+8), (l, l+4), (l, l+2), (0, 1)), which a 16-wide gather
-// computes directly. Scale and zero are decoded exactly as the format does, the "fp16 arithmetic"
+// then the row's outlier residuals times the UNquantized inputs join the same chain, in CSR
+// order: acc = fma(value, x, acc) per outlier, and y = acc. (The layout's outlier steps hold the
+// k-th outlier of every row of a tile in one vector, so a step is one 16-lane gather and one
+// masked FMA into the rows' accumulators.) Scale and zero are decoded exactly as the format does, the "fp16 arithmetic"
 // variant included. On such a layer the per-weight fp16 rounding (w = h(h(s * h(q - z)) + v)) is
 // not modelled: the kernel applies the fp16-rounded s and z to the codes in fp32 and adds the
 // residual unrounded (at most three fp16 roundings, 2^-11 relative each, per weight; measured in
@@ -64,10 +64,10 @@ namespace internal {
 void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activations& xq,
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
                               int64_t y_stride);
-// Writes y for rows 16*tile + i, i < 16, of tokens t < num_tokens: dense[t * 16 + i] + the row's
-// outlier sum as documented above (the reference implementation; the AVX-512 one gathers 16
-// outliers at a time with the same lanes and the same bits). x_perm: the block's first token,
-// tokens n floats apart; y: its first token's output.
+// Writes y for rows 16*tile + i, i < 16, of tokens t < num_tokens: dense[t * 16 + i] with the
+// row's outliers added as documented above (the reference implementation; the AVX-512 one does a
+// step of the tile's 16 rows at a time, each row's chain in the same order, so the same bits).
+// x_perm: the block's first token, tokens n floats apart; y: its first token's output.
 void FinishRows(const SpqrTileLayout& layout, int64_t tile, const float* dense, int num_tokens,
                 const float* x_perm, float* y, int64_t y_stride);
 }  // namespace internal

@@ -13,11 +13,11 @@
 #include <cstdint>
 #include <cstring>
 
-#include "engine/backend/cpu/simd.h"
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,fma,f16c")
+#pragma GCC target( \
+    "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512vbmi2,fma,f16c,popcnt")
 
 namespace spqr::cpu::internal {
 namespace {
@@ -56,19 +56,18 @@ inline __m512 RoundToF16x16(__m512 v) {
   return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// Scale and zero vectors of (tile, group): the format's s0 * (code - s1), s2 * (code - s3), each
-// step rounded to fp16 for an "fp16 arithmetic" layer.
+// Scale and zero vectors of one (tile, group): the format's s0 * (code - s1), s2 * (code - s3),
+// each step rounded to fp16 for an "fp16 arithmetic" layer. p: the group's statistics in the
+// layout; second: its four second-level values (unused for fp16 statistics).
 template <bool kFp16Stats>
-inline void GroupStats16(const SpqrTileLayout& l, const StreamUnpacker& un, int64_t tile, int64_t g,
-                         __m512* s, __m512* z) {
-  const uint8_t* p = l.group_stats(tile, g);
+inline void GroupStats16(const SpqrTileLayout& l, const StreamUnpacker& un, const uint8_t* p,
+                         const uint16_t* second, __m512* s, __m512* z) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes / 4), _MM_HINT_T0);
   if constexpr (kFp16Stats) {
     *s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     *z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
   } else {
     // The four second-level values in one conversion, then one permute per broadcast.
-    const uint16_t* second = l.second_level(tile, g);
     _mm_prefetch(reinterpret_cast<const char*>(second + kPrefetchBytes / 8), _MM_HINT_T0);
     const __m512 sl = _mm512_castps128_ps512(
         _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(second))));
@@ -116,45 +115,40 @@ inline void UnpackTile(const uint8_t* t, __m512i* ch) {
   }
 }
 
-// FinishRows (spqr_tile_kernel.h) with the outliers gathered 16 at a time: outlier i of a row in
-// lane i % 16, exactly the reference's lanes, so the same bits.
+// FinishRows (spqr_tile_kernel.h) a step at a time: the step's entries are expanded into the
+// lanes of their rows, the inputs gathered, and one masked FMA per token extends the 16 rows'
+// chains, which are the dense accumulators themselves (so each row's order is the reference's).
 template <int NT>
-void FinishRowsGather(const SpqrTileLayout& l, int64_t tile, const float* dense,
-                      const float* x_perm, float* y, int64_t y_stride) {
-  const PackedSpqrLayer& src = *l.source;
+void FinishRowsSteps(const SpqrTileLayout& l, int64_t tile, __m512* acc, const float* x_perm,
+                     float* y, int64_t y_stride) {
   const int64_t n = l.in_features;
+  const uint16_t* masks = l.outlier_step_masks.data();
+  const uint16_t* values = l.outlier_values.data();
+  const uint16_t* cols16 = l.outlier_cols_u16.data();
+  const uint32_t* cols32 = l.outlier_cols_u32.data();
+  const bool wide = l.wide_outlier_cols;
+  const uint32_t step_end = l.outlier_tile_steps[tile + 1];
+  uint32_t e = l.outlier_tile_entries[tile];
+  for (uint32_t s = l.outlier_tile_steps[tile]; s < step_end; ++s) {
+    const __mmask16 m = masks[s];
+    // 16 entries read from e on (the arrays end in 16 elements of slack), the first popcount(m)
+    // spread into the lanes of m.
+    const __m512 v = _mm512_cvtph_ps(
+        _mm256_maskz_expand_epi16(m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + e))));
+    const __m512i cols =
+        wide ? _mm512_maskz_expand_epi32(m, _mm512_loadu_si512(cols32 + e))
+             : _mm512_cvtepu16_epi32(_mm256_maskz_expand_epi16(
+                   m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cols16 + e))));
+    for (int t = 0; t < NT; ++t) {
+      const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, cols, x_perm + t * n, 4);
+      acc[t] = _mm512_mask3_fmadd_ps(v, x, acc[t], m);
+    }
+    e += static_cast<uint32_t>(__builtin_popcount(m));
+  }
   const int64_t r0 = tile * kTileRows;
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
-  const bool wide = src.wide_column_ids();
-  alignas(64) float lanes[16];
-  for (int i = 0; i < rows; ++i) {
-    const int64_t r = r0 + i;
-    const uint32_t begin = src.outlier_row_offsets[r], end = src.outlier_row_offsets[r + 1];
-    if (begin == end) {
-      // No outliers: the tree sum of 16 zero lanes is +0.
-      for (int t = 0; t < NT; ++t) y[t * y_stride + r] = dense[t * kTileRows + i] + 0.0f;
-      continue;
-    }
-    __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-    for (uint32_t k = begin; k < end; k += 16) {
-      const uint32_t left = end - k;
-      const __mmask16 m = left >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << left) - 1);
-      const __m512i cols =
-          wide
-              ? _mm512_maskz_loadu_epi32(m, src.outlier_cols_u32.data() + k)
-              : _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src.outlier_cols_u16.data() + k));
-      const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src.outlier_values.data() + k));
-      for (int t = 0; t < NT; ++t) {
-        const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, cols, x_perm + t * n, 4);
-        acc[t] = _mm512_mask3_fmadd_ps(v, x, acc[t], m);
-      }
-    }
-    for (int t = 0; t < NT; ++t) {
-      _mm512_store_ps(lanes, acc[t]);
-      y[t * y_stride + r] = dense[t * kTileRows + i] + TreeSum16(lanes);
-    }
-  }
+  const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride + r0, valid, acc[t]);
 }
 
 inline __m512i Broadcast4(const int8_t* p) {
@@ -173,7 +167,13 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   __m512 s = _mm512_setzero_ps(), z = _mm512_setzero_ps();
-  int64_t cur_g = -1;
+  // The statistics walk forward a group at a time (pointers, not per-unit index arithmetic: the
+  // divisions by beta1 and beta2 were a tenth of the loop's time).
+  const uint8_t* stats = l.group_stats(tile, 0);
+  const uint16_t* second = kFp16Stats ? nullptr : l.second_level(tile, 0);
+  const int64_t stat_bytes = l.group_stat_bytes;
+  const int units_per_group = l.beta1 / kUnit;
+  int group_left = 0;  // units left in the current group
   const int8_t* xbase = xq.q.data() + t0 * n;
   const float* dbase = xq.scale.data() + t0 * units;
   const float* sbase = xq.sum.data() + t0 * units;
@@ -189,11 +189,13 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
     UnpackTile<kBits>(codes, ch);
     for (int ui = 0; ui < kUnitsPerTile; ++ui) {
       const int64_t u = ct * kUnitsPerTile + ui;
-      const int64_t g = u * kUnit / l.beta1;
-      if (g != cur_g) {
-        GroupStats16<kFp16Stats>(l, un, tile, g, &s, &z);
-        cur_g = g;
+      if (group_left == 0) {
+        GroupStats16<kFp16Stats>(l, un, stats, second, &s, &z);
+        stats += stat_bytes;
+        if constexpr (!kFp16Stats) second += 4;
+        group_left = units_per_group;
       }
+      --group_left;
       for (int t = 0; t < NT; ++t) {
         const int8_t* xu = xbase + t * n + u * kUnit;
         // Two independent dot-product chains halve the VPDPBUSD latency on the critical path
@@ -213,9 +215,7 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
       }
     }
   }
-  alignas(64) float dense[NT * 16];
-  for (int t = 0; t < NT; ++t) _mm512_store_ps(dense + 16 * t, acc[t]);
-  FinishRowsGather<NT>(l, tile, dense, x_perm + t0 * n, y + t0 * y_stride, y_stride);
+  FinishRowsSteps<NT>(l, tile, acc, x_perm + t0 * n, y + t0 * y_stride, y_stride);
 }
 
 using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,

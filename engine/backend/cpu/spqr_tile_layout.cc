@@ -1,5 +1,6 @@
 #include "engine/backend/cpu/spqr_tile_layout.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -82,7 +83,63 @@ uint32_t GetStreamCode(const uint8_t* in, int index, int bits) {
   return v;
 }
 
+// Moves the layer's CSR outliers into steps per row tile (see the header).
+void BuildOutlierSteps(const PackedSpqrLayer& src, SpqrTileLayout* l) {
+  const int64_t m = src.out_features;
+  l->wide_outlier_cols = src.wide_column_ids();
+  const size_t entries = src.outlier_values.size() + SpqrTileLayout::kOutlierSlack;
+  l->outlier_values.reserve(entries);
+  if (l->wide_outlier_cols) {
+    l->outlier_cols_u32.reserve(entries);
+  } else {
+    l->outlier_cols_u16.reserve(entries);
+  }
+  l->outlier_tile_steps.assign(1, 0);
+  l->outlier_tile_entries.assign(1, 0);
+  for (int64_t rt = 0; rt < l->row_tiles; ++rt) {
+    const int64_t r0 = rt * kTileRows;
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
+    uint32_t steps = 0;
+    for (int i = 0; i < rows; ++i) {
+      steps = std::max(steps,
+                       src.outlier_row_offsets[r0 + i + 1] - src.outlier_row_offsets[r0 + i]);
+    }
+    for (uint32_t k = 0; k < steps; ++k) {
+      uint16_t mask = 0;
+      for (int i = 0; i < rows; ++i) {
+        const uint32_t e = src.outlier_row_offsets[r0 + i] + k;
+        if (e >= src.outlier_row_offsets[r0 + i + 1]) continue;
+        mask = static_cast<uint16_t>(mask | (1u << i));
+        l->outlier_values.push_back(src.outlier_values[e]);
+        if (l->wide_outlier_cols) {
+          l->outlier_cols_u32.push_back(src.outlier_cols_u32[e]);
+        } else {
+          l->outlier_cols_u16.push_back(src.outlier_cols_u16[e]);
+        }
+      }
+      l->outlier_step_masks.push_back(mask);
+    }
+    l->outlier_tile_steps.push_back(static_cast<uint32_t>(l->outlier_step_masks.size()));
+    l->outlier_tile_entries.push_back(static_cast<uint32_t>(l->outlier_values.size()));
+  }
+  l->outlier_values.resize(l->outlier_values.size() + SpqrTileLayout::kOutlierSlack, 0);
+  if (l->wide_outlier_cols) {
+    l->outlier_cols_u32.resize(l->outlier_cols_u32.size() + SpqrTileLayout::kOutlierSlack, 0);
+  } else {
+    l->outlier_cols_u16.resize(l->outlier_cols_u16.size() + SpqrTileLayout::kOutlierSlack, 0);
+  }
+}
+
 }  // namespace
+
+int64_t SpqrTileLayout::bytes() const {
+  const auto size = [](const auto& v) {
+    return static_cast<int64_t>(v.size() * sizeof(v[0]));
+  };
+  return static_cast<int64_t>(codes.size() + stats.size()) + size(outlier_tile_steps) +
+         size(outlier_tile_entries) + size(outlier_step_masks) + size(outlier_values) +
+         size(outlier_cols_u16) + size(outlier_cols_u32);
+}
 
 absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
     std::shared_ptr<const PackedSpqrLayer> layer) {
@@ -139,6 +196,7 @@ absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
       }
     }
   }
+  BuildOutlierSteps(src, l.get());
   auto slim = std::make_shared<PackedSpqrLayer>();
   slim->out_features = src.out_features;
   slim->in_features = src.in_features;
@@ -148,10 +206,6 @@ absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
   slim->stats_bits = src.stats_bits;
   slim->decode_arithmetic = src.decode_arithmetic;
   slim->second_level = src.second_level;
-  slim->outlier_row_offsets = src.outlier_row_offsets;
-  slim->outlier_cols_u16 = src.outlier_cols_u16;
-  slim->outlier_cols_u32 = src.outlier_cols_u32;
-  slim->outlier_values = src.outlier_values;
   slim->perm = src.perm;
   l->source = std::move(slim);
   return l;
@@ -199,6 +253,23 @@ void DecodeTileLayoutRow(const SpqrTileLayout& l, int64_t r, float* out) {
                                  : DequantWeight(q, st.scale, st.zero);
     }
   }
+}
+
+std::vector<TileLayoutOutlier> TileLayoutRowOutliers(const SpqrTileLayout& l, int64_t r) {
+  const int64_t tile = r / kTileRows;
+  const int row = static_cast<int>(r % kTileRows);
+  std::vector<TileLayoutOutlier> out;
+  uint32_t e = l.outlier_tile_entries[tile];
+  for (uint32_t s = l.outlier_tile_steps[tile]; s < l.outlier_tile_steps[tile + 1]; ++s) {
+    const uint32_t mask = l.outlier_step_masks[s];
+    if ((mask >> row) & 1u) {
+      // The row's entry follows those of the lower rows in this step.
+      const uint32_t at = e + static_cast<uint32_t>(__builtin_popcount(mask & ((1u << row) - 1)));
+      out.push_back({l.outlier_col(at), l.outlier_values[at]});
+    }
+    e += static_cast<uint32_t>(__builtin_popcount(mask));
+  }
+  return out;
 }
 
 }  // namespace spqr::cpu

@@ -16,12 +16,18 @@
 // little-endian bit stream of 16 x stats_bits bits (row i at bits [i*b, (i+1)*b)), then the zero
 // codes likewise (4 * stats_bits bytes in all); with fp16 statistics 16 fp16 scales then 16 fp16
 // zeros (64 bytes). Second-level values are the format's array, unchanged (a row tile lies in one
-// second-level block because beta2 is a multiple of 16). Outliers (CSR by row) and the permutation
-// are read from the source layer.
+// second-level block because beta2 is a multiple of 16). The permutation is read from the source
+// layer.
+// Outliers move from the format's CSR rows into "steps" per row tile, so that one 16-lane vector
+// operation (row i in lane i, like the dense accumulators) serves up to 16 of them: step k of a
+// tile holds the k-th outlier (CSR order) of each of its rows that has more than k, in row order,
+// and a 16-bit mask per step says which rows those are. A tile has as many steps as its busiest
+// row has outliers; the entries themselves are the format's (fp16 residual, permuted column), each
+// stored once, so the steps cost 2 bytes per step and 8 per tile where CSR cost 4 per row.
 //
 // So the layout holds the format's own bits plus the padding of the last row tile; decoding it
-// (DecodeTileLayoutRow) gives exactly the format's DecodePermutedRow without outliers, which the
-// tests check bit for bit.
+// (DecodeTileLayoutRow, TileLayoutRowOutliers) gives exactly the format's DecodePermutedRow and
+// outliers, which the tests check bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -77,6 +83,18 @@ struct SpqrTileLayout {
   int64_t group_stat_bytes = 0;  // 4 * stats_bits, or 64 for fp16 statistics
   AlignedBytes codes;            // [row_tiles][col_tiles][tile_code_bytes]
   AlignedBytes stats;            // [row_tiles][groups][group_stat_bytes] + 64 bytes of slack
+  // Outlier steps (see above). Steps of row tile R: [outlier_tile_steps[R],
+  // outlier_tile_steps[R + 1]); its entries start at outlier_tile_entries[R], in step order and
+  // within a step in row order. The entry arrays end in kOutlierSlack zero elements, so a kernel
+  // may read 16 entries from any entry on.
+  static constexpr int kOutlierSlack = 16;
+  bool wide_outlier_cols = false;               // columns as uint32 (in_features > 65535)
+  std::vector<uint32_t> outlier_tile_steps;     // [row_tiles + 1]
+  std::vector<uint32_t> outlier_tile_entries;   // [row_tiles + 1]
+  std::vector<uint16_t> outlier_step_masks;     // [steps]
+  std::vector<uint16_t> outlier_values;         // [entries + slack] fp16 residuals
+  std::vector<uint16_t> outlier_cols_u16;       // [entries + slack] unless wide_outlier_cols
+  std::vector<uint32_t> outlier_cols_u32;       // [entries + slack] if wide_outlier_cols
 
   int64_t units() const { return in_features / unit_cols; }
   const uint8_t* tile_codes(int64_t r_tile, int64_t c_tile) const {
@@ -89,8 +107,12 @@ struct SpqrTileLayout {
   const uint16_t* second_level(int64_t r_tile, int64_t g) const {
     return source->second_level.data() + ((r_tile * kTileRows / beta2) * groups + g) * 4;
   }
-  // Resident bytes of the layout's own arrays (the source's outliers and permutation excluded).
-  int64_t bytes() const { return static_cast<int64_t>(codes.size() + stats.size()); }
+  uint32_t outlier_col(int64_t e) const {
+    return wide_outlier_cols ? outlier_cols_u32[e] : outlier_cols_u16[e];
+  }
+  // Resident bytes of the layout's own arrays (the source's permutation and second-level values
+  // excluded).
+  int64_t bytes() const;
 };
 
 // Whether `layer` can use the tile layout: n a multiple of 16, wbits 2..4, beta1 == 8 or a
@@ -99,8 +121,8 @@ struct SpqrTileLayout {
 absl::Status TileLayoutSupports(const PackedSpqrLayer& layer);
 
 // Builds the layout (the layer must have passed ValidateSpqrLayer). The layout's `source` is a
-// copy of the layer without the arrays the layout now holds (weight and statistic codes), so the
-// caller can drop the original and keep the layer's bits once in memory.
+// copy of the layer without the arrays the layout now holds (weight and statistic codes,
+// outliers), so the caller can drop the original and keep the layer's bits once in memory.
 absl::StatusOr<std::unique_ptr<SpqrTileLayout>> BuildSpqrTileLayout(
     std::shared_ptr<const PackedSpqrLayer> layer);
 
@@ -113,5 +135,12 @@ GroupStats TileLayoutStats(const SpqrTileLayout& l, int64_t r, int64_t g);
 // format's arithmetic, the layer's decode variant included (equals DecodePermutedRow of a layer
 // without outliers, bit for bit).
 void DecodeTileLayoutRow(const SpqrTileLayout& l, int64_t r, float* out);
+
+// The outliers of row r read back from the steps, in the format's CSR order.
+struct TileLayoutOutlier {
+  uint32_t col;    // permuted column
+  uint16_t value;  // fp16 residual
+};
+std::vector<TileLayoutOutlier> TileLayoutRowOutliers(const SpqrTileLayout& l, int64_t r);
 
 }  // namespace spqr::cpu

@@ -10,15 +10,14 @@
 // then the row's outlier residuals times the UNquantized inputs join the same chain, in CSR
 // order: acc = fma(value, x, acc) per outlier, and y = acc. (The layout's outlier steps hold the
 // k-th outlier of every row of a tile in one vector, so a step is one 16-lane gather and one
-// masked FMA into the rows' accumulators.) Scale and zero are decoded exactly as the format does, the "fp16 arithmetic"
-// variant included. On such a layer the per-weight fp16 rounding (w = h(h(s * h(q - z)) + v)) is
-// not modelled: the kernel applies the fp16-rounded s and z to the codes in fp32 and adds the
-// residual unrounded (at most three fp16 roundings, 2^-11 relative each, per weight; measured in
-// spqr_tile_kernel_test next to the int8 activation error, which is larger).
-// Every implementation below computes this same sequence, so all give the same bits, and a
-// token's result depends neither on the other tokens of the call nor on the thread count.
-// What quantizing the activations costs in perplexity is measured against the exact kernel
-// (docs/cpu-performance.md).
+// masked FMA into the rows' accumulators.) Scale and zero are decoded exactly as the format does,
+// the "fp16 arithmetic" variant included. On such a layer the per-weight fp16 rounding (w = h(h(s *
+// h(q - z)) + v)) is not modelled: the kernel applies the fp16-rounded s and z to the codes in fp32
+// and adds the residual unrounded (at most three fp16 roundings, 2^-11 relative each, per weight;
+// measured in spqr_tile_kernel_test next to the int8 activation error, which is larger). Every
+// implementation below computes this same sequence, so all give the same bits, and a token's result
+// depends neither on the other tokens of the call nor on the thread count. What quantizing the
+// activations costs in perplexity is measured against the exact kernel (docs/cpu-performance.md).
 #pragma once
 
 #include <cstdint>

@@ -133,8 +133,8 @@ void FinishRowsSteps(const SpqrTileLayout& l, int64_t tile, __m512* acc, const f
     const __mmask16 m = masks[s];
     // 16 entries read from e on (the arrays end in 16 elements of slack), the first popcount(m)
     // spread into the lanes of m.
-    const __m512 v = _mm512_cvtph_ps(
-        _mm256_maskz_expand_epi16(m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + e))));
+    const __m512 v = _mm512_cvtph_ps(_mm256_maskz_expand_epi16(
+        m, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + e))));
     const __m512i cols =
         wide ? _mm512_maskz_expand_epi32(m, _mm512_loadu_si512(cols32 + e))
              : _mm512_cvtepu16_epi32(_mm256_maskz_expand_epi16(

@@ -101,8 +101,8 @@ void BuildOutlierSteps(const PackedSpqrLayer& src, SpqrTileLayout* l) {
     const int rows = static_cast<int>(std::min<int64_t>(kTileRows, m - r0));
     uint32_t steps = 0;
     for (int i = 0; i < rows; ++i) {
-      steps = std::max(steps,
-                       src.outlier_row_offsets[r0 + i + 1] - src.outlier_row_offsets[r0 + i]);
+      steps =
+          std::max(steps, src.outlier_row_offsets[r0 + i + 1] - src.outlier_row_offsets[r0 + i]);
     }
     for (uint32_t k = 0; k < steps; ++k) {
       uint16_t mask = 0;
@@ -133,9 +133,7 @@ void BuildOutlierSteps(const PackedSpqrLayer& src, SpqrTileLayout* l) {
 }  // namespace
 
 int64_t SpqrTileLayout::bytes() const {
-  const auto size = [](const auto& v) {
-    return static_cast<int64_t>(v.size() * sizeof(v[0]));
-  };
+  const auto size = [](const auto& v) { return static_cast<int64_t>(v.size() * sizeof(v[0])); };
   return static_cast<int64_t>(codes.size() + stats.size()) + size(outlier_tile_steps) +
          size(outlier_tile_entries) + size(outlier_step_masks) + size(outlier_values) +
          size(outlier_cols_u16) + size(outlier_cols_u32);

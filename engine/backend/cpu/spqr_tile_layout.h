@@ -88,13 +88,13 @@ struct SpqrTileLayout {
   // within a step in row order. The entry arrays end in kOutlierSlack zero elements, so a kernel
   // may read 16 entries from any entry on.
   static constexpr int kOutlierSlack = 16;
-  bool wide_outlier_cols = false;               // columns as uint32 (in_features > 65535)
-  std::vector<uint32_t> outlier_tile_steps;     // [row_tiles + 1]
-  std::vector<uint32_t> outlier_tile_entries;   // [row_tiles + 1]
-  std::vector<uint16_t> outlier_step_masks;     // [steps]
-  std::vector<uint16_t> outlier_values;         // [entries + slack] fp16 residuals
-  std::vector<uint16_t> outlier_cols_u16;       // [entries + slack] unless wide_outlier_cols
-  std::vector<uint32_t> outlier_cols_u32;       // [entries + slack] if wide_outlier_cols
+  bool wide_outlier_cols = false;              // columns as uint32 (in_features > 65535)
+  std::vector<uint32_t> outlier_tile_steps;    // [row_tiles + 1]
+  std::vector<uint32_t> outlier_tile_entries;  // [row_tiles + 1]
+  std::vector<uint16_t> outlier_step_masks;    // [steps]
+  std::vector<uint16_t> outlier_values;        // [entries + slack] fp16 residuals
+  std::vector<uint16_t> outlier_cols_u16;      // [entries + slack] unless wide_outlier_cols
+  std::vector<uint32_t> outlier_cols_u32;      // [entries + slack] if wide_outlier_cols
 
   int64_t units() const { return in_features / unit_cols; }
   const uint8_t* tile_codes(int64_t r_tile, int64_t c_tile) const {

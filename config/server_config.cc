@@ -151,7 +151,7 @@ std::vector<ConfigKey> MakeKeys() {
        {},
        {"threads"}},
       {SPQR_CONFIG_KEY(model.spqr_cpu_kernel),
-       "SpQR matmul kernel of the CPU backend (auto = int8 where the CPU has AVX-512 VNNI, "
+       "SpQR matmul kernel of the CPU backend (auto = int8 where the CPU has AVX-512 VNNI/VBMI2, "
        "else exact; docs/cpu-performance.md)",
        0,
        0,

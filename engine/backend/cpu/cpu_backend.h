@@ -24,7 +24,7 @@ namespace spqr {
 //           per 16 columns, integer dot products (AVX-512 VNNI where the CPU has it, else a
 //           scalar implementation with the same bits). Layers the tile layout does not take
 //           (spqr_tile_layout.h) use kExact.
-//   kAuto:  kInt8 when the CPU has AVX-512 VNNI, else kExact.
+//   kAuto:  kInt8 when the CPU has AVX-512 VNNI, VBMI and VBMI2 (TileIsaSupported), else kExact.
 enum class SpqrCpuKernel { kAuto, kExact, kInt8 };
 
 // How dense BF16 layers are multiplied (docs/cpu-performance.md):

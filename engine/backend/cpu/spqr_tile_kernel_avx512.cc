@@ -6,7 +6,9 @@
 // are unpacked once into four 64-byte chunks (a shift and a mask per chunk, plus a mask-register
 // add of the third bit for 3-bit codes) and feed VPDPBUSD for every token of the block; scale and
 // zero of the 16 rows are decoded once per group (VPERMB + VPSRLVD for the packed codes). Each
-// weight is read from memory once per call.
+// weight is read from memory once per call. The row tile's outliers follow, a step at a time
+// (VPEXPANDW of the step's entries into their rows' lanes, one gather, one masked FMA per token).
+// Instruction sets: AVX-512 F/BW/VL/DQ, VNNI, VBMI (VPERMB), VBMI2 (VPEXPANDW), F16C.
 #include <immintrin.h>
 
 #include <algorithm>

@@ -45,6 +45,18 @@ void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int uni
       out->sum[t * units + u] = sum;
     }
   }
+  constexpr int kBlock = Int8Activations::kTokenBlock;
+  if (tokens > 1) {
+    const int64_t blocks = (tokens + kBlock - 1) / kBlock;
+    out->x_blocks.assign(static_cast<size_t>(blocks * n * kBlock), 0.0f);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* dst = out->x_blocks.data() + (t / kBlock) * n * kBlock + t % kBlock;
+      const float* src = x_perm + t * n;
+      for (int64_t j = 0; j < n; ++j) dst[j * kBlock] = src[j];
+    }
+  } else {
+    out->x_blocks.clear();
+  }
 }
 
 const char* TileIsaName(TileIsa isa) {

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "engine/backend/cpu/spqr_tile_kernel.h"
+#include "engine/util/half.h"
 
 #pragma GCC push_options
 #pragma GCC target( \
@@ -24,7 +25,10 @@
 namespace spqr::cpu::internal {
 namespace {
 
-constexpr int kMaxTokens = 8;
+constexpr int kMaxTokens = 8;  // = Int8Activations::kTokenBlock, so blocks line up
+// Token blocks of at least this many tokens take the outliers with tokens in the lanes
+// (FinishRowsTokenVectors) instead of rows (FinishRowsSteps).
+constexpr int kMinTokenVectors = 4;
 // How far ahead of the current tile the codes are prefetched.
 constexpr int kPrefetchBytes = 2048;
 
@@ -153,6 +157,41 @@ void FinishRowsSteps(const SpqrTileLayout& l, int64_t tile, __m512* acc, const f
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride + r0, valid, acc[t]);
 }
 
+// FinishRows for a block of 4..8 tokens with the tokens in the vector lanes instead of the rows:
+// the 16 rows' accumulators are transposed to one 8-token vector per row, and each outlier costs
+// one broadcast and one FMA with its column's inputs for all tokens (x_blocks), where the steps'
+// gathers cost a gathered element per token. Each (row, token) chain sees the same FMAs in the same
+// order (the row's outliers in CSR order), so the bits are FinishRowsSteps'.
+template <int NT>
+void FinishRowsTokenVectors(const SpqrTileLayout& l, int64_t tile, const __m512* acc,
+                            const float* x_block, float* y, int64_t y_stride) {
+  constexpr int kBlock = Int8Activations::kTokenBlock;
+  static_assert(NT <= kBlock);
+  alignas(64) float by_token[kBlock][kTileRows];
+  for (int t = 0; t < NT; ++t) _mm512_store_ps(by_token[t], acc[t]);
+  alignas(32) float by_row[kTileRows][kBlock] = {};
+  for (int i = 0; i < kTileRows; ++i) {
+    for (int t = 0; t < NT; ++t) by_row[i][t] = by_token[t][i];
+  }
+  const uint16_t* masks = l.outlier_step_masks.data();
+  const uint16_t* values = l.outlier_values.data();
+  uint32_t e = l.outlier_tile_entries[tile];
+  const uint32_t step_end = l.outlier_tile_steps[tile + 1];
+  for (uint32_t s = l.outlier_tile_steps[tile]; s < step_end; ++s) {
+    for (uint32_t m = masks[s]; m != 0; m &= m - 1, ++e) {
+      float* row = by_row[__builtin_ctz(m)];
+      const __m256 v = _mm256_set1_ps(F16ToF32(values[e]));
+      const __m256 x = _mm256_loadu_ps(x_block + static_cast<int64_t>(l.outlier_col(e)) * kBlock);
+      _mm256_store_ps(row, _mm256_fmadd_ps(v, x, _mm256_load_ps(row)));
+    }
+  }
+  const int64_t r0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
+  for (int t = 0; t < NT; ++t) {
+    for (int i = 0; i < rows; ++i) y[t * y_stride + r0 + i] = by_row[i][t];
+  }
+}
+
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
@@ -217,7 +256,14 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
       }
     }
   }
-  FinishRowsSteps<NT>(l, tile, acc, x_perm + t0 * n, y + t0 * y_stride, y_stride);
+  if constexpr (NT >= kMinTokenVectors) {
+    FinishRowsTokenVectors<NT>(
+        l, tile, acc,
+        xq.x_blocks.data() + t0 / Int8Activations::kTokenBlock * n * Int8Activations::kTokenBlock,
+        y + t0 * y_stride, y_stride);
+  } else {
+    FinishRowsSteps<NT>(l, tile, acc, x_perm + t0 * n, y + t0 * y_stride, y_stride);
+  }
 }
 
 using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,

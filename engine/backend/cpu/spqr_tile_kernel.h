@@ -10,7 +10,8 @@
 // then the row's outlier residuals times the UNquantized inputs join the same chain, in CSR
 // order: acc = fma(value, x, acc) per outlier, and y = acc. (The layout's outlier steps hold the
 // k-th outlier of every row of a tile in one vector, so a step is one 16-lane gather and one
-// masked FMA into the rows' accumulators.) Scale and zero are decoded exactly as the format does,
+// masked FMA into the rows' accumulators; blocks of 4+ tokens do the same FMAs with the tokens in
+// the lanes, one broadcast per outlier.) Scale and zero are decoded exactly as the format does,
 // the "fp16 arithmetic" variant included. On such a layer the per-weight fp16 rounding (w = h(h(s *
 // h(q - z)) + v)) is not modelled: the kernel applies the fp16-rounded s and z to the codes in fp32
 // and adds the residual unrounded (at most three fp16 roundings, 2^-11 relative each, per weight;

@@ -16,7 +16,6 @@
 #include <cstring>
 
 #include "engine/backend/cpu/spqr_tile_kernel.h"
-#include "engine/util/half.h"
 
 #pragma GCC push_options
 #pragma GCC target( \
@@ -180,7 +179,7 @@ void FinishRowsTokenVectors(const SpqrTileLayout& l, int64_t tile, const __m512*
   for (uint32_t s = l.outlier_tile_steps[tile]; s < step_end; ++s) {
     for (uint32_t m = masks[s]; m != 0; m &= m - 1, ++e) {
       float* row = by_row[__builtin_ctz(m)];
-      const __m256 v = _mm256_set1_ps(F16ToF32(values[e]));
+      const __m256 v = _mm256_set1_ps(_cvtsh_ss(values[e]));  // F16C: in this target region
       const __m256 x = _mm256_loadu_ps(x_block + static_cast<int64_t>(l.outlier_col(e)) * kBlock);
       _mm256_store_ps(row, _mm256_fmadd_ps(v, x, _mm256_load_ps(row)));
     }

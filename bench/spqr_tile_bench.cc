@@ -5,7 +5,8 @@
 //   spqr-bench-spqr-tile [--in 2048] [--wbits 3] [--outliers 0.017] [--threads 1] [--rounds 7]
 //
 // Prints one JSON line per case: best ns per 16x16 tile and the bytes per second the layer's
-// resident bytes (codes, statistics, outliers) were read at. Statistics are 3-bit with beta1 =
+// resident bytes (codes, statistics, outliers) were read at. The layer comes from the tests'
+// RandomSpqrLayer (tests/gpu/spqr_random_layer.h). Statistics are 3-bit with beta1 =
 // beta2 = 16 (the configuration the peer benchmark quantizes), the permutation random.
 #include <algorithm>
 #include <chrono>
@@ -18,9 +19,8 @@
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 #include "engine/backend/cpu/spqr_tile_layout.h"
 #include "engine/backend/cpu/worker_pool.h"
-#include "engine/format/bit_packing.h"
 #include "engine/format/spqr_layer.h"
-#include "engine/util/half.h"
+#include "tests/gpu/spqr_random_layer.h"
 
 namespace spqr {
 namespace {
@@ -56,46 +56,6 @@ bool ParseArgs(int argc, char** argv, Args* a) {
   return true;
 }
 
-std::shared_ptr<const PackedSpqrLayer> RandomLayer(int64_t m, const Args& a, double outliers,
-                                                   uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  auto l = std::make_shared<PackedSpqrLayer>();
-  const int64_t n = a.in;
-  l->out_features = m;
-  l->in_features = n;
-  l->wbits = a.wbits;
-  l->beta1 = 16;
-  l->beta2 = 16;
-  l->stats_bits = 3;
-  std::vector<uint8_t> codes(static_cast<size_t>(m * n));
-  for (auto& q : codes) q = static_cast<uint8_t>(rng() % (1u << a.wbits));
-  l->weight_codes = PackBitRows(codes.data(), m, n, a.wbits);
-  const int64_t groups = n / 16;
-  std::vector<uint8_t> stat(static_cast<size_t>(m * groups));
-  for (auto& q : stat) q = static_cast<uint8_t>(rng() % 8);
-  l->scale_codes = PackBitRows(stat.data(), m, groups, 3);
-  for (auto& q : stat) q = static_cast<uint8_t>(rng() % 8);
-  l->zero_codes = PackBitRows(stat.data(), m, groups, 3);
-  for (int64_t i = 0; i < (m / 16) * groups; ++i) {
-    for (float v : {0.002f, -0.5f, 1.0f, -1.0f}) l->second_level.push_back(F32ToF16(v));
-  }
-  l->outlier_row_offsets.push_back(0);
-  for (int64_t r = 0; r < m; ++r) {
-    for (int64_t j = 0; j < n; ++j) {
-      if (unit(rng) < outliers) {
-        l->outlier_cols_u16.push_back(static_cast<uint16_t>(j));
-        l->outlier_values.push_back(F32ToF16(unit(rng) - 0.5f));
-      }
-    }
-    l->outlier_row_offsets.push_back(static_cast<uint32_t>(l->outlier_values.size()));
-  }
-  l->perm.resize(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) l->perm[j] = static_cast<uint32_t>(j);
-  std::shuffle(l->perm.begin(), l->perm.end(), rng);
-  return l;
-}
-
 int Run(const Args& a) {
   const cpu::TileIsa isa = cpu::BestTileIsa();
   std::printf("# isa %s, in %lld, wbits %d, threads %d\n", cpu::TileIsaName(isa),
@@ -105,7 +65,9 @@ int Run(const Args& a) {
   for (const int64_t target : {int64_t{256} << 10, int64_t{200} << 20}) {
     const int64_t m = std::max<int64_t>(16, target / code_bytes_per_row / 16 * 16);
     for (const double share : {0.0, a.outliers}) {
-      auto layout = cpu::BuildSpqrTileLayout(RandomLayer(m, a, share, 1));
+      std::mt19937 layer_rng(1);
+      auto layout = cpu::BuildSpqrTileLayout(std::make_shared<const PackedSpqrLayer>(
+          testing::RandomSpqrLayer({m, a.in, a.wbits, 16, 16, 3, share}, layer_rng)));
       if (!layout.ok()) {
         std::fprintf(stderr, "%s\n", std::string(layout.status().message()).c_str());
         return 1;

@@ -46,7 +46,7 @@ void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int uni
     }
   }
   constexpr int kBlock = Int8Activations::kTokenBlock;
-  if (tokens > 1) {
+  if (tokens >= Int8Activations::kMinVectorTokens) {
     const int64_t blocks = (tokens + kBlock - 1) / kBlock;
     out->x_blocks.assign(static_cast<size_t>(blocks * n * kBlock), 0.0f);
     for (int64_t t = 0; t < tokens; ++t) {

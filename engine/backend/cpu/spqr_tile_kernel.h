@@ -34,9 +34,11 @@ struct Int8Activations {
   std::vector<float> scale;  // [tokens][units]  d
   std::vector<float> sum;    // [tokens][units]  S = d * sum(q)
   // The same unquantized inputs by blocks of kTokenBlock tokens, column-major inside a block:
-  // [tokens / kTokenBlock rounded up][n][kTokenBlock], zero-padded; only for tokens > 1 (the
-  // kernel's outlier pass reads one column's inputs for all tokens of a block in one load).
+  // [tokens / kTokenBlock rounded up][n][kTokenBlock], zero-padded; only for calls of at least
+  // kMinVectorTokens tokens (the kernel's outlier pass for a block of that many tokens reads one
+  // column's inputs for all of them in one load; smaller blocks gather from x_perm).
   static constexpr int kTokenBlock = 8;
+  static constexpr int kMinVectorTokens = 4;
   std::vector<float> x_blocks;
   int64_t tokens = 0;
   int64_t n = 0;
@@ -45,7 +47,7 @@ struct Int8Activations {
 };
 
 // Quantizes x_perm ([tokens][n] fp32) per token and per `unit_cols` columns (n a multiple of it),
-// and for more than one token also fills x_blocks.
+// and from kMinVectorTokens tokens on also fills x_blocks.
 void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
                          Int8Activations* out);
 

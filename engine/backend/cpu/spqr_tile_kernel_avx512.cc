@@ -25,9 +25,6 @@ namespace spqr::cpu::internal {
 namespace {
 
 constexpr int kMaxTokens = 8;  // = Int8Activations::kTokenBlock, so blocks line up
-// Token blocks of at least this many tokens take the outliers with tokens in the lanes
-// (FinishRowsTokenVectors) instead of rows (FinishRowsSteps).
-constexpr int kMinTokenVectors = 4;
 // How far ahead of the current tile the codes are prefetched.
 constexpr int kPrefetchBytes = 2048;
 
@@ -255,7 +252,7 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
       }
     }
   }
-  if constexpr (NT >= kMinTokenVectors) {
+  if constexpr (NT >= Int8Activations::kMinVectorTokens) {  // x_blocks is filled
     FinishRowsTokenVectors<NT>(
         l, tile, acc,
         xq.x_blocks.data() + t0 / Int8Activations::kTokenBlock * n * Int8Activations::kTokenBlock,

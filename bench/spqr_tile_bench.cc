@@ -1,13 +1,15 @@
 // The int8 SpQR tile kernel (engine/backend/cpu/spqr_tile_kernel.h) alone, on a random packed
 // layer, to tell its compute from its memory traffic: the same kernel on a matrix that stays in
-// L2 and on one that streams from DRAM, with and without outliers, at one token (decode).
+// L2 and on one that streams from DRAM, with and without outliers, at one token (decode) or
+// more (batched decode, prefill).
 //
 //   spqr-bench-spqr-tile [--in 2048] [--wbits 3] [--outliers 0.017] [--threads 1] [--rounds 7]
+//                        [--tokens 1]
 //
-// Prints one JSON line per case: best ns per 16x16 tile and the bytes per second the layer's
-// resident bytes (codes, statistics, outliers) were read at. The layer comes from the tests'
-// RandomSpqrLayer (tests/gpu/spqr_random_layer.h). Statistics are 3-bit with beta1 =
-// beta2 = 16 (the configuration the peer benchmark quantizes), the permutation random.
+// Prints one JSON line per case: best ns per 16x16 tile (per token) and the bytes per second the
+// layer's resident bytes (codes, statistics, outliers) were read at. The layer comes from the
+// tests' RandomSpqrLayer (tests/gpu/spqr_random_layer.h). Statistics are 3-bit with beta1 = beta2 =
+// 16 (the configuration the peer benchmark quantizes), the permutation random.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,6 +33,7 @@ struct Args {
   double outliers = 0.017;  // the synthetic peer model's share at tau 0.2
   int threads = 1;
   int rounds = 7;
+  int tokens = 1;
 };
 
 bool ParseArgs(int argc, char** argv, Args* a) {
@@ -46,6 +49,8 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       ok = absl::SimpleAtod(v, &a->outliers) && a->outliers >= 0 && a->outliers < 1;
     } else if (k == "--threads") {
       ok = absl::SimpleAtoi(v, &a->threads) && a->threads > 0 && a->threads <= 64;
+    } else if (k == "--tokens") {
+      ok = absl::SimpleAtoi(v, &a->tokens) && a->tokens > 0 && a->tokens <= 512;
     } else if (k == "--rounds") {
       ok = absl::SimpleAtoi(v, &a->rounds) && a->rounds > 0;
     } else {
@@ -74,13 +79,13 @@ int Run(const Args& a) {
       }
       std::mt19937 rng(2);
       std::normal_distribution<float> normal(0.0f, 1.0f);
-      std::vector<float> x(static_cast<size_t>(a.in));
+      std::vector<float> x(static_cast<size_t>(a.in * a.tokens));
       for (float& v : x) v = normal(rng);
       cpu::Int8Activations xq;
-      cpu::QuantizeActivations(x.data(), 1, a.in, (*layout)->unit_cols, &xq);
-      std::vector<float> y(static_cast<size_t>(m));
+      cpu::QuantizeActivations(x.data(), a.tokens, a.in, (*layout)->unit_cols, &xq);
+      std::vector<float> y(static_cast<size_t>(m * a.tokens));
       // Enough calls per round for ~50 ms of work.
-      const int calls = target < (int64_t{1} << 20) ? 400 : 4;
+      const int calls = std::max(1, (target < (int64_t{1} << 20) ? 400 : 4) / a.tokens);
       double best = 1e30;
       for (int round = 0; round < a.rounds; ++round) {
         const auto start = std::chrono::steady_clock::now();
@@ -96,10 +101,11 @@ int Run(const Args& a) {
       const double tiles = static_cast<double>((*layout)->row_tiles * (*layout)->col_tiles);
       std::printf(
           "{\"rows\": %lld, \"in\": %lld, \"wbits\": %d, \"outliers\": %.4f, \"threads\": %d, "
+          "\"tokens\": %d, "
           "\"layout_mb\": %.1f, \"best_ms\": %.3f, \"ns_per_tile\": %.2f, \"gb_per_s\": %.1f}\n",
           static_cast<long long>(m), static_cast<long long>(a.in), a.wbits, share, a.threads,
-          static_cast<double>((*layout)->bytes()) / 1e6, best * 1e3, best * 1e9 / tiles,
-          static_cast<double>((*layout)->bytes()) / best / 1e9);
+          a.tokens, static_cast<double>((*layout)->bytes()) / 1e6, best * 1e3,
+          best * 1e9 / tiles / a.tokens, static_cast<double>((*layout)->bytes()) / best / 1e9);
       if (a.outliers == 0.0) break;
     }
   }
@@ -114,7 +120,7 @@ int main(int argc, char** argv) {
   if (!spqr::ParseArgs(argc, argv, &a)) {
     std::fprintf(stderr,
                  "usage: spqr-bench-spqr-tile [--in 2048] [--wbits 3] [--outliers 0.017] "
-                 "[--threads 1] [--rounds 7]\n");
+                 "[--threads 1] [--rounds 7] [--tokens 1]\n");
     return 2;
   }
   return spqr::Run(a);

@@ -6,9 +6,11 @@
 // are unpacked once into four 64-byte chunks (a shift and a mask per chunk, plus a mask-register
 // add of the third bit for 3-bit codes) and feed VPDPBUSD for every token of the block; scale and
 // zero of the 16 rows are decoded once per group (VPERMB + VPSRLVD for the packed codes). Each
-// weight is read from memory once per call. The row tile's outliers follow, a step at a time
-// (VPEXPANDW of the step's entries into their rows' lanes, one gather, one masked FMA per token).
-// Instruction sets: AVX-512 F/BW/VL/DQ, VNNI, VBMI (VPERMB), VBMI2 (VPEXPANDW), F16C.
+// weight is read from memory and decoded once per call: a call of more than 8 tokens keeps the row
+// tile's decoded chunks and statistics in a per-thread scratch for its later token blocks. The row
+// tile's outliers follow, a step at a time (VPEXPANDW of the step's entries into their rows' lanes,
+// one gather, one masked FMA per token). Instruction sets: AVX-512 F/BW/VL/DQ, VNNI, VBMI (VPERMB),
+// VBMI2 (VPEXPANDW), F16C.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -194,10 +196,23 @@ inline __m512i Broadcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
+// How a TileTokens call gets the row tile's unpacked codes and group statistics: decoded from the
+// layout (kDecode), decoded and also kept in the thread's scratch (kDecodeKeep: the first token
+// block of a call with more), or read back from that scratch (kReuse: the call's later blocks, so
+// a prefill decodes each weight once per call instead of once per 8 tokens).
+enum class Pass { kDecode, kDecodeKeep, kReuse };
+
+// One row tile's decoded codes ([col_tiles][4] chunks) and statistics ([groups][s, z]).
+struct TileScratch {
+  __m512i* codes = nullptr;
+  __m512* stats = nullptr;
+};
+
 // One row tile, tokens [t0, t0 + NT). kUnit: columns per activation unit (16, or 8 for beta1 8).
-template <int kBits, int kUnit, bool kFp16Stats, int NT>
+template <int kBits, int kUnit, bool kFp16Stats, Pass kPass, int NT>
 void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Activations& xq,
-                const float* x_perm, int64_t tile, int64_t t0, float* y, int64_t y_stride) {
+                const float* x_perm, int64_t tile, int64_t t0, float* y, int64_t y_stride,
+                const TileScratch& scratch) {
   constexpr int kUnitsPerTile = 16 / kUnit;
   constexpr int kChunksPerUnit = kUnit / 4;
   const int64_t n = l.in_features, units = l.units();
@@ -211,25 +226,45 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
   const int64_t stat_bytes = l.group_stat_bytes;
   const int units_per_group = l.beta1 / kUnit;
   int group_left = 0;  // units left in the current group
+  __m512i* kept_codes = scratch.codes;
+  __m512* kept_stats = scratch.stats;
   const int8_t* xbase = xq.q.data() + t0 * n;
   const float* dbase = xq.scale.data() + t0 * units;
   const float* sbase = xq.sum.data() + t0 * units;
   for (int64_t ct = 0; ct < l.col_tiles; ++ct) {
     __m512i ch[4];
-    const uint8_t* codes = l.tile_codes(tile, ct);
-    // The weights stream from memory once per call (decode reads each byte once), faster than
-    // the hardware prefetcher ramps up over a 16-row tile: fetch a few tiles ahead.
-    _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes), _MM_HINT_T0);
-    if constexpr (kBits > 2) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes + 64), _MM_HINT_T0);
+    if constexpr (kPass == Pass::kReuse) {
+      for (int c = 0; c < 4; ++c) ch[c] = _mm512_load_si512(kept_codes + c);
+    } else {
+      const uint8_t* codes = l.tile_codes(tile, ct);
+      // The weights stream from memory once per call (decode reads each byte once), faster than
+      // the hardware prefetcher ramps up over a 16-row tile: fetch a few tiles ahead.
+      _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes), _MM_HINT_T0);
+      if constexpr (kBits > 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetchBytes + 64), _MM_HINT_T0);
+      }
+      UnpackTile<kBits>(codes, ch);
+      if constexpr (kPass == Pass::kDecodeKeep) {
+        for (int c = 0; c < 4; ++c) _mm512_store_si512(kept_codes + c, ch[c]);
+      }
     }
-    UnpackTile<kBits>(codes, ch);
+    kept_codes += 4;
     for (int ui = 0; ui < kUnitsPerTile; ++ui) {
       const int64_t u = ct * kUnitsPerTile + ui;
       if (group_left == 0) {
-        GroupStats16<kFp16Stats>(l, un, stats, second, &s, &z);
-        stats += stat_bytes;
-        if constexpr (!kFp16Stats) second += 4;
+        if constexpr (kPass == Pass::kReuse) {
+          s = _mm512_load_ps(kept_stats);
+          z = _mm512_load_ps(kept_stats + 1);
+        } else {
+          GroupStats16<kFp16Stats>(l, un, stats, second, &s, &z);
+          stats += stat_bytes;
+          if constexpr (!kFp16Stats) second += 4;
+          if constexpr (kPass == Pass::kDecodeKeep) {
+            _mm512_store_ps(kept_stats, s);
+            _mm512_store_ps(kept_stats + 1, z);
+          }
+        }
+        kept_stats += 2;
         group_left = units_per_group;
       }
       --group_left;
@@ -263,22 +298,42 @@ void TileTokens(const SpqrTileLayout& l, const StreamUnpacker& un, const Int8Act
 }
 
 using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8Activations&,
-                        const float*, int64_t, int64_t, float*, int64_t);
+                        const float*, int64_t, int64_t, float*, int64_t, const TileScratch&);
+
+// The implementations for one layer configuration: blocks of 1..8 tokens decoding the weights,
+// the first block of a longer call (always 8 tokens) keeping them, and the later blocks.
+struct TileFns {
+  TileFn decode[kMaxTokens];
+  TileFn decode_keep;
+  TileFn reuse[kMaxTokens];
+};
 
 template <int kBits, int kUnit, bool kFp16Stats>
-constexpr TileFn kTileFns[kMaxTokens] = {
-    TileTokens<kBits, kUnit, kFp16Stats, 1>, TileTokens<kBits, kUnit, kFp16Stats, 2>,
-    TileTokens<kBits, kUnit, kFp16Stats, 3>, TileTokens<kBits, kUnit, kFp16Stats, 4>,
-    TileTokens<kBits, kUnit, kFp16Stats, 5>, TileTokens<kBits, kUnit, kFp16Stats, 6>,
-    TileTokens<kBits, kUnit, kFp16Stats, 7>, TileTokens<kBits, kUnit, kFp16Stats, 8>};
+constexpr TileFns kTileFns = {{TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 1>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 2>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 3>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 4>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 5>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 6>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 7>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 8>},
+                              TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecodeKeep, kMaxTokens>,
+                              {TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 1>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 2>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 3>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 4>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 5>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 6>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 7>,
+                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 8>}};
 
 template <int kBits, int kUnit>
-const TileFn* FnsForStats(bool fp16) {
+const TileFns& FnsForStats(bool fp16) {
   return fp16 ? kTileFns<kBits, kUnit, true> : kTileFns<kBits, kUnit, false>;
 }
 
 template <int kBits>
-const TileFn* FnsForUnit(int unit, bool fp16) {
+const TileFns& FnsForUnit(int unit, bool fp16) {
   return unit == 8 ? FnsForStats<kBits, 8>(fp16) : FnsForStats<kBits, 16>(fp16);
 }
 
@@ -288,14 +343,28 @@ void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& l, const Int8Activations& xq
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
                               int64_t y_stride) {
   const bool fp16 = l.stats_bits == kFp16Stats;
-  const TileFn* fns = l.wbits == 4   ? FnsForUnit<4>(l.unit_cols, fp16)
-                      : l.wbits == 3 ? FnsForUnit<3>(l.unit_cols, fp16)
-                                     : FnsForUnit<2>(l.unit_cols, fp16);
+  const TileFns& fns = l.wbits == 4   ? FnsForUnit<4>(l.unit_cols, fp16)
+                       : l.wbits == 3 ? FnsForUnit<3>(l.unit_cols, fp16)
+                                      : FnsForUnit<2>(l.unit_cols, fp16);
   const StreamUnpacker un(fp16 ? 8 : l.stats_bits);
+  if (xq.tokens <= kMaxTokens) {
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      fns.decode[xq.tokens - 1](l, un, xq, x_perm, tile, 0, y, y_stride, TileScratch{});
+    }
+    return;
+  }
+  // One row tile decoded (~48 KB at 2048 columns, ~140 KB at 5632: the thread's L2 holds it).
+  thread_local AlignedBytes kept;
+  const size_t code_bytes = static_cast<size_t>(4 * l.col_tiles) * sizeof(__m512i);
+  const size_t need = code_bytes + static_cast<size_t>(2 * l.groups) * sizeof(__m512);
+  if (kept.size() < need) kept = AlignedBytes(need);
+  const TileScratch scratch{reinterpret_cast<__m512i*>(kept.data()),
+                            reinterpret_cast<__m512*>(kept.data() + code_bytes)};
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    for (int64_t t0 = 0; t0 < xq.tokens; t0 += kMaxTokens) {
+    fns.decode_keep(l, un, xq, x_perm, tile, 0, y, y_stride, scratch);
+    for (int64_t t0 = kMaxTokens; t0 < xq.tokens; t0 += kMaxTokens) {
       const int64_t nt = xq.tokens - t0 < kMaxTokens ? xq.tokens - t0 : kMaxTokens;
-      fns[nt - 1](l, un, xq, x_perm, tile, t0, y, y_stride);
+      fns.reuse[nt - 1](l, un, xq, x_perm, tile, t0, y, y_stride, scratch);
     }
   }
 }

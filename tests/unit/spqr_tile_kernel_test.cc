@@ -13,8 +13,11 @@
 //    batch-1 product for every token count.
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -114,7 +117,7 @@ std::vector<float> RandomInputs(int64_t tokens, int64_t n, uint32_t seed) {
 std::vector<float> RunKernel(const SpqrTileLayout& layout, const std::vector<float>& x,
                              int64_t tokens, TileIsa isa) {
   Int8Activations xq;
-  QuantizeActivations(x.data(), tokens, layout.in_features, layout.unit_cols, &xq);
+  QuantizeActivations(x.data(), tokens, layout.in_features, layout.unit_cols, &xq, isa);
   std::vector<float> y(static_cast<size_t>(tokens * layout.out_features), -1.0f);
   SpqrTileMatmulInt8(layout, xq, x.data(), 0, layout.row_tiles, y.data(), layout.out_features, isa);
   return y;
@@ -300,6 +303,51 @@ TEST(SpqrExactKernelTest, Fp16ArithmeticLayerEqualsTheFormatsBatchOneProduct) {
               << "token " << t << " of " << num_tokens << " row " << r;
         }
       }
+    }
+  }
+}
+
+// Same bytes from every implementation of the activation quantization, on inputs with NaN,
+// infinities, all-zero units, signed zeros and exact rounding ties; and the same whether the tokens
+// are quantized in one call or by blocks (as SpqrLinearTiled splits them across threads).
+TEST(Int8ActivationsTest, EveryImplementationAndSplitQuantizesAlike) {
+  const auto same_bits = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  for (const int unit_cols : {8, 16}) {
+    for (const int64_t tokens : {1, 3, 4, 13, 19}) {
+      const int64_t n = 96;
+      std::vector<float> x = RandomInputs(tokens, n, 11);
+      x[5] = std::nanf("");
+      x[17] = -0.0f;
+      if (tokens > 1) x[n + 3] = std::numeric_limits<float>::infinity();
+      for (int64_t j = 32; j < 48; ++j) x[j] = 0.0f;  // all-zero units
+      // Ties: with amax 127 the scale is 1, so x * inv is x and 2.5 / -3.5 round to even.
+      for (int64_t j = 48; j < 64; ++j) x[j] = static_cast<float>(j - 56) + 0.5f;
+      x[48] = 127.0f;
+      Int8Activations scalar;
+      QuantizeActivations(x.data(), tokens, n, unit_cols, &scalar, TileIsa::kScalar);
+      EXPECT_EQ(scalar.q[5], -127);  // NaN input
+      if (TileIsaSupported(TileIsa::kAvx512Vnni)) {
+        Int8Activations vec;
+        QuantizeActivations(x.data(), tokens, n, unit_cols, &vec, TileIsa::kAvx512Vnni);
+        EXPECT_TRUE(same_bits(vec.q, scalar.q)) << unit_cols << " " << tokens;
+        EXPECT_TRUE(same_bits(vec.scale, scalar.scale)) << unit_cols << " " << tokens;
+        EXPECT_TRUE(same_bits(vec.sum, scalar.sum)) << unit_cols << " " << tokens;
+        EXPECT_TRUE(same_bits(vec.x_blocks, scalar.x_blocks)) << unit_cols << " " << tokens;
+      }
+      Int8Activations split;
+      split.x_blocks.assign(1000, 9.0f);  // stale contents of an earlier call must not survive
+      PrepareInt8Activations(tokens, n, unit_cols, &split);
+      for (int64_t t0 = 0; t0 < tokens; t0 += Int8Activations::kTokenBlock) {
+        QuantizeActivationTokens(x.data(), t0,
+                                 std::min<int64_t>(tokens, t0 + Int8Activations::kTokenBlock),
+                                 &split, BestTileIsa());
+      }
+      EXPECT_TRUE(same_bits(split.q, scalar.q)) << unit_cols << " " << tokens;
+      EXPECT_TRUE(same_bits(split.scale, scalar.scale)) << unit_cols << " " << tokens;
+      EXPECT_TRUE(same_bits(split.sum, scalar.sum)) << unit_cols << " " << tokens;
+      EXPECT_TRUE(same_bits(split.x_blocks, scalar.x_blocks)) << unit_cols << " " << tokens;
     }
   }
 }

@@ -8,8 +8,7 @@
 
 namespace spqr::cpu {
 
-void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
-                         Int8Activations* out) {
+void PrepareInt8Activations(int64_t tokens, int64_t n, int unit_cols, Int8Activations* out) {
   const int64_t units = n / unit_cols;
   out->tokens = tokens;
   out->n = n;
@@ -18,45 +17,84 @@ void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int uni
   out->q.resize(static_cast<size_t>(tokens * n));
   out->scale.resize(static_cast<size_t>(tokens * units));
   out->sum.resize(static_cast<size_t>(tokens * units));
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t u = 0; u < units; ++u) {
-      const float* x = x_perm + t * n + u * unit_cols;
-      int8_t* q = out->q.data() + t * n + u * unit_cols;
-      float amax = 0.0f;
-      for (int k = 0; k < unit_cols; ++k) amax = std::max(amax, std::fabs(x[k]));
-      float d = 0.0f, sum = 0.0f;
-      if (amax > 0.0f && std::isfinite(amax)) {
-        const float inv = 127.0f / amax;
-        d = amax / 127.0f;
-        int32_t isum = 0;
-        for (int k = 0; k < unit_cols; ++k) {
-          // |x * inv| <= 127 up to rounding, so the clamp only guards the last ulp.
-          const float v = std::min(127.0f, std::max(-127.0f, std::nearbyint(x[k] * inv)));
-          q[k] = static_cast<int8_t>(v);
-          isum += q[k];
-        }
-        sum = d * static_cast<float>(isum);
-      } else {
-        // All zero (or non-finite input, which the dense sum then carries through d = NaN).
-        std::fill(q, q + unit_cols, int8_t{0});
-        if (!std::isfinite(amax)) d = sum = amax;
-      }
-      out->scale[t * units + u] = d;
-      out->sum[t * units + u] = sum;
-    }
-  }
   constexpr int kBlock = Int8Activations::kTokenBlock;
   if (tokens >= Int8Activations::kMinVectorTokens) {
     const int64_t blocks = (tokens + kBlock - 1) / kBlock;
-    out->x_blocks.assign(static_cast<size_t>(blocks * n * kBlock), 0.0f);
-    for (int64_t t = 0; t < tokens; ++t) {
-      float* dst = out->x_blocks.data() + (t / kBlock) * n * kBlock + t % kBlock;
-      const float* src = x_perm + t * n;
-      for (int64_t j = 0; j < n; ++j) dst[j * kBlock] = src[j];
-    }
+    // Every element is written by the tokens' quantization (padding tokens zeroed there), so a
+    // resize is enough.
+    out->x_blocks.resize(static_cast<size_t>(blocks * n * kBlock));
   } else {
     out->x_blocks.clear();
   }
+}
+
+namespace internal {
+
+void QuantizeUnitScalar(const float* x, int unit_cols, int8_t* q, float* scale, float* sum) {
+  float amax = 0.0f;
+  for (int k = 0; k < unit_cols; ++k) amax = std::max(amax, std::fabs(x[k]));  // skips NaN
+  float d = 0.0f, s = 0.0f;
+  if (amax > 0.0f && std::isfinite(amax)) {
+    const float inv = 127.0f / amax;
+    d = amax / 127.0f;
+    int32_t isum = 0;
+    for (int k = 0; k < unit_cols; ++k) {
+      // |x * inv| <= 127 up to rounding, so the clamp only guards the last ulp (and maps NaN to
+      // -127: std::max(-127, NaN) is -127).
+      const float v = std::min(127.0f, std::max(-127.0f, std::nearbyint(x[k] * inv)));
+      q[k] = static_cast<int8_t>(v);
+      isum += q[k];
+    }
+    s = d * static_cast<float>(isum);
+  } else {
+    // All zero (or an infinite input, which the dense sum then carries through d = inf).
+    std::fill(q, q + unit_cols, int8_t{0});
+    if (!std::isfinite(amax)) d = s = amax;
+  }
+  *scale = d;
+  *sum = s;
+}
+
+}  // namespace internal
+
+void QuantizeActivationTokens(const float* x_perm, int64_t t0, int64_t t1, Int8Activations* out,
+                              TileIsa isa) {
+  const int64_t n = out->n, units = out->units;
+  const int unit_cols = out->unit_cols;
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* x = x_perm + t * n;
+    int8_t* q = out->q.data() + t * n;
+    float* scale = out->scale.data() + t * units;
+    float* sum = out->sum.data() + t * units;
+    if (isa == TileIsa::kAvx512Vnni) {
+      internal::QuantizeTokenAvx512(x, n, unit_cols, q, scale, sum);
+    } else {
+      for (int64_t u = 0; u < units; ++u) {
+        internal::QuantizeUnitScalar(x + u * unit_cols, unit_cols, q + u * unit_cols, scale + u,
+                                     sum + u);
+      }
+    }
+  }
+  constexpr int kBlock = Int8Activations::kTokenBlock;
+  if (out->tokens >= Int8Activations::kMinVectorTokens) {
+    // The blocks these tokens fill, padding tokens (past the last) zeroed.
+    const int64_t last = t1 == out->tokens ? (t1 + kBlock - 1) / kBlock * kBlock : t1;
+    for (int64_t t = t0; t < last; ++t) {
+      float* dst = out->x_blocks.data() + (t / kBlock) * n * kBlock + t % kBlock;
+      if (t >= out->tokens) {
+        for (int64_t j = 0; j < n; ++j) dst[j * kBlock] = 0.0f;
+        continue;
+      }
+      const float* src = x_perm + t * n;
+      for (int64_t j = 0; j < n; ++j) dst[j * kBlock] = src[j];
+    }
+  }
+}
+
+void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
+                         Int8Activations* out, TileIsa isa) {
+  PrepareInt8Activations(tokens, n, unit_cols, out);
+  QuantizeActivationTokens(x_perm, 0, tokens, out, isa);
 }
 
 const char* TileIsaName(TileIsa isa) {

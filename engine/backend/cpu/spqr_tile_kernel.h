@@ -46,11 +46,6 @@ struct Int8Activations {
   int unit_cols = 16;
 };
 
-// Quantizes x_perm ([tokens][n] fp32) per token and per `unit_cols` columns (n a multiple of it),
-// and from kMinVectorTokens tokens on also fills x_blocks.
-void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
-                         Int8Activations* out);
-
 // Instruction sets the kernel has an implementation for.
 enum class TileIsa { kScalar, kAvx512Vnni };
 const char* TileIsaName(TileIsa isa);
@@ -59,6 +54,19 @@ const char* TileIsaName(TileIsa isa);
 TileIsa BestTileIsa();
 // Whether this CPU can run `isa`.
 bool TileIsaSupported(TileIsa isa);
+
+// Quantizes x_perm ([tokens][n] fp32) per token and per `unit_cols` columns (n a multiple of it),
+// and from kMinVectorTokens tokens on also fills x_blocks. `isa` picks the implementation; all give
+// the same bytes (the AVX-512 one skips NaN inputs in the unit's max and maps them to -127 as the
+// scalar std::max/min sequence does).
+void QuantizeActivations(const float* x_perm, int64_t tokens, int64_t n, int unit_cols,
+                         Int8Activations* out, TileIsa isa = BestTileIsa());
+// The same in two steps, so that callers can split the tokens across threads: size `out` for the
+// call, then quantize tokens [t0, t1) (ranges that start at a multiple of kTokenBlock, or cover
+// all tokens, write disjoint memory).
+void PrepareInt8Activations(int64_t tokens, int64_t n, int unit_cols, Int8Activations* out);
+void QuantizeActivationTokens(const float* x_perm, int64_t t0, int64_t t1, Int8Activations* out,
+                              TileIsa isa = BestTileIsa());
 
 // y[t * y_stride + r] for rows r of row tiles [tile_begin, tile_end) (rows >= m skipped) and all
 // tokens t of `xq`. x_perm: the same activations unquantized, [tokens][n] (for the outliers).
@@ -72,6 +80,11 @@ namespace internal {
 void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& layout, const Int8Activations& xq,
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,
                               int64_t y_stride);
+// One unit of `unit_cols` inputs quantized as documented above (the reference), and one token's
+// `n` inputs by the AVX-512 implementation (spqr_tile_kernel_avx512.cc; call only where supported).
+void QuantizeUnitScalar(const float* x, int unit_cols, int8_t* q, float* scale, float* sum);
+void QuantizeTokenAvx512(const float* x, int64_t n, int unit_cols, int8_t* q, float* scale,
+                         float* sum);
 // Writes y for rows 16*tile + i, i < 16, of tokens t < num_tokens: dense[t * 16 + i] with the
 // row's outliers added as documented above (the reference implementation; the AVX-512 one does a
 // step of the tile's 16 rows at a time, each row's chain in the same order, so the same bits).

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 
@@ -338,6 +339,34 @@ const TileFns& FnsForUnit(int unit, bool fp16) {
 }
 
 }  // namespace
+
+void QuantizeTokenAvx512(const float* x, int64_t n, int unit_cols, int8_t* q, float* scale,
+                         float* sum) {
+  const __mmask16 lanes = unit_cols == 16 ? 0xffff : 0x00ff;
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const int64_t units = n / unit_cols;
+  for (int64_t u = 0; u < units; ++u) {
+    const float* xu = x + u * unit_cols;
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, xu);
+    // MAXPS returns its second operand when the first is NaN, so a NaN input is skipped as
+    // std::max(amax, NaN) skips it in the scalar reference.
+    const float amax =
+        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v, abs_mask), _mm512_setzero_ps()));
+    if (!(amax > 0.0f && amax <= std::numeric_limits<float>::max())) {  // zero or infinite
+      QuantizeUnitScalar(xu, unit_cols, q + u * unit_cols, scale + u, sum + u);
+      continue;
+    }
+    const float inv = 127.0f / amax, d = amax / 127.0f;
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(inv)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // max(NaN, -127) is -127 and min(r, 127) then r: the scalar clamp's results.
+    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+    const __m512i qi = _mm512_cvtps_epi32(r);  // integral already: exact
+    _mm_mask_storeu_epi8(q + u * unit_cols, lanes, _mm512_cvtepi32_epi8(qi));
+    scale[u] = d;
+    sum[u] = d * static_cast<float>(_mm512_reduce_add_epi32(qi));  // masked-off lanes are 0
+  }
+}
 
 void SpqrTileMatmulInt8Avx512(const SpqrTileLayout& l, const Int8Activations& xq,
                               const float* x_perm, int64_t tile_begin, int64_t tile_end, float* y,

@@ -316,12 +316,13 @@ TEST(Int8ActivationsTest, EveryImplementationAndSplitQuantizesAlike) {
   };
   for (const int unit_cols : {8, 16}) {
     for (const int64_t tokens : {1, 3, 4, 13, 19}) {
-      const int64_t n = 96;
+      const int64_t n = 400;  // 25 or 50 units: more than one group of 16
       std::vector<float> x = RandomInputs(tokens, n, 11);
       x[5] = std::nanf("");
       x[17] = -0.0f;
       if (tokens > 1) x[n + 3] = std::numeric_limits<float>::infinity();
       for (int64_t j = 32; j < 48; ++j) x[j] = 0.0f;  // all-zero units
+      x[300] = -std::numeric_limits<float>::infinity();
       // Ties: with amax 127 the scale is 1, so x * inv is x and 2.5 / -3.5 round to even.
       for (int64_t j = 48; j < 64; ++j) x[j] = static_cast<float>(j - 56) + 0.5f;
       x[48] = 127.0f;

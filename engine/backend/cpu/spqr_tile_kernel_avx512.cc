@@ -166,6 +166,13 @@ void FinishRowsTokenVectors(const SpqrTileLayout& l, int64_t tile, const __m512*
                             const float* x_block, float* y, int64_t y_stride) {
   constexpr int kBlock = Int8Activations::kTokenBlock;
   static_assert(NT <= kBlock);
+  const int64_t r0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
+  if (l.outlier_tile_steps[tile] == l.outlier_tile_steps[tile + 1]) {  // no outliers: no transpose
+    const __mmask16 valid = static_cast<__mmask16>((1u << rows) - 1);
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * y_stride + r0, valid, acc[t]);
+    return;
+  }
   alignas(64) float by_token[kBlock][kTileRows];
   for (int t = 0; t < NT; ++t) _mm512_store_ps(by_token[t], acc[t]);
   alignas(32) float by_row[kTileRows][kBlock] = {};
@@ -184,8 +191,6 @@ void FinishRowsTokenVectors(const SpqrTileLayout& l, int64_t tile, const __m512*
       _mm256_store_ps(row, _mm256_fmadd_ps(v, x, _mm256_load_ps(row)));
     }
   }
-  const int64_t r0 = tile * kTileRows;
-  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, l.out_features - r0));
   for (int t = 0; t < NT; ++t) {
     for (int i = 0; i < rows; ++i) y[t * y_stride + r0 + i] = by_row[i][t];
   }
@@ -345,26 +350,38 @@ void QuantizeTokenAvx512(const float* x, int64_t n, int unit_cols, int8_t* q, fl
   const __mmask16 lanes = unit_cols == 16 ? 0xffff : 0x00ff;
   const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   const int64_t units = n / unit_cols;
-  for (int64_t u = 0; u < units; ++u) {
-    const float* xu = x + u * unit_cols;
-    const __m512 v = _mm512_maskz_loadu_ps(lanes, xu);
-    // MAXPS returns its second operand when the first is NaN, so a NaN input is skipped as
-    // std::max(amax, NaN) skips it in the scalar reference.
-    const float amax =
-        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v, abs_mask), _mm512_setzero_ps()));
-    if (!(amax > 0.0f && amax <= std::numeric_limits<float>::max())) {  // zero or infinite
-      QuantizeUnitScalar(xu, unit_cols, q + u * unit_cols, scale + u, sum + u);
-      continue;
+  // 16 units at a time: their maxima first, so that the two divisions per unit are two vector
+  // divisions per 16 units (the same IEEE quotients).
+  for (int64_t u0 = 0; u0 < units; u0 += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, units - u0));
+    alignas(64) float amax[16] = {}, inv[16], d[16];
+    for (int i = 0; i < count; ++i) {
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, x + (u0 + i) * unit_cols);
+      // MAXPS returns its second operand when the first is NaN, so a NaN input is skipped as
+      // std::max(amax, NaN) skips it in the scalar reference.
+      amax[i] =
+          _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v, abs_mask), _mm512_setzero_ps()));
     }
-    const float inv = 127.0f / amax, d = amax / 127.0f;
-    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(inv)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // max(NaN, -127) is -127 and min(r, 127) then r: the scalar clamp's results.
-    r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-    const __m512i qi = _mm512_cvtps_epi32(r);  // integral already: exact
-    _mm_mask_storeu_epi8(q + u * unit_cols, lanes, _mm512_cvtepi32_epi8(qi));
-    scale[u] = d;
-    sum[u] = d * static_cast<float>(_mm512_reduce_add_epi32(qi));  // masked-off lanes are 0
+    const __m512 vmax = _mm512_load_ps(amax), c127 = _mm512_set1_ps(127.0f);
+    _mm512_store_ps(inv, _mm512_div_ps(c127, vmax));
+    _mm512_store_ps(d, _mm512_div_ps(vmax, c127));
+    for (int i = 0; i < count; ++i) {
+      const int64_t u = u0 + i;
+      const float* xu = x + u * unit_cols;
+      if (!(amax[i] > 0.0f && amax[i] <= std::numeric_limits<float>::max())) {  // zero or inf
+        QuantizeUnitScalar(xu, unit_cols, q + u * unit_cols, scale + u, sum + u);
+        continue;
+      }
+      const __m512 v = _mm512_maskz_loadu_ps(lanes, xu);
+      __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(inv[i])),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // max(NaN, -127) is -127 and min(r, 127) then r: the scalar clamp's results.
+      r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), c127);
+      const __m512i qi = _mm512_cvtps_epi32(r);  // integral already: exact
+      _mm_mask_storeu_epi8(q + u * unit_cols, lanes, _mm512_cvtepi32_epi8(qi));
+      scale[u] = d[i];
+      sum[u] = d[i] * static_cast<float>(_mm512_reduce_add_epi32(qi));  // masked-off lanes: 0
+    }
   }
 }
 

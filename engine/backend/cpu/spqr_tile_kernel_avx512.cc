@@ -14,9 +14,11 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "engine/backend/cpu/spqr_tile_kernel.h"
 
@@ -309,29 +311,22 @@ using TileFn = void (*)(const SpqrTileLayout&, const StreamUnpacker&, const Int8
 // The implementations for one layer configuration: blocks of 1..8 tokens decoding the weights,
 // the first block of a longer call (always 8 tokens) keeping them, and the later blocks.
 struct TileFns {
-  TileFn decode[kMaxTokens];
+  std::array<TileFn, kMaxTokens> decode;
   TileFn decode_keep;
-  TileFn reuse[kMaxTokens];
+  std::array<TileFn, kMaxTokens> reuse;
 };
 
+// TileTokens for blocks of 1..kMaxTokens tokens.
+template <int kBits, int kUnit, bool kFp16Stats, Pass kPass, size_t... I>
+constexpr std::array<TileFn, kMaxTokens> BlockFns(std::index_sequence<I...>) {
+  return {TileTokens<kBits, kUnit, kFp16Stats, kPass, static_cast<int>(I) + 1>...};
+}
+
 template <int kBits, int kUnit, bool kFp16Stats>
-constexpr TileFns kTileFns = {{TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 1>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 2>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 3>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 4>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 5>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 6>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 7>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecode, 8>},
-                              TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecodeKeep, kMaxTokens>,
-                              {TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 1>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 2>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 3>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 4>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 5>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 6>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 7>,
-                               TileTokens<kBits, kUnit, kFp16Stats, Pass::kReuse, 8>}};
+constexpr TileFns kTileFns = {
+    BlockFns<kBits, kUnit, kFp16Stats, Pass::kDecode>(std::make_index_sequence<kMaxTokens>{}),
+    TileTokens<kBits, kUnit, kFp16Stats, Pass::kDecodeKeep, kMaxTokens>,
+    BlockFns<kBits, kUnit, kFp16Stats, Pass::kReuse>(std::make_index_sequence<kMaxTokens>{})};
 
 template <int kBits, int kUnit>
 const TileFns& FnsForStats(bool fp16) {

@@ -37,6 +37,11 @@ void SpqrServiceImpl::StartDraining() { draining_.store(true); }
 void SpqrServiceImpl::RecordCallEnd(const char* method, const std::string& engine_id,
                                     const std::string& client_id, const grpc::Status& status,
                                     const std::string& detail) {
+  // The in-flight gauge drops here, before the final status is handed to gRPC, not in OnDone:
+  // gRPC runs OnDone some time after the client has the status, and by then the client may have
+  // started its next call on the freed HTTP/2 stream, so the gauge briefly showed one call more
+  // than the connection's stream limit allows.
+  metrics_->RpcEnded();
   metrics_->RecordRpc(method, GrpcCodeName(status.error_code()));
   // One line per call, with both ids so client logs and server logs can be joined.
   // The client id and the status message (which may quote the request) are client bytes.
@@ -120,7 +125,6 @@ void SpqrServiceImpl::CallStarted() {
 }
 
 void SpqrServiceImpl::CallDone() {
-  metrics_->RpcEnded();
   absl::MutexLock lock(&mu_);
   --inflight_calls_;
 }

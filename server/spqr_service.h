@@ -128,7 +128,8 @@ class SpqrServiceImpl final : public RawSpqrService {
   grpc::Status AdmitGenerate(const grpc::CallbackServerContext* context, const char* method,
                              const grpc::ByteBuffer& payload, v1::GenerateRequest* request,
                              std::string* engine_id, std::string* client_id);
-  // In-flight bookkeeping: calls (for drain) and live engine request ids (for CancelAll).
+  // In-flight bookkeeping: calls (for drain; CallStarted also raises the in-flight gauge, which
+  // RecordCallEnd lowers) and live engine request ids (for CancelAll).
   void CallStarted();
   void CallDone();
   // `client_id` and `owner_key` are what Abort matches; `aborted` is set when an Abort call cancels
@@ -143,7 +144,8 @@ class SpqrServiceImpl final : public RawSpqrService {
   // queue bound that was hit and the trailing metadata grpc-retry-pushback-ms (when the queue
   // would have room at the recent completion rate).
   grpc::Status SubmitFailed(const absl::Status& status, grpc::CallbackServerContext* context);
-  // A call ended: the spqr_requests_total metric and one log line with both ids.
+  // A call ended (once per call started, right before its final status goes to gRPC): the
+  // in-flight gauge, the spqr_requests_total metric and one log line with both ids.
   void RecordCallEnd(const char* method, const std::string& engine_id, const std::string& client_id,
                      const grpc::Status& status, const std::string& detail);
 

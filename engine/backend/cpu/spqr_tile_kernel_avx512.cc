@@ -33,28 +33,42 @@ constexpr int kMaxTokens = 8;  // = Int8Activations::kTokenBlock, so blocks line
 // How far ahead of the current tile the codes are prefetched.
 constexpr int kPrefetchBytes = 2048;
 
-// Index/shift/mask vectors that turn a 16 x b-bit little-endian stream into 16 int32 lanes.
+// Turns a 16 x b-bit little-endian stream into 16 int32 lanes. Up to 4 bits (the whole stream in
+// one 64-bit word): the word broadcast, VPMULTISHIFTQB moving lane i's bits [i*b, i*b + 8) into its
+// low byte, and a mask. Wider: VPERMB of each lane's 4 bytes, a variable shift, a mask.
 struct StreamUnpacker {
   __m512i index, shift, mask;
-  explicit StreamUnpacker(int bits) {
-    alignas(64) uint8_t idx[64];
+  bool one_word;
+  explicit StreamUnpacker(int bits) : one_word(16 * bits <= 64) {
+    alignas(64) uint8_t idx[64] = {};
     alignas(64) int32_t sh[16];
     for (int i = 0; i < 16; ++i) {
       const int first = (i * bits) / 8;
-      for (int k = 0; k < 4; ++k) idx[4 * i + k] = static_cast<uint8_t>(first + k);
+      if (one_word) {
+        // Byte 0 of lane i (byte 4 * (i % 2) of 64-bit word i / 2): bits from i * b on.
+        idx[4 * i] = static_cast<uint8_t>(i * bits);
+      } else {
+        for (int k = 0; k < 4; ++k) idx[4 * i + k] = static_cast<uint8_t>(first + k);
+      }
       sh[i] = (i * bits) % 8;
     }
     index = _mm512_load_si512(idx);
     shift = _mm512_load_si512(sh);
     mask = _mm512_set1_epi32((1 << bits) - 1);
   }
-  // Bytes [p, p + 16) are read (bytes past the stream only land in masked-off bits).
+  // Bytes [p, p + 16) may be read (bytes past the stream only land in masked-off bits).
   __m512 Codes(const uint8_t* p) const {
-    const __m512i src =
-        _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512i v =
-        _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi8(index, src), shift), mask);
-    return _mm512_cvtepi32_ps(v);
+    __m512i v;
+    if (one_word) {
+      uint64_t word;
+      std::memcpy(&word, p, sizeof(word));
+      v = _mm512_multishift_epi64_epi8(index, _mm512_set1_epi64(static_cast<int64_t>(word)));
+    } else {
+      const __m512i src =
+          _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      v = _mm512_srlv_epi32(_mm512_permutexvar_epi8(index, src), shift);
+    }
+    return _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
   }
 };
 

@@ -5,12 +5,14 @@
 // Per row tile (16 rows = 16 int32 lanes) and block of up to 8 tokens, each column tile's codes
 // are unpacked once into four 64-byte chunks (a shift and a mask per chunk, plus a mask-register
 // add of the third bit for 3-bit codes) and feed VPDPBUSD for every token of the block; scale and
-// zero of the 16 rows are decoded once per group (VPERMB + VPSRLVD for the packed codes). Each
-// weight is read from memory and decoded once per call: a call of more than 8 tokens keeps the row
-// tile's decoded chunks and statistics in a per-thread scratch for its later token blocks. The row
-// tile's outliers follow, a step at a time (VPEXPANDW of the step's entries into their rows' lanes,
-// one gather, one masked FMA per token). Instruction sets: AVX-512 F/BW/VL/DQ, VNNI, VBMI (VPERMB),
-// VBMI2 (VPEXPANDW), F16C.
+// zero of the 16 rows are decoded once per group (one VPMULTISHIFTQB for codes of up to 4 bits,
+// VPERMB + VPSRLVD for wider ones). Each weight is read from memory and decoded once per call: a
+// call of more than 8 tokens keeps the row tile's decoded chunks and statistics in a per-thread
+// scratch for its later token blocks. The row tile's outliers follow, a step at a time (VPEXPANDW
+// of the step's entries into their rows' lanes, one gather, one masked FMA per token), or for
+// blocks of 4+ tokens with the tokens in the lanes (FinishRowsTokenVectors).
+// Instruction sets: AVX-512 F/BW/VL/DQ, VNNI, VBMI (VPERMB, VPMULTISHIFTQB), VBMI2 (VPEXPANDW),
+// F16C.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -29,7 +31,7 @@
 namespace spqr::cpu::internal {
 namespace {
 
-constexpr int kMaxTokens = 8;  // = Int8Activations::kTokenBlock, so blocks line up
+constexpr int kMaxTokens = Int8Activations::kTokenBlock;  // so token blocks line up
 // How far ahead of the current tile the codes are prefetched.
 constexpr int kPrefetchBytes = 2048;
 
